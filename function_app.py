@@ -1,0 +1,55 @@
+"""The door: two Event Hub triggers (IoT Hub telemetry, Digital Twins events) handing their batches
+to the router. Routing lives in `routing/`; see docs/ARCHITECTURE.md.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import azure.functions as func
+
+from routing.app import route_batch
+
+app = func.FunctionApp()
+
+
+def retry_until_handled() -> Callable[..., Any]:
+    """Retry a raised batch with backoff, without limit.
+
+    The trigger checkpoints a batch even when the function raises, so without a retry policy a raised
+    batch would be lost. The router raises only when it cannot keep a dead letter; poison messages are
+    dead-lettered, never raised, so the retries cannot be spent on them.
+    """
+    return app.retry(
+        strategy="exponential_backoff",
+        max_retry_count="-1",
+        minimum_interval="00:00:02",
+        maximum_interval="00:05:00",
+    )
+
+
+@app.function_name("route_telemetry")
+@retry_until_handled()
+@app.event_hub_message_trigger(
+    arg_name="events",
+    connection="TELEMETRY_HUB_CONNECTION",
+    event_hub_name="%TELEMETRY_HUB_NAME%",
+    consumer_group="%TELEMETRY_HUB_CONSUMER_GROUP%",
+    cardinality="many",
+    data_type="binary",
+)
+def route_telemetry(events: list[func.EventHubEvent]) -> None:
+    route_batch(events, source="telemetry")
+
+
+@app.function_name("route_twins")
+@retry_until_handled()
+@app.event_hub_message_trigger(
+    arg_name="events",
+    connection="TWINS_HUB_CONNECTION",
+    event_hub_name="%TWINS_HUB_NAME%",
+    consumer_group="%TWINS_HUB_CONSUMER_GROUP%",
+    cardinality="many",
+    data_type="binary",
+)
+def route_twins(events: list[func.EventHubEvent]) -> None:
+    route_batch(events, source="twins")

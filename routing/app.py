@@ -1,0 +1,63 @@
+"""Wiring for the function app: one router per process, built from app settings on first use.
+
+Clients and stores are created once and reused across invocations. If the router cannot be built
+(a setting missing, a routes file invalid), the invocation raises, so the retry policy holds the
+checkpoint instead of routing a batch against no routes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from routing.deadletters import FileDeadLetters
+from routing.ingress import EventHubEventLike, from_eventhub_events
+from routing.pipeline import BatchReport, Router
+from routing.senders import FileSender
+from routing.settings import RouterSettings
+from routing.stores import FileRoutes
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_router: Router | None = None
+
+
+def build_router(settings: RouterSettings) -> Router:
+    senders = FileSender(settings.output_dir)
+    return Router(
+        routes=FileRoutes(settings.routes_file),
+        senders=lambda _endpoint: senders,
+        dead_letters=FileDeadLetters(settings.output_dir),
+    )
+
+
+def get_router() -> Router:
+    global _router
+    with _lock:
+        if _router is None:
+            _router = build_router(RouterSettings.from_env())
+        return _router
+
+
+def reset() -> None:
+    """Forget the process's router (tests, and settings changed under a running worker)."""
+    global _router
+    with _lock:
+        _router = None
+
+
+def route_batch(events: Sequence[EventHubEventLike], *, source: str) -> BatchReport:
+    report = get_router().route(from_eventhub_events(events, source=source))
+    log.info(
+        "routed batch",
+        extra={
+            "source": source,
+            "messages": report.messages,
+            "delivered": sum(report.delivered.values()),
+            "deadLetters": sum(report.dead_letters.values()),
+            "unrouted": sum(report.unrouted.values()),
+        },
+    )
+    return report

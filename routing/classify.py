@@ -1,0 +1,322 @@
+"""Classification: which event type an ingress message is, what orders it, and (for Digital Twins
+events) the fields of its envelope.
+
+Pure functions of an `IngressMessage`. Telemetry is recognised from properties alone, so its body is
+never parsed; everything else must be JSON in one of the wire forms Digital Twins events travel in.
+Whatever cannot be classified comes back as a `Rejection` with a reason a person understands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from routing.model import Event, EventType, IngressMessage, Rejection, message_id
+
+Result = Event | Rejection
+
+DEVICE_ID = "iothub-connection-device-id"
+MESSAGE_SOURCE = "iothub-message-source"
+TELEMETRY_MARK = "DigitalTwins-Telemetry"
+SENSOR_HARDWARE_ID = "DigitalTwins-SensorHardwareId"
+
+_KNOWN_TYPES = ", ".join(t.value for t in EventType)
+
+
+def _prop(props: Mapping[str, Any], name: str) -> Any:
+    """An application property by name; producers vary the case, so fall back to a case-insensitive look."""
+    value = props.get(name)
+    if value is not None or not props:
+        return value
+    lowered = name.lower()
+    for key, candidate in props.items():
+        if key.lower() == lowered:
+            return candidate
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def classify(msg: IngressMessage) -> list[Result]:
+    """Every event in `msg` (one, or several for a JSON array of events), or why not."""
+    system = msg.system_properties
+    props = msg.properties
+
+    device_id = system.get(DEVICE_ID) or props.get(DEVICE_ID)
+    if device_id:
+        source = system.get(MESSAGE_SOURCE) or props.get(MESSAGE_SOURCE)
+        if source is None or str(source).lower() == "telemetry":
+            return [_telemetry(msg, str(device_id))]
+        return [
+            Rejection(
+                code="not-telemetry",
+                reason=f"IoT Hub message source '{source}' from device '{device_id}' is not routed: "
+                "only Telemetry is (route twin and lifecycle events to another hub in IoT Hub)",
+            )
+        ]
+
+    if _prop(props, TELEMETRY_MARK) is not None:
+        return [_telemetry_from_properties(msg)]
+
+    type_name = _text(_prop(props, "Type")) or _text(_prop(props, "EventType"))
+    if type_name is not None:
+        return [_from_type_property(msg, type_name)]
+
+    ce_type = (
+        _text(_prop(props, "cloudEvents:type")) or _text(_prop(props, "ce-type")) or _text(_prop(props, "ce_type"))
+    )
+    if ce_type is not None:
+        return [_from_binary_cloud_event(msg, ce_type)]
+
+    body, rejection = _parse_body(msg)
+    if rejection is not None:
+        return [rejection]
+    if isinstance(body, list):
+        if not body:
+            return [Rejection(code="empty-array", reason="body is an empty JSON array: no events in it")]
+        return [_from_structured(msg, element, index) for index, element in enumerate(body)]
+    return [_from_structured(msg, body, 0)]
+
+
+def _telemetry(msg: IngressMessage, key: str) -> Event:
+    return Event(
+        event_type=EventType.DEVICE_MESSAGES,
+        order_key=key,
+        message_id=message_id(msg, 0),
+        ingress=msg,
+    )
+
+
+def _telemetry_from_properties(msg: IngressMessage) -> Result:
+    key = _text(_prop(msg.properties, SENSOR_HARDWARE_ID))
+    if not key:
+        return Rejection(
+            code="no-order-key",
+            reason=f"telemetry has no device id to order by: set '{DEVICE_ID}' (IoT Hub does) "
+            f"or the '{SENSOR_HARDWARE_ID}' application property",
+        )
+    return _telemetry(msg, key)
+
+
+def _parse_body(msg: IngressMessage, event_type: EventType | None = None) -> tuple[Any, Rejection | None]:
+    # Name what the message claimed to be, so the reason says which producer to look at.
+    what = f"{event_type} event's body" if event_type else "body"
+    no_marks = (
+        ""
+        if event_type
+        else (f" and the message carries no telemetry properties ('{DEVICE_ID}' or '{TELEMETRY_MARK}')")
+    )
+    if not msg.body.strip():
+        return None, Rejection(code="empty-body", reason=f"{what} is empty{no_marks}")
+    try:
+        return orjson.loads(msg.body), None
+    except orjson.JSONDecodeError as exc:
+        return None, Rejection(code="not-json", reason=f"{what} is not JSON ({exc}){no_marks}")
+
+
+def _twin_type(name: str, where: str) -> EventType | Rejection:
+    # Producers write the classic names bare or behind a namespace ("Microsoft.DigitalTwins.SensorChange").
+    event_type = EventType.parse(name) or EventType.parse(name.rsplit(".", 1)[-1])
+    if event_type is None:
+        return Rejection(
+            code="unknown-type",
+            reason=f"unknown event type '{name}' in {where}; expected one of {_KNOWN_TYPES}",
+        )
+    return event_type
+
+
+def _from_type_property(msg: IngressMessage, type_name: str) -> Result:
+    event_type = _twin_type(type_name, "application property 'Type'")
+    if isinstance(event_type, Rejection):
+        return event_type
+    if event_type is EventType.DEVICE_MESSAGES:
+        return _telemetry_from_properties(msg)
+    body, rejection = _parse_body(msg, event_type)
+    if rejection is not None:
+        return rejection
+    if isinstance(body, dict) and "eventType" in body and "data" in body:
+        return _from_event_grid(msg, body, 0)
+    return _twin_event(
+        msg,
+        0,
+        event_type=event_type,
+        data=body,
+        event_id=None,
+        subject=None,
+        event_time=None,
+        data_version=None,
+        topic=None,
+        source=None,
+        correlation_id=_text(_prop(msg.properties, "CorrelationId")),
+    )
+
+
+def _from_binary_cloud_event(msg: IngressMessage, ce_type: str) -> Result:
+    event_type = _twin_type(ce_type, "CloudEvents property 'type'")
+    if isinstance(event_type, Rejection):
+        return event_type
+    if event_type is EventType.DEVICE_MESSAGES:
+        return _telemetry_from_properties(msg)
+    body, rejection = _parse_body(msg, event_type)
+    if rejection is not None:
+        return rejection
+
+    def ce(attribute: str) -> str | None:
+        return _text(_prop(msg.properties, f"cloudEvents:{attribute}")) or _text(
+            _prop(msg.properties, f"ce-{attribute}") or _prop(msg.properties, f"ce_{attribute}")
+        )
+
+    return _twin_event(
+        msg,
+        0,
+        event_type=event_type,
+        data=body,
+        event_id=ce("id"),
+        subject=ce("subject"),
+        event_time=ce("time"),
+        data_version=ce("dataschema"),
+        topic=None,
+        source=ce("source"),
+        correlation_id=_text(_prop(msg.properties, "CorrelationId")),
+    )
+
+
+def _from_structured(msg: IngressMessage, body: Any, index: int) -> Result:
+    if not isinstance(body, dict):
+        return Rejection(
+            code="not-an-event",
+            reason=f"body is JSON {type(body).__name__}, not an event object",
+            index=index,
+        )
+    if "specversion" in body:
+        return _from_structured_cloud_event(msg, body, index)
+    if "eventType" in body and "data" in body:
+        return _from_event_grid(msg, body, index)
+    return Rejection(
+        code="no-event-type",
+        reason="JSON object has no event type: expected an Event Grid event (eventType, data), "
+        "a CloudEvent (specversion, type) or a 'Type' application property",
+        index=index,
+    )
+
+
+def _from_event_grid(msg: IngressMessage, body: dict[str, Any], index: int) -> Result:
+    event_type = _twin_type(str(body.get("eventType")), "Event Grid field 'eventType'")
+    if isinstance(event_type, Rejection):
+        return Rejection(code=event_type.code, reason=event_type.reason, index=index)
+    if event_type is EventType.DEVICE_MESSAGES:
+        return Rejection(
+            code="unknown-type",
+            reason="an Event Grid event of type DeviceMessages cannot be routed: telemetry must carry "
+            f"'{DEVICE_ID}' or '{TELEMETRY_MARK}' properties",
+            index=index,
+        )
+    return _twin_event(
+        msg,
+        index,
+        event_type=event_type,
+        data=body.get("data"),
+        event_id=_text(body.get("id")),
+        subject=_text(body.get("subject")),
+        event_time=_text(body.get("eventTime")),
+        data_version=_text(body.get("dataVersion")),
+        topic=_text(body.get("topic")),
+        source=None,
+        correlation_id=None,
+    )
+
+
+def _from_structured_cloud_event(msg: IngressMessage, body: dict[str, Any], index: int) -> Result:
+    event_type = _twin_type(str(body.get("type")), "CloudEvents field 'type'")
+    if isinstance(event_type, Rejection):
+        return Rejection(code=event_type.code, reason=event_type.reason, index=index)
+    if event_type is EventType.DEVICE_MESSAGES:
+        return Rejection(
+            code="unknown-type",
+            reason="a CloudEvent of type DeviceMessages cannot be routed: telemetry must carry "
+            f"'{DEVICE_ID}' or '{TELEMETRY_MARK}' properties",
+            index=index,
+        )
+    return _twin_event(
+        msg,
+        index,
+        event_type=event_type,
+        data=body.get("data"),
+        event_id=_text(body.get("id")),
+        subject=_text(body.get("subject")),
+        event_time=_text(body.get("time")),
+        data_version=_text(body.get("dataschema")),
+        topic=None,
+        source=_text(body.get("source")),
+        correlation_id=None,
+    )
+
+
+def _field(data: dict[str, Any], name: str) -> Any:
+    value = data.get(name)
+    if value is None:
+        value = data.get(name[0].lower() + name[1:])
+    return value
+
+
+def _twin_event(
+    msg: IngressMessage,
+    index: int,
+    *,
+    event_type: EventType,
+    data: Any,
+    event_id: str | None,
+    subject: str | None,
+    event_time: str | None,
+    data_version: str | None,
+    topic: str | None,
+    source: str | None,
+    correlation_id: str | None,
+) -> Result:
+    if not isinstance(data, dict):
+        return Rejection(
+            code="bad-data",
+            reason=f"{event_type} event data must be a JSON object, got {type(data).__name__}",
+            index=index,
+        )
+    key_field = "TopologyObjectId" if event_type is EventType.UDF_CUSTOM else "Id"
+    key = _field(data, key_field)
+    if key is None or key == "" or isinstance(key, (dict, list)):
+        return Rejection(
+            code="no-order-key",
+            reason=f"{event_type} event has no data.{key_field} to order by",
+            index=index,
+        )
+    if subject is None:
+        # The old service's subject: the object type for topology operations, else the event type.
+        subject = (
+            str(data.get("Type") or event_type) if event_type is EventType.TOPOLOGY_OPERATION else event_type.value
+        )
+    return Event(
+        event_type=event_type,
+        order_key=str(key),
+        message_id=message_id(msg, index),
+        ingress=msg,
+        index=index,
+        event_id=event_id or message_id(msg, index),
+        subject=subject,
+        data=data,
+        event_time=event_time or _text(_field(data, "EventTimestamp")) or msg.enqueued_time or _now(),
+        data_version=data_version or "1.0",
+        topic=topic,
+        source=source,
+        correlation_id=correlation_id or _text(_field(data, "CorrelationId")),
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")

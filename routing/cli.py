@@ -1,0 +1,153 @@
+"""The command line: `python -m routing run ...` (the local runner), and, beside it, the route and
+dead-letter tools. Typer parses the arguments and Rich draws the tables and the progress bar.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from routing import runner
+from routing.errors import RoutingError
+from routing.pipeline import BatchReport
+from routing.stores import load_routes_file
+
+app = typer.Typer(
+    help="Route Digital Twins events and device telemetry to Event Hubs, Service Bus and Event Grid.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Route Digital Twins events and device telemetry to Event Hubs, Service Bus and Event Grid."""
+
+
+# Inputs smaller than this finish before a progress bar would be any use.
+PROGRESS_MIN_BYTES = 1 << 20
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def fail(message: str) -> typer.Exit:
+    # Soft wrap: an error is read, and pasted into searches, as the lines it was written in.
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def report_json(report: BatchReport) -> dict[str, Any]:
+    return {
+        "messages": report.messages,
+        "events": {str(t): n for t, n in report.events.items()},
+        "delivered": [
+            {"endpoint": endpoint, "eventType": str(t), "count": n}
+            for (endpoint, t), n in sorted(report.delivered.items())
+        ],
+        "deadLetters": [
+            {"code": code, "count": n, "example": report.dead_letter_examples.get(code, "")}
+            for code, n in sorted(report.dead_letters.items())
+        ],
+        "unrouted": {str(t): n for t, n in report.unrouted.items()},
+    }
+
+
+def print_report(report: BatchReport, out: Path) -> None:
+    delivered = Table(title=f"Delivered ({out})", title_justify="left")
+    delivered.add_column("Endpoint")
+    delivered.add_column("Event type")
+    delivered.add_column("Messages", justify="right")
+    for (endpoint, event_type), count in sorted(report.delivered.items()):
+        delivered.add_row(endpoint, str(event_type), str(count))
+    if not report.delivered:
+        delivered.add_row("(none)", "", "0")
+    console.print(delivered)
+
+    if report.dead_letters:
+        dead = Table(title="Dead letters (deadletter.jsonl)", title_justify="left")
+        dead.add_column("Reason")
+        dead.add_column("Count", justify="right")
+        dead.add_column("For example")
+        for code, count in sorted(report.dead_letters.items()):
+            dead.add_row(code, str(count), report.dead_letter_examples.get(code, ""))
+        console.print(dead)
+    if report.unrouted:
+        unrouted = Table(title="Unrouted (no endpoint wants the type)", title_justify="left")
+        unrouted.add_column("Event type")
+        unrouted.add_column("Count", justify="right")
+        for event_type, count in sorted(report.unrouted.items()):
+            unrouted.add_row(str(event_type), str(count))
+        console.print(unrouted)
+    total_delivered = sum(report.delivered.values())
+    total_dead = sum(report.dead_letters.values())
+    console.print(
+        f"{report.messages} messages in, {sum(report.events.values())} events, "
+        f"{total_delivered} messages delivered, {total_dead} dead letters, "
+        f"{sum(report.unrouted.values())} unrouted"
+    )
+
+
+@app.command()
+def run(
+    events: Annotated[Path, typer.Option(help="Ingress messages, one JSON object per line.")],
+    routes: Annotated[Path, typer.Option(help="Routes file: a JSON list of endpoints.")],
+    out: Annotated[Path, typer.Option(help="Output folder: <endpoint>.jsonl and deadletter.jsonl.")],
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Messages per batch, as the trigger would hand them over.")
+    ] = runner.DEFAULT_BATCH_SIZE,
+    output: Annotated[
+        OutputFormat, typer.Option("--output", "-o", help="Summary as a table or as JSON.")
+    ] = OutputFormat.table,
+) -> None:
+    """Route a file of ingress messages through the same pipeline the functions use, into files."""
+    if not events.is_file():
+        raise fail(f"--events {events}: no such file")
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out}: exists and is not a folder")
+    try:
+        table = load_routes_file(routes)
+    except RoutingError as exc:
+        raise fail(str(exc)) from None
+
+    size = events.stat().st_size
+    show_progress = size >= PROGRESS_MIN_BYTES and errors.is_terminal
+    with Progress(
+        TextColumn("routing"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=errors,
+        transient=True,
+        disable=not show_progress,
+    ) as progress:
+        task = progress.add_task("routing", total=size)
+        report = runner.run(
+            events=events,
+            table=table,
+            out=out,
+            batch_size=batch_size,
+            progress=lambda n: progress.advance(task, n),
+        )
+    if output is OutputFormat.json:
+        sys.stdout.write(orjson.dumps(report_json(report), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print_report(report, out)
+
+
+def main() -> None:
+    app(prog_name="python -m routing")

@@ -1,0 +1,91 @@
+"""Envelopes: the bytes and properties each endpoint receives for an event.
+
+Telemetry is forwarded unprocessed (body bytes and application properties as they came). Digital
+Twins events are wrapped in the Event Grid schema, or CloudEvents 1.0 where the endpoint asks for it.
+Pure functions; the pipeline caches one body per event and format, so an event routed to many
+endpoints is serialised once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from routing.model import EndpointType, EnvelopeFormat, Event, EventType, Outgoing
+from routing.routes import Endpoint
+
+JSON = "application/json"
+CLOUD_EVENT_JSON = "application/cloudevents+json; charset=utf-8"
+# A CloudEvent needs a source; an event that arrived without one is named after its ingress hub.
+CLOUD_EVENT_SOURCE_PREFIX = "/routing/"
+
+
+def event_grid_envelope(event: Event) -> dict[str, Any]:
+    envelope: dict[str, Any] = {
+        "id": event.event_id,
+        "subject": event.subject,
+        "data": event.data,
+        "eventType": event.event_type.value,
+        "eventTime": event.event_time,
+        "dataVersion": event.data_version,
+        "metadataVersion": "1",
+    }
+    if event.topic is not None:
+        envelope["topic"] = event.topic
+    return envelope
+
+
+def cloud_event_envelope(event: Event) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": event.event_id,
+        "source": event.source or event.topic or CLOUD_EVENT_SOURCE_PREFIX + event.ingress.source,
+        "type": event.event_type.value,
+        "subject": event.subject,
+        "time": event.event_time,
+        "datacontenttype": JSON,
+        "data": event.data,
+    }
+
+
+def envelope_body(event: Event, envelope_format: EnvelopeFormat) -> bytes:
+    if envelope_format is EnvelopeFormat.CLOUD_EVENTS:
+        return orjson.dumps(cloud_event_envelope(event))
+    return orjson.dumps(event_grid_envelope(event))
+
+
+def content_type_of(envelope_format: EnvelopeFormat) -> str:
+    return CLOUD_EVENT_JSON if envelope_format is EnvelopeFormat.CLOUD_EVENTS else JSON
+
+
+def twin_properties(event: Event) -> dict[str, Any]:
+    """What Event Hubs and Service Bus consumers can filter on without parsing the body."""
+    properties: dict[str, Any] = {"EventType": event.event_type.value, "Subject": event.subject}
+    if event.correlation_id:
+        properties["CorrelationId"] = event.correlation_id
+    return properties
+
+
+def build(event: Event, endpoint: Endpoint, body: bytes | None = None) -> Outgoing:
+    """The message `endpoint` gets for `event`; `body` is the cached envelope for the endpoint's format."""
+    if event.event_type is EventType.DEVICE_MESSAGES:
+        ingress = event.ingress
+        content_type = ingress.system_properties.get("content-type")
+        return Outgoing(
+            endpoint=endpoint.name,
+            event=event,
+            body=ingress.body,
+            content_type=str(content_type) if content_type is not None else None,
+            properties=ingress.properties,
+        )
+    if body is None:
+        body = envelope_body(event, endpoint.format)
+    properties = {} if endpoint.type is EndpointType.EVENT_GRID else twin_properties(event)
+    return Outgoing(
+        endpoint=endpoint.name,
+        event=event,
+        body=body,
+        content_type=content_type_of(endpoint.format),
+        properties=properties,
+    )

@@ -1,0 +1,160 @@
+"""Ingress: turning what arrives (a Functions Event Hub batch, or a line of a local events file)
+into `IngressMessage`s, and back into the documented line form for dead letters.
+
+The line form is a stable format other tools read:
+`{"body": <JSON>} | {"bodyText": "<UTF-8>"} | {"bodyBase64": "..."}`, plus optional `properties`,
+`systemProperties`, `partition`, `sequenceNumber`, `offset`, `enqueuedTime`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+
+from routing.errors import IngressFormatError
+from routing.model import IngressMessage
+
+LINE_FIELDS = frozenset(
+    {
+        "body",
+        "bodyText",
+        "bodyBase64",
+        "properties",
+        "systemProperties",
+        "partition",
+        "sequenceNumber",
+        "offset",
+        "enqueuedTime",
+    }
+)
+
+
+def parse_line(raw: bytes | str, *, source: str, line_number: int) -> IngressMessage:
+    """One events-file line. Without a sequence number, the line number stands in, so ids stay stable."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise IngressFormatError(f"line {line_number} is not JSON: {exc}") from None
+    return from_line_object(obj, source=source, line_number=line_number)
+
+
+def from_line_object(obj: Any, *, source: str, line_number: int) -> IngressMessage:
+    where = f"line {line_number}"
+    if not isinstance(obj, dict):
+        raise IngressFormatError(f"{where} must be a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - LINE_FIELDS)
+    if unknown:
+        raise IngressFormatError(
+            f"{where} has unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(LINE_FIELDS))}"
+        )
+    bodies = [k for k in ("body", "bodyText", "bodyBase64") if k in obj]
+    if len(bodies) != 1:
+        raise IngressFormatError(f"{where} must have exactly one of body, bodyText, bodyBase64 (has {len(bodies)})")
+    if "body" in obj:
+        body = orjson.dumps(obj["body"])
+    elif "bodyText" in obj:
+        if not isinstance(obj["bodyText"], str):
+            raise IngressFormatError(f"{where}: bodyText must be a string")
+        body = obj["bodyText"].encode("utf-8")
+    else:
+        try:
+            body = base64.b64decode(obj["bodyBase64"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise IngressFormatError(f"{where}: bodyBase64 is not valid base64") from None
+    for name in ("properties", "systemProperties"):
+        if name in obj and not isinstance(obj[name], dict):
+            raise IngressFormatError(f"{where}: {name} must be a JSON object")
+    sequence = obj.get("sequenceNumber")
+    if sequence is not None and (not isinstance(sequence, int) or isinstance(sequence, bool)):
+        raise IngressFormatError(f"{where}: sequenceNumber must be an integer")
+    partition = obj.get("partition")
+    return IngressMessage(
+        body=body,
+        properties=obj.get("properties") or {},
+        system_properties=obj.get("systemProperties") or {},
+        source=source,
+        partition=str(partition) if partition is not None else "0",
+        sequence_number=sequence if sequence is not None else line_number,
+        offset=str(obj["offset"]) if obj.get("offset") is not None else None,
+        enqueued_time=str(obj["enqueuedTime"]) if obj.get("enqueuedTime") is not None else None,
+    )
+
+
+def to_line(msg: IngressMessage) -> dict[str, Any]:
+    """The line form of a message: exact text when the body is UTF-8, base64 otherwise."""
+    line: dict[str, Any] = {}
+    try:
+        line["bodyText"] = msg.body.decode("utf-8")
+    except UnicodeDecodeError:
+        line["bodyBase64"] = base64.b64encode(msg.body).decode("ascii")
+    line["properties"] = dict(msg.properties)
+    if msg.system_properties:
+        line["systemProperties"] = dict(msg.system_properties)
+    line["partition"] = msg.partition
+    line["sequenceNumber"] = msg.sequence_number
+    if msg.offset is not None:
+        line["offset"] = msg.offset
+    if msg.enqueued_time is not None:
+        line["enqueuedTime"] = msg.enqueued_time
+    return line
+
+
+class EventHubEventLike(Protocol):
+    """What the Functions worker hands over per event (`azure.functions.EventHubEvent`)."""
+
+    def get_body(self) -> bytes: ...
+
+    @property
+    def sequence_number(self) -> int | None: ...
+
+    @property
+    def offset(self) -> Any: ...
+
+    @property
+    def enqueued_time(self) -> datetime | None: ...
+
+    @property
+    def metadata(self) -> Mapping[str, Any] | None: ...
+
+
+def from_eventhub_events(events: Sequence[EventHubEventLike], *, source: str) -> list[IngressMessage]:
+    """A Functions batch (cardinality many) as ingress messages.
+
+    Application properties are only in the batch metadata (`PropertiesArray`), and `metadata` converts
+    the whole batch on each call, so it is read once from the first event.
+    """
+    if not events:
+        return []
+    metadata = events[0].metadata or {}
+    properties_array = metadata.get("PropertiesArray") or []
+    system_array = metadata.get("SystemPropertiesArray") or []
+    partition_context = metadata.get("PartitionContext") or {}
+    partition = partition_context.get("PartitionId") if isinstance(partition_context, Mapping) else None
+    messages = []
+    for i, event in enumerate(events):
+        properties = properties_array[i] if i < len(properties_array) and properties_array[i] else {}
+        system = system_array[i] if i < len(system_array) and system_array[i] else {}
+        enqueued = event.enqueued_time
+        messages.append(
+            IngressMessage(
+                body=event.get_body() or b"",
+                properties=properties,
+                system_properties=system,
+                source=source,
+                partition=str(partition) if partition is not None else None,
+                sequence_number=event.sequence_number,
+                offset=str(event.offset) if event.offset is not None else None,
+                enqueued_time=_iso(enqueued) if enqueued is not None else None,
+            )
+        )
+    return messages
+
+
+def _iso(moment: datetime) -> str:
+    text = moment.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text

@@ -1,0 +1,171 @@
+"""The values that flow through the router: event and endpoint types, ingress messages, events,
+outgoing messages and dead letters.
+
+Plain immutable values; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class EventType(StrEnum):
+    """The five event types of the first Digital Twins service, spelled as its docs spell them."""
+
+    DEVICE_MESSAGES = "DeviceMessages"
+    TOPOLOGY_OPERATION = "TopologyOperation"
+    SPACE_CHANGE = "SpaceChange"
+    SENSOR_CHANGE = "SensorChange"
+    UDF_CUSTOM = "UdfCustom"
+
+    @classmethod
+    def parse(cls, name: str) -> EventType | None:
+        """The type a user or a producer means by `name`: case-insensitive, `DeviceMessage` too."""
+        return _EVENT_TYPE_NAMES.get(name.strip().lower())
+
+
+_EVENT_TYPE_NAMES: dict[str, EventType] = {t.value.lower(): t for t in EventType}
+_EVENT_TYPE_NAMES["devicemessage"] = EventType.DEVICE_MESSAGES
+
+TWIN_EVENT_TYPES = frozenset(EventType) - {EventType.DEVICE_MESSAGES}
+
+
+class EndpointType(StrEnum):
+    EVENT_HUB = "EventHub"
+    SERVICE_BUS = "ServiceBus"
+    EVENT_GRID = "EventGrid"
+
+    @classmethod
+    def parse(cls, name: str) -> EndpointType | None:
+        return _ENDPOINT_TYPE_NAMES.get(name.strip().lower())
+
+    @property
+    def accepts(self) -> frozenset[EventType]:
+        """Event Hubs takes raw telemetry too; Service Bus and Event Grid take Digital Twins events only."""
+        return frozenset(EventType) if self is EndpointType.EVENT_HUB else TWIN_EVENT_TYPES
+
+
+_ENDPOINT_TYPE_NAMES = {t.value.lower(): t for t in EndpointType}
+
+
+class EnvelopeFormat(StrEnum):
+    """How a Digital Twins event is wrapped for an endpoint (telemetry is never wrapped)."""
+
+    EVENT_GRID = "EventGridSchema"
+    CLOUD_EVENTS = "CloudEventSchemaV1_0"
+
+    @classmethod
+    def parse(cls, name: str) -> EnvelopeFormat | None:
+        return _FORMAT_NAMES.get(name.strip().lower())
+
+
+_FORMAT_NAMES = {
+    "eventgridschema": EnvelopeFormat.EVENT_GRID,
+    "eventgrid": EnvelopeFormat.EVENT_GRID,
+    "cloudeventschemav1_0": EnvelopeFormat.CLOUD_EVENTS,
+    "cloudevents": EnvelopeFormat.CLOUD_EVENTS,
+    "cloudevent": EnvelopeFormat.CLOUD_EVENTS,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngressMessage:
+    """One message as it came off an ingress hub (or a line of a local events file).
+
+    `source` names the ingress (the hub) so that ids stay unique across hubs whose partitions and
+    sequence numbers overlap.
+    """
+
+    body: bytes
+    properties: Mapping[str, Any]
+    system_properties: Mapping[str, Any]
+    source: str
+    partition: str | None = None
+    sequence_number: int | None = None
+    offset: str | None = None
+    enqueued_time: str | None = None
+
+
+# A fixed namespace: the same ingress position always hashes to the same message id.
+_ID_NAMESPACE = uuid.UUID("6f1d3c52-5a8e-4b8e-9d55-3a1f0c7e2b90")
+
+
+def message_id(ingress: IngressMessage, index: int) -> str:
+    """The deterministic id of event `index` of an ingress message (replays keep their ids)."""
+    seed = f"{ingress.source}|{ingress.partition}|{ingress.sequence_number}|{index}"
+    if ingress.partition is None:
+        # Sequence numbers repeat across partitions; the enqueued time tells them apart.
+        seed += f"|{ingress.offset}|{ingress.enqueued_time}"
+    return str(uuid.uuid5(_ID_NAMESPACE, seed))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """A classified event, ready to be matched against routes.
+
+    Telemetry carries only the type, key and ingress; Digital Twins events also carry the fields
+    of their Event Grid envelope.
+    """
+
+    event_type: EventType
+    order_key: str
+    message_id: str
+    ingress: IngressMessage
+    index: int = 0
+    event_id: str = ""
+    subject: str = ""
+    data: Any = None
+    event_time: str = ""
+    data_version: str = "1.0"
+    topic: str | None = None
+    source: str | None = None
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejection:
+    """Why (part of) an ingress message could not be classified. `code` groups reasons in reports."""
+
+    code: str
+    reason: str
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outgoing:
+    """A message built for one endpoint: exactly what a sender puts on the wire."""
+
+    endpoint: str
+    event: Event
+    body: bytes
+    content_type: str | None
+    properties: Mapping[str, Any]
+
+    @property
+    def order_key(self) -> str:
+        return self.event.order_key
+
+    @property
+    def message_id(self) -> str:
+        return self.event.message_id
+
+    @property
+    def event_type(self) -> EventType:
+        return self.event.event_type
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter:
+    """An ingress message, or one event of it, that could not be routed or delivered, and why."""
+
+    code: str
+    reason: str
+    ingress: IngressMessage | None
+    index: int = 0
+    endpoint: str | None = None
+    # The raw input, for a line of an events file that could not even be read as a message.
+    raw_line: str | None = None

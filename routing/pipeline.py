@@ -1,0 +1,148 @@
+"""The pipeline: one batch of ingress messages, classified, matched, enveloped, delivered, and
+accounted for.
+
+Every message ends as delivered to each endpoint that wants it, dead-lettered with a reason, or
+counted as unrouted. A message that breaks anything in the pure stages is dead-lettered on its own and
+never fails the batch; only a dead-letter store that cannot keep what it is given raises, so the
+Functions retry policy holds the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from routing import envelope
+from routing.classify import classify
+from routing.deadletters import DeadLetterStore
+from routing.model import DeadLetter, EnvelopeFormat, Event, EventType, IngressMessage, Outgoing, Rejection
+from routing.routes import Endpoint, RouteTable
+from routing.senders import KeyGroup, Sender
+
+log = logging.getLogger(__name__)
+
+
+class RouteSource(Protocol):
+    def current(self) -> RouteTable:
+        """The table to route this batch with (a store may refresh it; it never returns half a table)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StaticRoutes:
+    table: RouteTable
+
+    def current(self) -> RouteTable:
+        return self.table
+
+
+@dataclass
+class BatchReport:
+    """What happened to a batch (or, merged, to a whole run)."""
+
+    messages: int = 0
+    events: Counter[EventType] = field(default_factory=Counter)
+    delivered: Counter[tuple[str, EventType]] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    dead_letter_examples: dict[str, str] = field(default_factory=dict)
+    unrouted: Counter[EventType] = field(default_factory=Counter)
+
+    def merge(self, other: BatchReport) -> None:
+        self.messages += other.messages
+        self.events.update(other.events)
+        self.delivered.update(other.delivered)
+        self.dead_letters.update(other.dead_letters)
+        for code, reason in other.dead_letter_examples.items():
+            self.dead_letter_examples.setdefault(code, reason)
+        self.unrouted.update(other.unrouted)
+
+    def count_dead_letter(self, letter: DeadLetter) -> None:
+        self.dead_letters[letter.code] += 1
+        self.dead_letter_examples.setdefault(letter.code, letter.reason)
+
+
+SenderFor = Callable[[Endpoint], Sender]
+
+
+class Router:
+    def __init__(self, *, routes: RouteSource, senders: SenderFor, dead_letters: DeadLetterStore) -> None:
+        self.routes = routes
+        self.senders = senders
+        self.dead_letters = dead_letters
+
+    def route(self, messages: Iterable[IngressMessage]) -> BatchReport:
+        table = self.routes.current()
+        report = BatchReport()
+        letters: list[DeadLetter] = []
+        # Endpoint name -> (endpoint, order key -> messages in arrival order); dicts keep first-seen order.
+        plan: dict[str, tuple[Endpoint, dict[str, list[Outgoing]]]] = {}
+
+        for msg in messages:
+            report.messages += 1
+            try:
+                results = classify(msg)
+            except Exception as exc:  # a bug must cost one message, not the batch
+                log.exception("classification failed")
+                results = [Rejection(code="internal-error", reason=f"internal error while classifying: {exc!r}")]
+            for result in results:
+                if isinstance(result, Rejection):
+                    letters.append(DeadLetter(code=result.code, reason=result.reason, ingress=msg, index=result.index))
+                    continue
+                report.events[result.event_type] += 1
+                endpoints = table.for_type(result.event_type)
+                if not endpoints:
+                    report.unrouted[result.event_type] += 1
+                    continue
+                try:
+                    outgoing = _build_all(result, endpoints)
+                except Exception as exc:
+                    log.exception("envelope failed")
+                    letters.append(
+                        DeadLetter(
+                            code="internal-error",
+                            reason=f"internal error while building the envelope: {exc!r}",
+                            ingress=msg,
+                            index=result.index,
+                        )
+                    )
+                    continue
+                for endpoint, message in outgoing:
+                    entry = plan.get(endpoint.name)
+                    if entry is None:
+                        entry = plan[endpoint.name] = (endpoint, {})
+                    entry[1].setdefault(message.order_key, []).append(message)
+
+        for endpoint, by_key in plan.values():
+            groups = [KeyGroup(key, tuple(items)) for key, items in by_key.items()]
+            sent = self.senders(endpoint).send(endpoint, groups)
+            for message in sent.delivered:
+                report.delivered[(endpoint.name, message.event_type)] += 1
+            for failure in sent.failed:
+                letters.append(
+                    DeadLetter(
+                        code="delivery-failed",
+                        reason=f"delivery to '{endpoint.name}' failed: {failure.reason}",
+                        ingress=failure.message.event.ingress,
+                        index=failure.message.event.index,
+                        endpoint=endpoint.name,
+                    )
+                )
+
+        for letter in letters:
+            report.count_dead_letter(letter)
+        self.dead_letters.write(letters)
+        return report
+
+
+def _build_all(event: Event, endpoints: tuple[Endpoint, ...]) -> list[tuple[Endpoint, Outgoing]]:
+    bodies: dict[EnvelopeFormat, bytes] = {}
+    out = []
+    for endpoint in endpoints:
+        body = bodies.get(endpoint.format)
+        if body is None and event.event_type is not EventType.DEVICE_MESSAGES:
+            body = bodies[endpoint.format] = envelope.envelope_body(event, endpoint.format)
+        out.append((endpoint, envelope.build(event, endpoint, body)))
+    return out

@@ -1,0 +1,181 @@
+"""`python -m routing run`: the samples through the real pipeline, and bad input refused cleanly."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from routing.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+cli = CliRunner()
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run(*args: str) -> Any:
+    return cli.invoke(app, ["run", *args])
+
+
+def test_make_run_command_routes_every_sample_line(tmp_path: Path) -> None:
+    # The same command `make run` uses, as a user would run it.
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "routing",
+            "run",
+            "--events",
+            str(SAMPLES / "events.jsonl"),
+            "--routes",
+            str(SAMPLES / "routes.json"),
+            "--out",
+            str(out),
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    summary = json.loads(done.stdout)
+    lines = (SAMPLES / "events.jsonl").read_text().splitlines()
+    assert summary["messages"] == len(lines)
+    written = {p.stem: read(p) for p in out.glob("*.jsonl")}
+    assert set(written) == {"telemetry-hub", "twins-hub", "sensor-alerts", "topology-grid", "deadletter"}
+    # Every summary count matches what was written, and every type in the samples went somewhere.
+    for row in summary["delivered"]:
+        assert len([x for x in written[row["endpoint"]] if x["eventType"] == row["eventType"]]) == row["count"]
+    assert {x["eventType"] for x in written["twins-hub"]} == {
+        "TopologyOperation",
+        "SpaceChange",
+        "SensorChange",
+        "UdfCustom",
+    }
+    assert len(written["deadletter"]) == sum(row["count"] for row in summary["deadLetters"]) > 0
+    assert all(x["reason"] for x in written["deadletter"])
+
+
+def test_summary_table_names_endpoints_and_dead_letter_reasons(tmp_path: Path) -> None:
+    result = run(
+        "--events", str(SAMPLES / "events.jsonl"), "--routes", str(SAMPLES / "routes.json"), "--out", str(tmp_path)
+    )
+    assert result.exit_code == 0, result.output
+    for words in ("telemetry-hub", "DeviceMessages", "sensor-alerts", "Dead letters", "not-json"):
+        assert words in result.output
+
+
+def test_a_bad_routes_file_is_refused_with_every_problem_and_nothing_written(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.json"
+    routes.write_text(
+        json.dumps(
+            [
+                {"name": "bus", "type": "ServiceBus", "eventTypes": ["DeviceMessages"], "connection": "X", "path": "q"},
+                {
+                    "name": "hub",
+                    "type": "EventHub",
+                    "eventTypes": ["Weather"],
+                    "connection": "Endpoint=sb://x;SharedAccessKey=y",
+                    "path": "h",
+                },
+            ]
+        )
+    )
+    out = tmp_path / "out"
+    result = run("--events", str(SAMPLES / "events.jsonl"), "--routes", str(routes), "--out", str(out))
+    assert result.exit_code == 2
+    assert "3 problems" in result.output
+    assert "'bus'" in result.output and "'Weather'" in result.output and "connection" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [("[{", "not valid JSON"), ('{"name": "x"}', "must be a JSON list")],
+)
+def test_unreadable_routes_files_name_the_file(tmp_path: Path, content: str, words: str) -> None:
+    routes = tmp_path / "routes.json"
+    routes.write_text(content)
+    result = run("--events", str(SAMPLES / "events.jsonl"), "--routes", str(routes), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    assert words in result.output and "routes.json" in result.output
+
+
+def test_missing_inputs_are_named(tmp_path: Path) -> None:
+    result = run(
+        "--events", str(tmp_path / "nope.jsonl"), "--routes", str(SAMPLES / "routes.json"), "--out", str(tmp_path / "o")
+    )
+    assert result.exit_code == 2 and "nope.jsonl" in result.output
+    result = run(
+        "--events", str(SAMPLES / "events.jsonl"), "--routes", str(tmp_path / "r.json"), "--out", str(tmp_path / "o")
+    )
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_lines_are_dead_lettered_with_their_text_and_the_rest_routed(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    good = {"body": {"v": 1}, "systemProperties": {"iothub-connection-device-id": "d1"}}
+    events.write_text(
+        "\n".join(
+            [
+                json.dumps(good),
+                "this is not json",
+                json.dumps({"body": 1, "bodyText": "2"}),
+                json.dumps({"bodyBase64": "%%%"}),
+                json.dumps({"body": {}, "colour": "red"}),
+                "",
+                json.dumps(good),
+            ]
+        )
+        + "\n"
+    )
+    out = tmp_path / "out"
+    result = run("--events", str(events), "--routes", str(SAMPLES / "routes.json"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert len(read(out / "telemetry-hub.jsonl")) == 2
+    letters = read(out / "deadletter.jsonl")
+    assert [x["code"] for x in letters] == ["bad-line"] * 4
+    assert letters[0]["original"] == "this is not json"
+    reasons = " | ".join(x["reason"] for x in letters)
+    for words in ("line 2 is not JSON", "exactly one of body", "not valid base64", "unknown field(s) colour"):
+        assert words in reasons
+
+
+def test_a_second_run_replaces_the_first_runs_files(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"body": 1, "systemProperties": {"iothub-connection-device-id": "d"}}) + "\n")
+    args = ["--routes", str(SAMPLES / "routes.json"), "--out", str(tmp_path / "out")]
+    assert run("--events", str(SAMPLES / "events.jsonl"), *args).exit_code == 0
+    assert run("--events", str(events), *args).exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["telemetry-hub.jsonl"]
+    assert len(read(tmp_path / "out" / "telemetry-hub.jsonl")) == 1
+
+
+def test_body_forms_mean_the_same_bytes(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    marks = {"systemProperties": {"iothub-connection-device-id": "d"}}
+    bodies: list[dict[str, Any]] = [
+        {"body": {"a": [1, 2], "b": "é"}},
+        {"bodyText": '{ "a" : [1,2] }'},
+        {"bodyBase64": "AP8="},
+    ]
+    events.write_text("\n".join(json.dumps({**body, **marks}) for body in bodies) + "\n")
+    assert (
+        run("--events", str(events), "--routes", str(SAMPLES / "routes.json"), "--out", str(tmp_path / "o")).exit_code
+        == 0
+    )
+    sent = [x["bodyBase64"] for x in read(tmp_path / "o" / "telemetry-hub.jsonl")]
+    assert [base64.b64decode(s) for s in sent] == ['{"a":[1,2],"b":"é"}'.encode(), b'{ "a" : [1,2] }', b"\x00\xff"]
