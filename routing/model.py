@@ -169,3 +169,5 @@ class DeadLetter:
     endpoint: str | None = None
     # The raw input, for a line of an events file that could not even be read as a message.
     raw_line: str | None = None
+    # The message that could not be delivered, for delivery failures.
+    message: Outgoing | None = None

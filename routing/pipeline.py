@@ -10,17 +10,29 @@ Functions retry policy holds the checkpoint.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from routing import envelope
+from routing import observability as obs
 from routing.classify import classify
 from routing.deadletters import DeadLetterStore
-from routing.model import DeadLetter, EnvelopeFormat, Event, EventType, IngressMessage, Outgoing, Rejection
+from routing.model import (
+    DeadLetter,
+    EnvelopeFormat,
+    Event,
+    EventType,
+    IngressMessage,
+    Outgoing,
+    Rejection,
+    message_id,
+)
 from routing.routes import Endpoint, RouteTable
-from routing.senders import KeyGroup, Sender
+from routing.senders import HELD_BEHIND, KeyGroup, Sender
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +91,15 @@ class Router:
         letters: list[DeadLetter] = []
         # Endpoint name -> (endpoint, order key -> messages in arrival order); dicts keep first-seen order.
         plan: dict[str, tuple[Endpoint, dict[str, list[Outgoing]]]] = {}
+        hub = ""
 
         for msg in messages:
             report.messages += 1
+            if report.messages == 1:
+                hub = msg.source
+                if msg.enqueued_time:
+                    # The oldest message of the batch tells how far behind the router runs.
+                    _record_lag(msg)
             try:
                 results = classify(msg)
             except Exception as exc:  # a bug must cost one message, not the batch
@@ -117,24 +135,65 @@ class Router:
 
         for endpoint, by_key in plan.values():
             groups = [KeyGroup(key, tuple(items)) for key, items in by_key.items()]
+            started = time.perf_counter()
             sent = self.senders(endpoint).send(endpoint, groups)
+            obs.LATENCY.record((time.perf_counter() - started) * 1000, {"endpoint": endpoint.name})
             for message in sent.delivered:
                 report.delivered[(endpoint.name, message.event_type)] += 1
             for failure in sent.failed:
                 letters.append(
                     DeadLetter(
-                        code="delivery-failed",
+                        code="held-behind" if failure.reason == HELD_BEHIND else "delivery-failed",
                         reason=f"delivery to '{endpoint.name}' failed: {failure.reason}",
                         ingress=failure.message.event.ingress,
                         index=failure.message.event.index,
                         endpoint=endpoint.name,
+                        message=failure.message,
                     )
                 )
 
         for letter in letters:
             report.count_dead_letter(letter)
+        # Kept before anything is reported as done: if this raises, the batch is retried whole.
         self.dead_letters.write(letters)
+        _record(report, letters, hub)
         return report
+
+
+def _record_lag(msg: IngressMessage) -> None:
+    try:
+        enqueued = datetime.fromisoformat(str(msg.enqueued_time).replace("Z", "+00:00"))
+    except ValueError:
+        return
+    if enqueued.tzinfo is None:
+        enqueued = enqueued.replace(tzinfo=UTC)
+    obs.LAG.record(max(0.0, (datetime.now(UTC) - enqueued).total_seconds()), {"hub": msg.source})
+
+
+def _record(report: BatchReport, letters: list[DeadLetter], hub: str) -> None:
+    """Metrics for the batch, added per dimension rather than per event, and a log line per dead letter."""
+    for event_type, count in report.events.items():
+        obs.EVENTS_IN.add(count, {"hub": hub, "event_type": str(event_type)})
+    unclassified = sum(1 for letter in letters if letter.message is None)
+    if unclassified:
+        obs.EVENTS_IN.add(unclassified, {"hub": hub, "event_type": obs.UNCLASSIFIED})
+    for (endpoint, event_type), count in report.delivered.items():
+        obs.DELIVERED.add(count, {"endpoint": endpoint, "event_type": str(event_type)})
+    for event_type, count in report.unrouted.items():
+        obs.UNROUTED.add(count, {"event_type": str(event_type)})
+    for code, count in report.dead_letters.items():
+        obs.DEAD_LETTERS.add(count, {"reason": code})
+    for letter in letters:
+        dimensions: dict[str, str] = {"reason_code": letter.code, "reason": letter.reason}
+        if letter.endpoint:
+            dimensions["endpoint"] = letter.endpoint
+        if letter.ingress is not None:
+            dimensions["hub"] = letter.ingress.source
+            dimensions["message_id"] = message_id(letter.ingress, letter.index)
+        if letter.message is not None:
+            dimensions["event_type"] = str(letter.message.event_type)
+            dimensions["order_key"] = letter.message.order_key
+        log.warning("dead-lettered: %s", letter.reason, extra=dimensions)
 
 
 def _build_all(event: Event, endpoints: tuple[Endpoint, ...]) -> list[tuple[Endpoint, Outgoing]]:

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import threading
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Generic, Protocol, TypeVar
 
 import orjson
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from routing import observability as obs
 from routing.model import EndpointType, Outgoing
 from routing.routes import Endpoint
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,3 +106,158 @@ class FileSender:
             for handle in self._files.values():
                 handle.close()
             self._files.clear()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryOptions:
+    """Retries of transient faults inside one invocation: capped exponential backoff with jitter.
+
+    The senders retry themselves (the SDKs' own retries are off) so that only transient faults are
+    retried, every retry is counted, and failover happens before any backoff.
+    """
+
+    attempts: int = 4
+    backoff_initial: float = 0.5
+    backoff_max: float = 10.0
+
+
+class BatchFailed(Exception):
+    """The first `count` of the messages offered could not be delivered."""
+
+    def __init__(self, reason: str, *, count: int, permanent: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.count = count
+        self.permanent = permanent
+
+
+HELD_BEHIND = "held behind an earlier failure for the same key"
+
+ClientT = TypeVar("ClientT")
+
+
+class ClientSender(ABC, Generic[ClientT]):
+    """What every SDK sender shares: one client per connection, reused; failover from the primary
+    connection to the secondary when the primary is refused; and stop-the-line per key, so a key's
+    messages are never delivered past one that failed.
+
+    Subclasses send one batch from the front of a key's messages and say how many it took.
+    """
+
+    def __init__(self, endpoint: Endpoint, *, retry: RetryOptions, env: Mapping[str, str] | None = None) -> None:
+        self.endpoint = endpoint
+        self.retry = retry
+        self.env = env
+        self.connections = [endpoint.connection]
+        if endpoint.secondary_connection:
+            self.connections.append(endpoint.secondary_connection)
+        self.active = 0
+        self._clients: dict[int, ClientT] = {}
+        self._lock = threading.Lock()
+        self.failovers = 0
+        self.retries = 0
+
+    @abstractmethod
+    def _new_client(self, setting: str) -> ClientT: ...
+
+    @abstractmethod
+    def _send_batch(self, client: ClientT, key: str, messages: Sequence[Outgoing]) -> int:
+        """Send a prefix of `messages` as one batch; return its length, or raise `BatchFailed` / the SDK's error."""
+
+    @abstractmethod
+    def _is_refused(self, error: Exception) -> bool:
+        """Whether `error` says the credentials were refused (then the other connection is tried)."""
+
+    @abstractmethod
+    def _describe(self, error: Exception) -> tuple[str, bool]:
+        """A reason a person understands, and whether retrying later could help (False) or not (True)."""
+
+    def _client(self, index: int) -> ClientT:
+        with self._lock:
+            client = self._clients.get(index)
+            if client is None:
+                client = self._clients[index] = self._new_client(self.connections[index])
+            return client
+
+    def _send_with_failover(self, key: str, messages: Sequence[Outgoing]) -> int:
+        """One batch from the front of `messages`, trying the other connection once if this one is refused."""
+        tried: list[int] = []
+        while True:
+            index = self.active
+            tried.append(index)
+            try:
+                return self._send_batch(self._client(index), key, messages)
+            except BatchFailed:
+                raise
+            except Exception as error:
+                refused = self._is_refused(error)
+                untried = [i for i in range(len(self.connections)) if i not in tried]
+                if refused and untried:
+                    log.warning(
+                        "endpoint '%s': connection %s was refused (%s); failing over to %s",
+                        self.endpoint.name,
+                        self.connections[index],
+                        type(error).__name__,
+                        self.connections[untried[0]],
+                    )
+                    self.active = untried[0]
+                    self.failovers += 1
+                    obs.FAILOVERS.add(1, {"endpoint": self.endpoint.name})
+                    continue
+                reason, permanent = self._describe(error)
+                if refused:
+                    names = " and ".join(self.connections[i] for i in tried)
+                    reason, permanent = f"unauthorized with {names}: {reason}", True
+                raise BatchFailed(reason, count=len(messages), permanent=permanent) from error
+
+    def _send_with_retries(self, key: str, messages: Sequence[Outgoing]) -> int:
+        def note_retry(state: RetryCallState) -> None:
+            self.retries += 1
+            obs.RETRIES.add(1, {"endpoint": self.endpoint.name})
+            failure = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "endpoint '%s': retrying key %s after %s (attempt %d)",
+                self.endpoint.name,
+                key,
+                getattr(failure, "reason", failure),
+                state.attempt_number,
+            )
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retry.attempts),
+            wait=wait_exponential_jitter(initial=self.retry.backoff_initial, max=self.retry.backoff_max),
+            retry=retry_if_exception(lambda e: isinstance(e, BatchFailed) and not e.permanent),
+            before_sleep=note_retry,
+            reraise=True,
+        )
+        sent: int = retrying(self._send_with_failover, key, messages)
+        if sent < 1:
+            raise BatchFailed("the sender took no message", count=1, permanent=False)
+        return sent
+
+    def send(self, endpoint: Endpoint, groups: Sequence[KeyGroup]) -> SendReport:
+        delivered: list[Outgoing] = []
+        failed: list[Failure] = []
+        for group in groups:
+            messages = group.messages
+            start = 0
+            while start < len(messages):
+                try:
+                    start += self._send_with_retries(group.key, messages[start:])
+                except BatchFailed as failure:
+                    count = max(1, min(failure.count, len(messages) - start))
+                    for message in messages[start : start + count]:
+                        failed.append(Failure(message=message, reason=failure.reason, permanent=failure.permanent))
+                    for message in messages[start + count :]:
+                        failed.append(Failure(message=message, reason=HELD_BEHIND, permanent=False))
+                    break
+            delivered.extend(messages[:start])
+        return SendReport(delivered=tuple(delivered), failed=tuple(failed))
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                close = getattr(client, "close", None)
+                if close is not None:
+                    close()
+            self._clients.clear()

@@ -1,0 +1,54 @@
+"""Connections: resolving an endpoint's `connection` setting the way the Functions bindings do, and
+the credential for a managed identity.
+
+`<NAME>` holds a connection string (for Event Grid: the topic key); or `<NAME>__fullyQualifiedNamespace`
+(Event Hubs, Service Bus) / `<NAME>__topicEndpointUri` (Event Grid) select a managed identity, with
+`<NAME>__clientId` for a user-assigned one. Secrets are read here and go nowhere but the SDK client.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from routing.errors import SettingsError
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """What an SDK client needs: a secret (connection string or key), or an address plus identity."""
+
+    setting: str
+    secret: str | None = None
+    address: str | None = None
+    client_id: str | None = None
+
+    def __repr__(self) -> str:  # never print the secret
+        kind = "secret" if self.secret else f"identity at {self.address}"
+        return f"Connection({self.setting}: {kind})"
+
+    def credential(self) -> Any:
+        """The azure-identity credential for this identity connection (imported only when used)."""
+        from azure.identity import DefaultAzureCredential, ManagedIdentityCredential  # noqa: PLC0415
+
+        if self.client_id:
+            return ManagedIdentityCredential(client_id=self.client_id)
+        return DefaultAzureCredential()
+
+
+def resolve(setting: str, address_property: str, env: Mapping[str, str] | None = None) -> Connection:
+    """The connection named by `setting`; `address_property` is `fullyQualifiedNamespace` or `topicEndpointUri`."""
+    env = os.environ if env is None else env
+    secret = env.get(setting, "").strip()
+    if secret:
+        return Connection(setting=setting, secret=secret)
+    address = env.get(f"{setting}__{address_property}", "").strip()
+    if address:
+        client_id = env.get(f"{setting}__clientId", "").strip() or None
+        return Connection(setting=setting, address=address, client_id=client_id)
+    raise SettingsError(
+        f"app setting {setting} is not set: set it to a connection string, "
+        f"or set {setting}__{address_property} to use a managed identity"
+    )
