@@ -1,20 +1,27 @@
 """Dead letters: where messages that cannot be routed or delivered are kept, with a reason.
 
-The protocol every dead-letter store keeps, and the file store the local runner uses
-(`<dir>/deadletter.jsonl`, one `{"reason", "code", "original", ...}` line per dead letter).
+The protocol every dead-letter store keeps; the file store the local runner uses
+(`<dir>/deadletter.jsonl`, one `{"reason", "code", "original", ...}` line per dead letter); and the
+Blob Storage store deployments use (one blob per letter, `<endpoint>/<yyyy>/<mm>/<dd>/<hh>/<id>.json`).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 import orjson
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 
+from routing.connections import resolve
 from routing.ingress import to_line
-from routing.model import DeadLetter
+from routing.model import DeadLetter, IngressMessage, message_id
 
 FILE_NAME = "deadletter.jsonl"
 
@@ -61,3 +68,114 @@ class FileDeadLetters:
             if self._handle is not None:
                 self._handle.close()
                 self._handle = None
+
+
+# Folder of the messages that never reached an endpoint (unclassifiable); no endpoint may take the name.
+UNCLASSIFIED_FOLDER = "_unclassified"
+
+
+def blob_name(letter: DeadLetter, when: datetime) -> str:
+    """`<endpoint>/<yyyy>/<mm>/<dd>/<hh>/<message-id>.json`: browsable by endpoint and hour."""
+    folder = letter.endpoint or UNCLASSIFIED_FOLDER
+    return f"{folder}/{when:%Y/%m/%d/%H}/{letter_id(letter)}.json"
+
+
+def letter_id(letter: DeadLetter) -> str:
+    if letter.message is not None:
+        return letter.message.message_id
+    if letter.ingress is not None:
+        return message_id(letter.ingress, letter.index)
+    raise ValueError("a dead letter without a message")
+
+
+def blob_record(letter: DeadLetter, when: datetime) -> dict[str, Any]:
+    """Everything needed to understand and replay a dead letter, bodies exact (base64)."""
+    assert letter.ingress is not None, "events-file lines never reach the blob store"
+    ingress = letter.ingress
+    out: dict[str, Any] = {
+        "id": letter_id(letter),
+        "code": letter.code,
+        "reason": letter.reason,
+        "endpoint": letter.endpoint,
+        "deadLetteredAt": when.isoformat().replace("+00:00", "Z"),
+        "index": letter.index,
+        "original": {
+            "source": ingress.source,
+            "bodyBase64": base64.b64encode(ingress.body).decode("ascii"),
+            "properties": dict(ingress.properties),
+            "systemProperties": dict(ingress.system_properties),
+            "partition": ingress.partition,
+            "sequenceNumber": ingress.sequence_number,
+            "offset": ingress.offset,
+            "enqueuedTime": ingress.enqueued_time,
+        },
+        "attempts": [{"time": a.time, "error": a.error} for a in letter.attempts],
+    }
+    if letter.message is not None:
+        message = letter.message
+        out["eventType"] = message.event_type.value
+        out["orderKey"] = message.order_key
+        out["envelope"] = {
+            "contentType": message.content_type,
+            "properties": dict(message.properties),
+            "bodyBase64": base64.b64encode(message.body).decode("ascii"),
+        }
+    return out
+
+
+def ingress_of(record: Mapping[str, Any]) -> IngressMessage:
+    """The original ingress message of a blob record, exactly as it arrived (ids derive from it)."""
+    original = record["original"]
+    return IngressMessage(
+        body=base64.b64decode(original["bodyBase64"]),
+        properties=original.get("properties") or {},
+        system_properties=original.get("systemProperties") or {},
+        source=original["source"],
+        partition=original.get("partition"),
+        sequence_number=original.get("sequenceNumber"),
+        offset=original.get("offset"),
+        enqueued_time=original.get("enqueuedTime"),
+    )
+
+
+class BlobDeadLetters:
+    """Dead letters in Azure Blob Storage, one blob per letter. Writing raises on any failure, so the
+    function fails and the batch is retried rather than checkpointed with letters lost."""
+
+    def __init__(self, container: ContainerClient, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.container = container
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self._checked = False
+
+    @classmethod
+    def from_settings(cls, setting: str, container: str, env: Mapping[str, str] | None = None) -> BlobDeadLetters:
+        connection = resolve(setting, "blobServiceUri", env)
+        if connection.secret:
+            service = BlobServiceClient.from_connection_string(connection.secret)
+        else:
+            assert connection.address is not None
+            service = BlobServiceClient(connection.address, credential=connection.credential())
+        return cls(service.get_container_client(container))
+
+    def _ensure_container(self) -> None:
+        if not self._checked:
+            with contextlib.suppress(ResourceExistsError):
+                self.container.create_container()
+            self._checked = True
+
+    def write(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        self._ensure_container()
+        when = self.clock()
+        for letter in letters:
+            # Same id, same name: a batch retried after a partial write overwrites, never duplicates.
+            self.container.upload_blob(
+                blob_name(letter, when),
+                orjson.dumps(blob_record(letter, when), option=orjson.OPT_INDENT_2),
+                overwrite=True,
+                content_settings=ContentSettings(content_type="application/json"),
+            )
+
+    def close(self) -> None:
+        self.container.close()

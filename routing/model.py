@@ -158,6 +158,14 @@ class Outgoing:
         return self.event.event_type
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One failed try at delivering a message: when, and what the endpoint said."""
+
+    time: str
+    error: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeadLetter:
     """An ingress message, or one event of it, that could not be routed or delivered, and why."""
@@ -169,5 +177,6 @@ class DeadLetter:
     endpoint: str | None = None
     # The raw input, for a line of an events file that could not even be read as a message.
     raw_line: str | None = None
-    # The message that could not be delivered, for delivery failures.
+    # The message that could not be delivered, for delivery failures, and every try at it.
     message: Outgoing | None = None
+    attempts: tuple[Attempt, ...] = ()

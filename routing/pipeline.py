@@ -149,6 +149,7 @@ class Router:
                         index=failure.message.event.index,
                         endpoint=endpoint.name,
                         message=failure.message,
+                        attempts=failure.attempts,
                     )
                 )
 

@@ -20,8 +20,9 @@ from routing.model import EndpointType, EnvelopeFormat, EventType
 FIELDS = ("name", "type", "eventTypes", "connection", "secondaryConnection", "path", "format", "enabled")
 REQUIRED = ("name", "type", "eventTypes", "connection", "path")
 
-# Reserved because the local runner writes dead letters beside the endpoint files.
-RESERVED_NAMES = frozenset({"deadletter"})
+# Reserved because the local runner writes dead letters beside the endpoint files,
+# and the blob dead-letter store keeps unclassifiable messages under `_unclassified/`.
+RESERVED_NAMES = frozenset({"deadletter", "_unclassified"})
 MAX_NAME_LENGTH = 128
 # Characters Table Storage refuses in keys, plus what would escape the output folder.
 _BAD_NAME_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
@@ -117,7 +118,7 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
         elif _BAD_NAME_CHARS.search(name) or name in (".", ".."):
             problem("name", "must not contain / \\ # ? or control characters")
         elif name.lower() in RESERVED_NAMES:
-            problem("name", f"'{name}' is reserved (the dead-letter file uses it)")
+            problem("name", f"'{name}' is reserved (dead letters are kept under that name)")
 
     endpoint_type: EndpointType | None = None
     if raw.get("type") is not None:

@@ -14,6 +14,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Generic, Protocol, TypeVar
 
@@ -21,7 +22,7 @@ import orjson
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from routing import observability as obs
-from routing.model import EndpointType, Outgoing
+from routing.model import Attempt, EndpointType, Outgoing
 from routing.routes import Endpoint
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Failure:
     message: Outgoing
     reason: str
     permanent: bool
+    attempts: tuple[Attempt, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,9 +131,15 @@ class BatchFailed(Exception):
         self.reason = reason
         self.count = count
         self.permanent = permanent
+        self.attempts: tuple[Attempt, ...] = ()
 
 
 HELD_BEHIND = "held behind an earlier failure for the same key"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
 
 ClientT = TypeVar("ClientT")
 
@@ -211,6 +219,16 @@ class ClientSender(ABC, Generic[ClientT]):
                 raise BatchFailed(reason, count=len(messages), permanent=permanent) from error
 
     def _send_with_retries(self, key: str, messages: Sequence[Outgoing]) -> int:
+        attempts: list[Attempt] = []
+
+        def attempt(key: str, messages: Sequence[Outgoing]) -> int:
+            try:
+                return self._send_with_failover(key, messages)
+            except BatchFailed as failure:
+                attempts.append(Attempt(time=_now(), error=failure.reason))
+                failure.attempts = tuple(attempts)
+                raise
+
         def note_retry(state: RetryCallState) -> None:
             self.retries += 1
             obs.RETRIES.add(1, {"endpoint": self.endpoint.name})
@@ -230,7 +248,7 @@ class ClientSender(ABC, Generic[ClientT]):
             before_sleep=note_retry,
             reraise=True,
         )
-        sent: int = retrying(self._send_with_failover, key, messages)
+        sent: int = retrying(attempt, key, messages)
         if sent < 1:
             raise BatchFailed("the sender took no message", count=1, permanent=False)
         return sent
@@ -247,7 +265,14 @@ class ClientSender(ABC, Generic[ClientT]):
                 except BatchFailed as failure:
                     count = max(1, min(failure.count, len(messages) - start))
                     for message in messages[start : start + count]:
-                        failed.append(Failure(message=message, reason=failure.reason, permanent=failure.permanent))
+                        failed.append(
+                            Failure(
+                                message=message,
+                                reason=failure.reason,
+                                permanent=failure.permanent,
+                                attempts=failure.attempts,
+                            )
+                        )
                     for message in messages[start + count :]:
                         failed.append(Failure(message=message, reason=HELD_BEHIND, permanent=False))
                     break
