@@ -10,13 +10,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 import orjson
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 
 from routing.connections import resolve
@@ -176,6 +176,20 @@ class BlobDeadLetters:
                 overwrite=True,
                 content_settings=ContentSettings(content_type="application/json"),
             )
+
+    def names(self, prefix: str | None = None) -> Iterator[str]:
+        """Blob names, oldest hour first within each endpoint folder (the names sort by time)."""
+        try:
+            yield from sorted(b.name for b in self.container.list_blobs(name_starts_with=prefix))
+        except ResourceNotFoundError:
+            return  # no container yet: nothing was ever dead-lettered
+
+    def read(self, name: str) -> dict[str, Any]:
+        record: dict[str, Any] = orjson.loads(self.container.download_blob(name).readall())
+        return record
+
+    def delete(self, name: str) -> None:
+        self.container.delete_blob(name)
 
     def close(self) -> None:
         self.container.close()

@@ -8,6 +8,7 @@ order, one request after another.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 from azure.core.credentials import AzureKeyCredential
@@ -46,7 +47,9 @@ class EventGridSender(ClientSender[EventGridPublisherClient]):
             retry_total=0,  # the sender retries itself, see ClientSender
         )
 
-    def _send_batch(self, client: EventGridPublisherClient, key: str, messages: Sequence[Outgoing]) -> int:
+    def _prepare(
+        self, client: EventGridPublisherClient, key: str, messages: Sequence[Outgoing]
+    ) -> tuple[list[Any], int]:
         size = 2
         count = 0
         for message in messages:
@@ -60,8 +63,10 @@ class EventGridSender(ClientSender[EventGridPublisherClient]):
                     )
                 break
             count += 1
-        client.send([orjson.loads(m.body) for m in messages[:count]])
-        return count
+        return [orjson.loads(m.body) for m in messages[:count]], count
+
+    def _transmit(self, client: EventGridPublisherClient, batch: list[Any]) -> None:
+        client.send(batch)
 
     def _is_refused(self, error: Exception) -> bool:
         return isinstance(error, ClientAuthenticationError)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from azure.eventhub import EventData, EventHubProducerClient
+from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
 from azure.eventhub.exceptions import AuthenticationError
 
 from routing.connections import resolve
@@ -50,7 +50,9 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
             retry_total=0,  # the sender retries itself, see ClientSender
         )
 
-    def _send_batch(self, client: EventHubProducerClient, key: str, messages: Sequence[Outgoing]) -> int:
+    def _prepare(
+        self, client: EventHubProducerClient, key: str, messages: Sequence[Outgoing]
+    ) -> tuple[EventDataBatch, int]:
         batch = client.create_batch(partition_key=key)
         count = 0
         for message in messages:
@@ -66,8 +68,10 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
                     ) from None
                 break
             count += 1
+        return batch, count
+
+    def _transmit(self, client: EventHubProducerClient, batch: EventDataBatch) -> None:
         client.send_batch(batch)
-        return count
 
     def _is_refused(self, error: Exception) -> bool:
         return isinstance(error, AuthenticationError) or "unauthorized" in str(error).lower()

@@ -149,7 +149,7 @@ class ClientSender(ABC, Generic[ClientT]):
     connection to the secondary when the primary is refused; and stop-the-line per key, so a key's
     messages are never delivered past one that failed.
 
-    Subclasses send one batch from the front of a key's messages and say how many it took.
+    Subclasses build one batch from the front of a key's messages, and send it.
     """
 
     def __init__(self, endpoint: Endpoint, *, retry: RetryOptions, env: Mapping[str, str] | None = None) -> None:
@@ -169,8 +169,12 @@ class ClientSender(ABC, Generic[ClientT]):
     def _new_client(self, setting: str) -> ClientT: ...
 
     @abstractmethod
-    def _send_batch(self, client: ClientT, key: str, messages: Sequence[Outgoing]) -> int:
-        """Send a prefix of `messages` as one batch; return its length, or raise `BatchFailed` / the SDK's error."""
+    def _prepare(self, client: ClientT, key: str, messages: Sequence[Outgoing]) -> tuple[Any, int]:
+        """A batch of a prefix of `messages` and its length; `BatchFailed` if the first cannot fit."""
+
+    @abstractmethod
+    def _transmit(self, client: ClientT, batch: Any) -> None:
+        """Send a prepared batch; raise the SDK's error if it was not taken."""
 
     @abstractmethod
     def _is_refused(self, error: Exception) -> bool:
@@ -193,8 +197,13 @@ class ClientSender(ABC, Generic[ClientT]):
         while True:
             index = self.active
             tried.append(index)
+            # Until the batch is built, a failure is the first message's; the others wait behind it.
+            count = 1
             try:
-                return self._send_batch(self._client(index), key, messages)
+                client = self._client(index)
+                batch, count = self._prepare(client, key, messages)
+                self._transmit(client, batch)
+                return count
             except BatchFailed:
                 raise
             except Exception as error:
@@ -216,7 +225,7 @@ class ClientSender(ABC, Generic[ClientT]):
                 if refused:
                     names = " and ".join(self.connections[i] for i in tried)
                     reason, permanent = f"unauthorized with {names}: {reason}", True
-                raise BatchFailed(reason, count=len(messages), permanent=permanent) from error
+                raise BatchFailed(reason, count=count, permanent=permanent) from error
 
     def _send_with_retries(self, key: str, messages: Sequence[Outgoing]) -> int:
         attempts: list[Attempt] = []
@@ -243,7 +252,7 @@ class ClientSender(ABC, Generic[ClientT]):
 
         retrying = Retrying(
             stop=stop_after_attempt(self.retry.attempts),
-            wait=wait_exponential_jitter(initial=self.retry.backoff_initial, max=self.retry.backoff_max),
+            wait=wait_exponential_jitter(multiplier=self.retry.backoff_initial, max=self.retry.backoff_max),
             retry=retry_if_exception(lambda e: isinstance(e, BatchFailed) and not e.permanent),
             before_sleep=note_retry,
             reraise=True,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSender
+from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusMessageBatch, ServiceBusSender
 from azure.servicebus.exceptions import (
     MessageSizeExceededError,
     MessagingEntityDisabledError,
@@ -49,7 +49,9 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
         # A queue and a topic are the same AMQP address to a sender, so one call serves both.
         return client.get_queue_sender(queue_name=self.endpoint.path)
 
-    def _send_batch(self, client: ServiceBusSender, key: str, messages: Sequence[Outgoing]) -> int:
+    def _prepare(
+        self, client: ServiceBusSender, key: str, messages: Sequence[Outgoing]
+    ) -> tuple[ServiceBusMessageBatch, int]:
         batch = client.create_message_batch()
         count = 0
         for message in messages:
@@ -65,8 +67,10 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
                     ) from None
                 break
             count += 1
+        return batch, count
+
+    def _transmit(self, client: ServiceBusSender, batch: ServiceBusMessageBatch) -> None:
         client.send_messages(batch)
-        return count
 
     def _is_refused(self, error: Exception) -> bool:
         return isinstance(error, ServiceBusAuthenticationError | ServiceBusAuthorizationError)

@@ -1,0 +1,120 @@
+"""Replay: dead letters sent again, through the same senders, honouring the current route table.
+
+Letters are replayed in their original order per key (ingress hub, partition, sequence number,
+position), a key stops at its first failure so nothing overtakes it, and a blob is deleted only once
+its message is delivered. A letter whose endpoint is gone, or no longer wants its type, is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from routing import envelope
+from routing.classify import classify
+from routing.deadletters import ingress_of
+from routing.model import Event, Outgoing
+from routing.pipeline import SenderFor
+from routing.routes import Endpoint, RouteTable
+from routing.senders import KeyGroup
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Letter:
+    """A stored dead letter: its name in the store and its record."""
+
+    name: str
+    record: Mapping[str, Any]
+
+    @property
+    def position(self) -> tuple[str, str, int, int]:
+        original = self.record["original"]
+        return (
+            str(original.get("source")),
+            str(original.get("partition")),
+            int(original.get("sequenceNumber") or 0),
+            int(self.record.get("index") or 0),
+        )
+
+
+@dataclass
+class ReplayReport:
+    delivered: list[str] = field(default_factory=list)  # names of letters delivered (and deleted)
+    failed: dict[str, str] = field(default_factory=dict)  # name -> why it is kept
+    kept: dict[str, str] = field(default_factory=dict)  # name -> why it was not tried
+
+
+def replay(
+    letters: Iterable[Letter],
+    *,
+    table: RouteTable,
+    senders: SenderFor,
+    delete: Callable[[str], None],
+    progress: Callable[[int], None] = lambda _n: None,
+) -> ReplayReport:
+    report = ReplayReport()
+    # endpoint name -> (endpoint, key -> [(letter, message)]) in original order
+    plan: dict[str, tuple[Endpoint, dict[str, list[tuple[Letter, Outgoing]]]]] = {}
+    # A letter bound for several endpoints (one that was never classified) is deleted when all took it.
+    outstanding: dict[str, int] = {}
+
+    for letter in sorted(letters, key=lambda item: item.position):
+        event = _event_of(letter)
+        if isinstance(event, str):
+            report.kept[letter.name] = event
+            progress(1)
+            continue
+        wanted = letter.record.get("endpoint")
+        if wanted:
+            endpoint = table.get(str(wanted))
+            if endpoint is None:
+                report.kept[letter.name] = f"endpoint '{wanted}' is no longer in the route table"
+                progress(1)
+                continue
+            if not endpoint.enabled or event.event_type not in endpoint.event_types:
+                report.kept[letter.name] = f"endpoint '{wanted}' no longer takes {event.event_type}"
+                progress(1)
+                continue
+            targets: tuple[Endpoint, ...] = (endpoint,)
+        else:
+            targets = table.for_type(event.event_type)
+            if not targets:
+                report.kept[letter.name] = f"no endpoint takes {event.event_type}"
+                progress(1)
+                continue
+        outstanding[letter.name] = len(targets)
+        for endpoint in targets:
+            entry = plan.setdefault(endpoint.name, (endpoint, {}))
+            entry[1].setdefault(event.order_key, []).append((letter, envelope.build(event, endpoint)))
+
+    for endpoint, by_key in plan.values():
+        by_message = {id(message): letter for items in by_key.values() for letter, message in items}
+        groups = [KeyGroup(key, tuple(message for _letter, message in items)) for key, items in by_key.items()]
+        sent = senders(endpoint).send(endpoint, groups)
+        for message in sent.delivered:
+            letter = by_message[id(message)]
+            outstanding[letter.name] -= 1
+            if outstanding[letter.name] == 0:
+                delete(letter.name)
+                report.delivered.append(letter.name)
+                progress(1)
+        for failure in sent.failed:
+            letter = by_message[id(failure.message)]
+            if letter.name not in report.failed:
+                report.failed[letter.name] = f"'{endpoint.name}': {failure.reason}"
+                progress(1)
+    return report
+
+
+def _event_of(letter: Letter) -> Event | str:
+    """The letter's event, classified again from the original message (or why it cannot be)."""
+    try:
+        ingress = ingress_of(letter.record)
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"the dead letter is unreadable: {exc!r}"
+    index = int(letter.record.get("index") or 0)
+    for result in classify(ingress):
+        if result.index == index:
+            return result if isinstance(result, Event) else f"still cannot be classified: {result.reason}"
+    return f"the original message has no event at position {index}"
