@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit infra-check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,25 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.dev
+# Azurite (the local Table/Blob server the storage tests run against), pinned in package-lock.json.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+unit: $(VENV)/.dev node_modules/.installed
 	$(BIN)/python -m pytest
+
+# checkov and azure-functions-doctor over infra/ and the project, in their own venv: checkov pins many
+# packages, so it stays out of .venv (pinned in requirements-infra.txt and constraints-infra.txt).
+VENV_INFRA := .venv-infra
+$(VENV_INFRA)/.installed: requirements-infra.txt constraints-infra.txt
+	$(PYTHON) -m venv $(VENV_INFRA)
+	$(VENV_INFRA)/bin/pip install --quiet --disable-pip-version-check -c constraints-infra.txt -r requirements-infra.txt
+	touch $@
+
+infra-check: $(VENV_INFRA)/.installed
+	$(VENV_INFRA)/bin/checkov -d infra --framework bicep --skip-download --compact --quiet
+	$(VENV_INFRA)/bin/azure-functions-doctor doctor --path .
 
 test: lint typecheck unit
 

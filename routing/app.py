@@ -13,10 +13,11 @@ from collections.abc import Sequence
 
 from routing.deadletters import FileDeadLetters
 from routing.ingress import EventHubEventLike, from_eventhub_events
-from routing.pipeline import BatchReport, Router
+from routing.pipeline import BatchReport, Router, RouteSource
 from routing.senders import FileSender
 from routing.settings import RouterSettings
 from routing.stores import FileRoutes
+from routing.tables import TableRoutes
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,14 @@ _router: Router | None = None
 
 def build_router(settings: RouterSettings) -> Router:
     senders = FileSender(settings.output_dir)
+    routes: RouteSource
+    if settings.routes_storage:
+        routes = TableRoutes.from_settings(settings.routes_table, settings.routes_refresh_seconds)
+    else:
+        assert settings.routes_file is not None  # from_env requires ROUTES_FILE without ROUTES_STORAGE
+        routes = FileRoutes(settings.routes_file)
     return Router(
-        routes=FileRoutes(settings.routes_file),
+        routes=routes,
         senders=lambda _endpoint: senders,
         dead_letters=FileDeadLetters(settings.output_dir),
     )

@@ -19,6 +19,7 @@ from rich.table import Table
 from routing import runner
 from routing.errors import RoutingError
 from routing.pipeline import BatchReport
+from routing.routes_cli import routes_app
 from routing.stores import load_routes_file
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(routes_app, name="routes")
 console = Console()
 errors = Console(stderr=True)
 

@@ -9,7 +9,9 @@ Reading is validated: a missing or malformed setting raises `SettingsError` nami
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,11 @@ from routing.errors import SettingsError
 # Setting names the Functions host resolves for the triggers (function_app.py uses them).
 TELEMETRY_HUB_CONNECTION = "TELEMETRY_HUB_CONNECTION"
 TWINS_HUB_CONNECTION = "TWINS_HUB_CONNECTION"
+ROUTES_STORAGE = "ROUTES_STORAGE"
+DEFAULT_ROUTES_TABLE = "routes"
+DEFAULT_ROUTES_REFRESH_SECONDS = 30.0
+# Table Storage's rule for table names.
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +49,22 @@ SETTINGS_LIST = [
     Setting(TWINS_HUB_CONNECTION, "Event Hubs connection of the Digital Twins event stream", connection=True),
     Setting("TWINS_HUB_NAME", "Event hub carrying Digital Twins events"),
     Setting("TWINS_HUB_CONSUMER_GROUP", "Consumer group the router reads the Digital Twins hub with"),
-    Setting("ROUTES_FILE", "Routes file (JSON list of endpoints), relative to the app root", deployed=False),
+    Setting(
+        "ROUTES_FILE",
+        "Routes file (JSON list of endpoints), relative to the app root; used when ROUTES_STORAGE is not set",
+        deployed=False,
+    ),
+    Setting(
+        ROUTES_STORAGE,
+        "Table Storage holding the routes table: a connection string, or ROUTES_STORAGE__tableServiceUri "
+        "(+ __clientId) for a managed identity; when set, routes come from the table, not ROUTES_FILE",
+        connection=True,
+    ),
+    Setting("ROUTES_TABLE", f"Name of the routes table (default {DEFAULT_ROUTES_TABLE})"),
+    Setting(
+        "ROUTES_REFRESH_SECONDS",
+        f"How often the router re-reads the routes table, in seconds (default {DEFAULT_ROUTES_REFRESH_SECONDS:g})",
+    ),
     Setting(
         "ROUTER_OUTPUT_DIR",
         "Local runs: deliver through file senders and keep dead letters in this folder",
@@ -52,10 +74,26 @@ SETTINGS_LIST = [
 SETTINGS: dict[str, str] = {s.name: s.description for s in SETTINGS_LIST}
 
 
+def table_name_problem(name: str) -> str | None:
+    if _TABLE_NAME.match(name):
+        return None
+    return f"'{name}' is not a valid table name: 3 to 63 letters and digits, starting with a letter"
+
+
+def connection_is_set(name: str, env: Mapping[str, str]) -> bool:
+    """Whether connection `name` is configured, as a connection string or as `<name>__<property>` settings."""
+    prefix = f"{name}__"
+    return bool(env.get(name, "").strip()) or any(k.startswith(prefix) and v.strip() for k, v in env.items())
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouterSettings:
-    routes_file: Path
+    # None when the routes come from Table Storage (`routes_storage`).
+    routes_file: Path | None
     output_dir: Path
+    routes_storage: bool = False
+    routes_table: str = DEFAULT_ROUTES_TABLE
+    routes_refresh_seconds: float = DEFAULT_ROUTES_REFRESH_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, root: Path | None = None) -> RouterSettings:
@@ -68,7 +106,23 @@ class RouterSettings:
                 raise SettingsError(f"app setting {name} is not set: {SETTINGS[name]}")
             return value
 
+        storage = connection_is_set(ROUTES_STORAGE, env)
+        table = env.get("ROUTES_TABLE", "").strip() or DEFAULT_ROUTES_TABLE
+        if problem := table_name_problem(table):
+            raise SettingsError(f"app setting ROUTES_TABLE: {problem}")
+        refresh_text = env.get("ROUTES_REFRESH_SECONDS", "").strip()
+        try:
+            refresh = float(refresh_text) if refresh_text else DEFAULT_ROUTES_REFRESH_SECONDS
+        except ValueError:
+            refresh = math.nan
+        if not (math.isfinite(refresh) and refresh > 0):
+            raise SettingsError(
+                f"app setting ROUTES_REFRESH_SECONDS must be a positive number of seconds, got {refresh_text!r}"
+            )
         return cls(
-            routes_file=root / required("ROUTES_FILE"),
+            routes_file=None if storage else root / required("ROUTES_FILE"),
             output_dir=root / required("ROUTER_OUTPUT_DIR"),
+            routes_storage=storage,
+            routes_table=table,
+            routes_refresh_seconds=refresh,
         )

@@ -15,6 +15,8 @@ from azure.functions.eventhub import EventHubTriggerConverter
 
 from routing.model import IngressMessage
 
+pytest_plugins = ["tests.azurite"]  # the `azurite` session fixture: real Table/Blob/Queue storage
+
 
 def telemetry(device: str, body: bytes, *, seq: int, partition: str = "0", **props: Any) -> IngressMessage:
     """IoT Hub telemetry as it arrives on the Event Hub-compatible endpoint."""

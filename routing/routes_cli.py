@@ -1,0 +1,601 @@
+"""`python -m routing routes ...`: list, show, add, update, delete, enable, disable, validate, import and
+export the routes in Table Storage, and `test` an event against them (a dry run, like IoT Hub's Test Route).
+
+Every write goes through the routes-file validator first and is guarded by the row's ETag, so two
+people editing at once cannot overwrite each other silently. The storage comes from `--connection-string`,
+else the environment (`ROUTES_STORAGE`, `ROUTES_TABLE`), else `local.settings.json` `Values` in the
+current folder. Touches the routes table only (through `routing.tables`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from azure.core.exceptions import AzureError, ClientAuthenticationError, ServiceRequestError
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from routing.classify import Result, classify
+from routing.connections import Connection, resolve
+from routing.errors import RoutingError
+from routing.ingress import parse_line
+from routing.model import Event, EventType
+from routing.routes import Endpoint, RouteTable
+from routing.settings import DEFAULT_ROUTES_TABLE, ROUTES_STORAGE, connection_is_set, table_name_problem
+from routing.stores import load_routes_file
+from routing.tables import RouteRows, Row, TableLoad, describe, short_reason, table_client, validated
+
+# Its own consoles and `fail`, in the style of routing/cli.py: importing that module here would make
+# the two import each other (cli.py registers this sub-app).
+console = Console()
+errors = Console(stderr=True)
+
+routes_app = typer.Typer(
+    help="Edit and check the routes in Azure Table Storage (or Azurite).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+LOCAL_SETTINGS = "local.settings.json"
+# Exit code of `validate` when it found invalid rows; 2 stays for errors (as in every command).
+INVALID_ROWS_EXIT = 1
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def fail(message: str) -> typer.Exit:
+    # Soft wrap: an error is read, and pasted into searches, as the lines it was written in.
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def warn(message: str) -> None:
+    errors.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def write_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+ConnectionStringOption = Annotated[
+    str | None,
+    typer.Option(
+        "--connection-string",
+        help=f"Storage connection string; else ${ROUTES_STORAGE}, else {LOCAL_SETTINGS} Values in this folder.",
+        show_default=False,
+    ),
+]
+TableOption = Annotated[
+    str | None,
+    typer.Option(
+        "--table", help=f"Routes table; else $ROUTES_TABLE, else {LOCAL_SETTINGS}, else '{DEFAULT_ROUTES_TABLE}'."
+    ),
+]
+OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", help="A table for people or JSON for scripts.")]
+NameArgument = Annotated[str, typer.Argument(help="Endpoint name (case-insensitive).", show_default=False)]
+
+
+def _local_settings() -> Mapping[str, str]:
+    path = Path.cwd() / LOCAL_SETTINGS
+    if not path.is_file():
+        return {}
+    try:
+        values = orjson.loads(path.read_bytes()).get("Values") or {}
+        return {str(k): str(v) for k, v in values.items() if v is not None}
+    except (orjson.JSONDecodeError, AttributeError):
+        raise fail(f"{path} is not a JSON object with a 'Values' object; fix it or pass --connection-string") from None
+
+
+def open_rows(connection_string: str | None, table: str | None) -> RouteRows:
+    """The routes table the user means: the option, then the environment, then local.settings.json."""
+    local = _local_settings()
+    try:
+        if connection_string:
+            connection = Connection(setting="--connection-string", secret=connection_string)
+        elif connection_is_set(ROUTES_STORAGE, os.environ):
+            connection = resolve(ROUTES_STORAGE, "tableServiceUri", os.environ)
+        elif connection_is_set(ROUTES_STORAGE, local):
+            connection = resolve(ROUTES_STORAGE, "tableServiceUri", local)
+        else:
+            raise fail(
+                f"no routes storage: pass --connection-string, set {ROUTES_STORAGE} (a connection string, or "
+                f"{ROUTES_STORAGE}__tableServiceUri for your Azure identity), or add {ROUTES_STORAGE} to the "
+                f"Values of {LOCAL_SETTINGS} in this folder (for Azurite: UseDevelopmentStorage=true)"
+            )
+    except RoutingError as exc:
+        raise fail(str(exc)) from None
+    candidates = [
+        ("--table", table or ""),
+        ("$ROUTES_TABLE", os.environ.get("ROUTES_TABLE", "")),
+        (f"ROUTES_TABLE in {LOCAL_SETTINGS}", local.get("ROUTES_TABLE", "")),
+    ]
+    source, name = next(((s, n.strip()) for s, n in candidates if n.strip()), ("default", DEFAULT_ROUTES_TABLE))
+    if problem := table_name_problem(name):
+        raise fail(f"{source}: {problem}")
+    try:
+        # One quick retry: a person at the prompt would rather see the error and run it again.
+        return RouteRows(table_client(connection, name, retry_total=1))
+    except (ValueError, AzureError) as exc:  # a malformed connection string
+        raise fail(f"the storage connection from {connection.setting} cannot be used: {short_reason(exc)}") from None
+
+
+@contextmanager
+def reported(rows: RouteRows) -> Iterator[None]:
+    """Turn the router's and the SDK's errors into one clear line and exit code 2."""
+    try:
+        yield
+    except RoutingError as exc:
+        raise fail(str(exc)) from None
+    except ClientAuthenticationError as exc:
+        raise fail(f"{describe(rows.client)} refused the credentials: {short_reason(exc)}") from None
+    except ServiceRequestError as exc:
+        raise fail(
+            f"cannot reach {describe(rows.client)}: {short_reason(exc)} "
+            "(check the connection; for Azurite, that it is running)"
+        ) from None
+    except AzureError as exc:
+        raise fail(f"{describe(rows.client)}: {short_reason(exc)}") from None
+
+
+def _warn_invalid(loaded: TableLoad) -> None:
+    if loaded.invalid:
+        count = len(loaded.invalid)
+        warn(
+            f"{count} invalid row{'s' if count != 1 else ''} skipped (the router skips them too): "
+            f"{', '.join(repr(r.row_key) for r in loaded.invalid)}; run `python -m routing routes validate`"
+        )
+
+
+def _endpoints_table(endpoints: tuple[Endpoint, ...], title: str) -> Table:
+    """The overview: what a reader scans for. Connections and formats are in `show` and `-o json`,
+    so the table fits an 80-column terminal; a long path folds rather than ending in "..."."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("Name", no_wrap=True)
+    table.add_column("Type", no_wrap=True)
+    table.add_column("Event types", no_wrap=True)
+    table.add_column("Path", overflow="fold")
+    table.add_column("Enabled", no_wrap=True)
+    for e in endpoints:
+        table.add_row(
+            escape(e.name), str(e.type), "\n".join(e.event_types), escape(e.path), "yes" if e.enabled else "no"
+        )
+    if not endpoints:
+        table.add_row("(none)", "", "", "", "")
+    return table
+
+
+def _endpoint_table(endpoint: Endpoint, title: str) -> Table:
+    """One endpoint, every field, one per line (the routes-file names, as `update` options take them)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("Field", no_wrap=True)
+    table.add_column("Value", overflow="fold")
+    for field_name, value in endpoint.to_dict().items():
+        text = ", ".join(value) if isinstance(value, list) else str(value).lower() if isinstance(value, bool) else value
+        table.add_row(field_name, escape(str(text)))
+    return table
+
+
+def _print_endpoint(endpoint: Endpoint, output: OutputFormat, title: str) -> None:
+    if output is OutputFormat.json:
+        write_json(endpoint.to_dict())
+    else:
+        console.print(_endpoint_table(endpoint, title))
+
+
+def _options(
+    *,
+    type_: str | None,
+    event_types: list[str] | None,
+    connection: str | None,
+    secondary_connection: str | None,
+    path: str | None,
+    format_: str | None,
+    enabled: bool | None,
+) -> dict[str, Any]:
+    """The fields the user gave, in the routes-file form (left out when not given)."""
+    given: dict[str, Any] = {}
+    if type_ is not None:
+        given["type"] = type_
+    if event_types is not None:
+        given["eventTypes"] = [part.strip() for item in event_types for part in item.split(",") if part.strip()]
+    if connection is not None:
+        given["connection"] = connection
+    if secondary_connection is not None:
+        given["secondaryConnection"] = secondary_connection
+    if path is not None:
+        given["path"] = path
+    if format_ is not None:
+        given["format"] = format_
+    if enabled is not None:
+        given["enabled"] = enabled
+    return given
+
+
+TypeOption = Annotated[str | None, typer.Option("--type", help="EventHub, ServiceBus or EventGrid.")]
+EventTypesOption = Annotated[
+    list[str] | None,
+    typer.Option("--event-types", help="Event types, comma-separated or the option repeated."),
+]
+ConnectionOption = Annotated[
+    str | None, typer.Option("--connection", help="NAME of the app setting holding the connection (never the secret).")
+]
+SecondaryOption = Annotated[
+    str | None,
+    typer.Option("--secondary-connection", help="App setting tried when the primary is refused; '' removes it."),
+]
+PathOption = Annotated[
+    str | None, typer.Option("--path", help="Event hub, queue or topic; Event Grid: the topic host.")
+]
+FormatOption = Annotated[str | None, typer.Option("--format", help="EventGridSchema or CloudEventSchemaV1_0.")]
+EnabledOption = Annotated[bool | None, typer.Option("--enabled/--disabled", help="Whether it receives events.")]
+
+
+@routes_app.command("list")
+def list_routes(
+    connection_string: ConnectionStringOption = None,
+    table: TableOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """The endpoints in the routes table (invalid rows are named on stderr)."""
+    rows = open_rows(connection_string, table)
+    with reported(rows):
+        loaded = rows.load()
+    if output is OutputFormat.json:
+        write_json([e.to_dict() for e in loaded.table.endpoints])
+    else:
+        console.print(_endpoints_table(loaded.table.endpoints, f"Routes in {describe(rows.client)}"))
+    _warn_invalid(loaded)
+
+
+@routes_app.command()
+def show(
+    name: NameArgument,
+    connection_string: ConnectionStringOption = None,
+    table: TableOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """One endpoint; for an invalid row, what it holds and every problem with it."""
+    rows = open_rows(connection_string, table)
+    with reported(rows):
+        row = rows.get(name)
+    parsed = row.parsed
+    if isinstance(parsed, Endpoint):
+        _print_endpoint(parsed, output, f"Endpoint '{parsed.name}'")
+        return
+    _print_invalid(row, [str(p) for p in parsed], output)
+
+
+def _print_invalid(row: Row, problems: list[str], output: OutputFormat) -> None:
+    if output is OutputFormat.json:
+        write_json({**_jsonable(row.raw), "problems": problems})
+        return
+    table = Table(title=f"Row '{row.entity.get('RowKey')}' (invalid: the router skips it)", title_justify="left")
+    table.add_column("Property")
+    table.add_column("Value")
+    for key, value in row.entity.items():
+        table.add_row(escape(str(key)), escape(repr(value)))
+    console.print(table)
+    for problem in problems:
+        errors.print(f"  - {escape(problem)}", highlight=False, soft_wrap=True)
+
+
+def _jsonable(raw: Mapping[str, Any]) -> dict[str, Any]:
+    # Rows written around the CLI may hold any Edm type; show those as text rather than fail.
+    return {k: v if isinstance(v, str | int | float | bool | list) or v is None else repr(v) for k, v in raw.items()}
+
+
+@routes_app.command()
+def add(
+    name: NameArgument,
+    *,
+    type_: TypeOption = None,
+    event_types: EventTypesOption = None,
+    connection: ConnectionOption = None,
+    secondary_connection: SecondaryOption = None,
+    path: PathOption = None,
+    format_: FormatOption = None,
+    enabled: EnabledOption = None,
+    connection_string: ConnectionStringOption = None,
+    table: TableOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Add an endpoint (validated first; an existing name is refused)."""
+    given = _options(
+        type_=type_,
+        event_types=event_types,
+        connection=connection,
+        secondary_connection=secondary_connection or None,
+        path=path,
+        format_=format_,
+        enabled=enabled,
+    )
+    try:
+        endpoint = validated({"name": name, **given}, f"endpoint '{name}'")
+    except RoutingError as exc:
+        raise fail(str(exc)) from None
+    rows = open_rows(connection_string, table)
+    with reported(rows):
+        rows.add(endpoint)
+    _print_endpoint(endpoint, output, f"Added endpoint '{endpoint.name}'")
+
+
+@routes_app.command()
+def update(
+    name: NameArgument,
+    *,
+    type_: TypeOption = None,
+    event_types: EventTypesOption = None,
+    connection: ConnectionOption = None,
+    secondary_connection: SecondaryOption = None,
+    path: PathOption = None,
+    format_: FormatOption = None,
+    enabled: EnabledOption = None,
+    connection_string: ConnectionStringOption = None,
+    table: TableOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Change the given fields of an endpoint (validated; refused if someone changed it meanwhile)."""
+    given = _options(
+        type_=type_,
+        event_types=event_types,
+        connection=connection,
+        secondary_connection=secondary_connection,
+        path=path,
+        format_=format_,
+        enabled=enabled,
+    )
+    if not given:
+        raise fail(
+            "nothing to change: pass one or more of --type, --event-types, --connection, "
+            "--secondary-connection, --path, --format, --enabled/--disabled"
+        )
+
+    def change(raw: dict[str, Any]) -> dict[str, Any]:
+        changed = {**raw, **given}
+        if changed.get("secondaryConnection") == "":
+            del changed["secondaryConnection"]
+        return changed
+
+    rows = open_rows(connection_string, table)
+    with reported(rows):
+        endpoint = rows.edit(name, change)
+    _print_endpoint(endpoint, output, f"Updated endpoint '{endpoint.name}'")
+
+
+def _set_enabled(name: str, enabled: bool, connection_string: str | None, table: str | None) -> Endpoint:
+    rows = open_rows(connection_string, table)
+    with reported(rows):
+        return rows.edit(name, lambda raw: {**raw, "enabled": enabled})
+
+
+@routes_app.command()
+def enable(
+    name: NameArgument,
+    connection_string: ConnectionStringOption = None,
+    table: TableOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Let an endpoint receive events again."""
+    endpoint = _set_enabled(name, True, connection_string, table)
+    _print_endpoint(endpoint, output, f"Enabled endpoint '{endpoint.name}'")
+
+
+@routes_app.command()
+def disable(
+    name: NameArgument,
+    connection_string: ConnectionStringOption = None,
+    table: TableOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Keep an endpoint in the table but send it nothing."""
+    endpoint = _set_enabled(name, False, connection_string, table)
+    _print_endpoint(endpoint, output, f"Disabled endpoint '{endpoint.name}'")
+
+
+@routes_app.command()
+def delete(
+    name: NameArgument,
+    connection_string: ConnectionStringOption = None,
+    table: TableOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Delete an endpoint (refused if someone changed it since it was read)."""
+    rows = open_rows(connection_string, table)
+    with reported(rows):
+        rows.delete(name)
+    if output is OutputFormat.json:
+        write_json({"deleted": name})
+    else:
+        console.print(f"Deleted endpoint '{escape(name)}' from {escape(describe(rows.client))}")
+
+
+@routes_app.command()
+def validate(
+    connection_string: ConnectionStringOption = None,
+    table: TableOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Check every row with the routes validator; list each invalid row and its problems (exit 1 if any)."""
+    rows = open_rows(connection_string, table)
+    with reported(rows):
+        loaded = rows.load()
+    if output is OutputFormat.json:
+        write_json(
+            {
+                "valid": len(loaded.table.endpoints),
+                "invalid": [{"row": r.row_key, "problems": [str(p) for p in r.problems]} for r in loaded.invalid],
+            }
+        )
+    else:
+        console.print(
+            f"{describe(rows.client)}: {len(loaded.table.endpoints)} valid endpoints, "
+            f"{len(loaded.invalid)} invalid rows"
+        )
+        for row in loaded.invalid:
+            console.print(f"row '{escape(row.row_key)}':", highlight=False)
+            for problem in row.problems:
+                console.print(f"  - {escape(str(problem))}", highlight=False, soft_wrap=True)
+    if loaded.invalid:
+        raise typer.Exit(code=INVALID_ROWS_EXIT)
+
+
+@routes_app.command("import")
+def import_routes(
+    file: Annotated[Path, typer.Argument(help="Routes file: a JSON list of endpoints.", show_default=False)],
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Also delete the rows that are not in the file (default: keep them).")
+    ] = False,
+    connection_string: ConnectionStringOption = None,
+    table: TableOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Write a routes file into the table: validated whole first, then applied in transactions."""
+    try:
+        routes = load_routes_file(file)
+    except RoutingError as exc:
+        raise fail(f"nothing imported: {exc}") from None
+    rows = open_rows(connection_string, table)
+    with reported(rows):
+        result = rows.import_table(routes, replace=replace)
+    summary = {
+        "added": list(result.added),
+        "updated": list(result.updated),
+        "deleted": list(result.deleted),
+        "kept": list(result.kept),
+    }
+    if output is OutputFormat.json:
+        write_json(summary)
+        return
+    console.print(
+        f"Imported {len(routes.endpoints)} endpoints from {escape(str(file))} into {escape(describe(rows.client))}: "
+        f"{len(result.added)} added, {len(result.updated)} updated, {len(result.deleted)} deleted"
+    )
+    if result.kept:
+        console.print(
+            f"Kept {len(result.kept)} rows not in the file ({escape(', '.join(result.kept))}); --replace deletes them",
+            highlight=False,
+        )
+
+
+@routes_app.command()
+def export(
+    file: Annotated[Path | None, typer.Option("--file", help="Write here instead of stdout.")] = None,
+    connection_string: ConnectionStringOption = None,
+    table: TableOption = None,
+) -> None:
+    """The table as a routes file (JSON), to stdout or --file; `import` reads it back."""
+    rows = open_rows(connection_string, table)
+    with reported(rows):
+        loaded = rows.load()
+    text = orjson.dumps([e.to_dict() for e in loaded.table.endpoints], option=orjson.OPT_INDENT_2) + b"\n"
+    if file is None:
+        sys.stdout.write(text.decode())
+    else:
+        try:
+            file.write_bytes(text)
+        except OSError as exc:
+            raise fail(f"--file {file}: {exc.strerror or exc}") from None
+        errors.print(f"Wrote {len(loaded.table.endpoints)} endpoints to {escape(str(file))}", highlight=False)
+    _warn_invalid(loaded)
+
+
+def explain(results: list[Result], table: RouteTable) -> list[dict[str, Any]]:
+    """Where each event of an ingress message would go, and why (what the pipeline would decide)."""
+    out: list[dict[str, Any]] = []
+    for result in results:
+        if not isinstance(result, Event):
+            out.append({"index": result.index, "result": "rejected", "code": result.code, "reason": result.reason})
+            continue
+        event_type: EventType = result.event_type
+        matching = table.for_type(event_type)
+        disabled = [e for e in table.endpoints if not e.enabled and event_type in e.event_types]
+        out.append(
+            {
+                "index": result.index,
+                "result": "routed" if matching else "unrouted",
+                "eventType": event_type.value,
+                "orderKey": result.order_key,
+                "messageId": result.message_id,
+                "endpoints": [
+                    {"name": e.name, "type": e.type.value, "why": f"takes {event_type.value}"} for e in matching
+                ],
+                "notSent": [
+                    {"name": e.name, "type": e.type.value, "why": f"takes {event_type.value} but is disabled"}
+                    for e in disabled
+                ],
+                **({} if matching else {"reason": f"no enabled endpoint takes {event_type.value}"}),
+            }
+        )
+    return out
+
+
+@routes_app.command("test")
+def test_route(
+    event: Annotated[
+        Path,
+        typer.Option("--event", help="One ingress line (the local runner's format) in a file; '-' reads stdin."),
+    ],
+    connection_string: ConnectionStringOption = None,
+    table: TableOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Dry run: which endpoints one event would go to and why, or why it would be dead-lettered."""
+    try:
+        raw = sys.stdin.buffer.read() if str(event) == "-" else event.read_bytes()
+    except OSError as exc:
+        raise fail(f"--event {event}: {exc.strerror or exc}") from None
+    try:
+        message = parse_line(raw.strip(), source="test", line_number=1)
+    except RoutingError as exc:
+        raise fail(f"--event {event}: must hold one ingress line: {exc}") from None
+    rows = open_rows(connection_string, table)
+    with reported(rows):
+        loaded = rows.load()
+    decisions = explain(list(classify(message)), loaded.table)
+    if output is OutputFormat.json:
+        write_json(decisions)
+    else:
+        _print_decisions(decisions)
+    _warn_invalid(loaded)
+
+
+def _print_decisions(decisions: list[dict[str, Any]]) -> None:
+    for decision in decisions:
+        # An Event Grid array holds several events; name each by its position, as dead letters do.
+        label = f"Event {decision['index']}" if len(decisions) > 1 else "Event"
+        if decision["result"] == "rejected":
+            console.print(
+                f"{label}: dead-lettered ({escape(decision['code'])}): {escape(decision['reason'])}", highlight=False
+            )
+            continue
+        console.print(
+            f"{label}: {decision['eventType']}, order key {escape(decision['orderKey'])}, "
+            f"message id {decision['messageId']}",
+            highlight=False,
+        )
+        table = Table(title_justify="left")
+        table.add_column("Endpoint")
+        table.add_column("Type")
+        table.add_column("Sent")
+        table.add_column("Why")
+        for item in decision["endpoints"]:
+            table.add_row(escape(item["name"]), item["type"], "yes", item["why"])
+        for item in decision["notSent"]:
+            table.add_row(escape(item["name"]), item["type"], "no", item["why"])
+        if decision["endpoints"] or decision["notSent"]:
+            console.print(table)
+        if "reason" in decision:
+            console.print(f"  unrouted: {decision['reason']}", highlight=False)

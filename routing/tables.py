@@ -1,0 +1,425 @@
+"""Routes in Azure Table Storage: the row <-> endpoint mapping, the route store the functions read
+(loaded once, refreshed on an interval with one query, never per event), and the row edits the
+`routes` CLI makes (validated first, guarded by ETags).
+
+One table, one partition (`PartitionKey` = "endpoint"), one row per endpoint, `RowKey` = the name
+lower-cased so names stay unique case-insensitively; the display name is in `Name`. The other
+properties are the routes-file fields with a capital first letter; `EventTypes` is comma-separated.
+Every row goes through `routing.routes.parse_endpoint`, the one validator. Touches Table Storage only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, TableEntity, UpdateMode
+
+from routing.connections import Connection, resolve
+from routing.errors import Problem, RouteTableError, RoutingError
+from routing.routes import Endpoint, RouteTable, parse_endpoint
+from routing.settings import DEFAULT_ROUTES_REFRESH_SECONDS, ROUTES_STORAGE
+
+log = logging.getLogger(__name__)
+
+PARTITION_KEY = "endpoint"
+# All rows in one query: the filter names the one partition; values always travel as parameters.
+ALL_ROWS = "PartitionKey eq @pk"
+# A transaction may hold at most 100 operations, all in one partition.
+MAX_BATCH = 100
+# The store must answer within a batch's time: fail fast and keep the last good table rather than
+# stall a partition for the SDK's default 300 s timeouts and ten retries.
+CLIENT_OPTIONS: dict[str, Any] = {
+    "retry_total": 3,
+    "retry_backoff_factor": 0.5,
+    "connection_timeout": 5,
+    "read_timeout": 20,
+}
+
+
+class RoutesUnavailableError(RoutingError):
+    """The routes table has never been read in this process, so there is nothing to route with."""
+
+
+class EndpointNotFoundError(RoutingError):
+    def __init__(self, name: str, table: str) -> None:
+        self.name = name
+        super().__init__(f"no endpoint '{name}' in routes table '{table}' (see `python -m routing routes list`)")
+
+
+class EndpointExistsError(RoutingError):
+    def __init__(self, name: str, table: str) -> None:
+        self.name = name
+        super().__init__(
+            f"endpoint '{name}' already exists in routes table '{table}' (names are unique case-insensitively); "
+            f"change it with `python -m routing routes update {name} ...`"
+        )
+
+
+class EndpointChangedError(RoutingError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"endpoint '{name}' changed since you read it; run the command again")
+
+
+# --- rows and endpoints ------------------------------------------------------------------------------
+
+
+def row_key(name: str) -> str:
+    return name.lower()
+
+
+def _property(field_name: str) -> str:
+    return field_name[:1].upper() + field_name[1:]
+
+
+def _field(property_name: str) -> str:
+    return property_name[:1].lower() + property_name[1:]
+
+
+def to_entity(endpoint: Endpoint) -> dict[str, Any]:
+    """The row of an endpoint: its routes-file form with capitalised property names."""
+    entity: dict[str, Any] = {"PartitionKey": PARTITION_KEY, "RowKey": row_key(endpoint.name)}
+    for field_name, value in endpoint.to_dict().items():
+        entity[_property(field_name)] = ",".join(value) if field_name == "eventTypes" else value
+    return entity
+
+
+def to_raw(entity: Mapping[str, Any]) -> dict[str, Any]:
+    """A row in the routes-file form, unvalidated: what `parse_endpoint` (and `update`) start from.
+
+    Unknown properties are kept (as fields with a lower-case first letter) so the validator reports
+    them; a misspelt `Enabeld` must not leave an endpoint silently enabled.
+    """
+    raw: dict[str, Any] = {}
+    for key, value in entity.items():
+        if key in ("PartitionKey", "RowKey"):
+            continue
+        field_name = _field(key)
+        if field_name == "eventTypes" and isinstance(value, str):
+            raw[field_name] = [part.strip() for part in value.split(",") if part.strip()]
+        else:
+            raw[field_name] = value
+    return raw
+
+
+def parse_row(entity: Mapping[str, Any]) -> Endpoint | list[Problem]:
+    """The endpoint a row holds, or every problem with it (the routes-file validator, plus the key rule)."""
+    key = str(entity.get("RowKey", ""))
+    parsed = parse_endpoint(to_raw(entity), f"row '{key}'")
+    if isinstance(parsed, Endpoint) and key != row_key(parsed.name):
+        # A row written around the CLI could share a name with another; the key rule prevents it.
+        return [
+            Problem(
+                f"row '{key}', field 'RowKey'",
+                f"must be the lower-cased name '{row_key(parsed.name)}' (names are unique case-insensitively); "
+                f"delete the row and add the endpoint again with `python -m routing routes add`",
+            )
+        ]
+    return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidRow:
+    row_key: str
+    problems: tuple[Problem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TableLoad:
+    """A whole table as read: the endpoints that passed, and every row that did not, with why."""
+
+    table: RouteTable
+    invalid: tuple[InvalidRow, ...] = ()
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        return tuple(p for row in self.invalid for p in row.problems)
+
+
+def parse_rows(entities: Iterable[Mapping[str, Any]]) -> TableLoad:
+    endpoints: list[Endpoint] = []
+    invalid: list[InvalidRow] = []
+    for entity in entities:
+        parsed = parse_row(entity)
+        if isinstance(parsed, Endpoint):
+            endpoints.append(parsed)
+        else:
+            invalid.append(InvalidRow(str(entity.get("RowKey", "")), tuple(parsed)))
+    return TableLoad(RouteTable(tuple(endpoints)), tuple(invalid))
+
+
+def load(client: TableClient) -> TableLoad:
+    """Every row, with one query (more than 1,000 endpoints would take one request per 1,000)."""
+    return parse_rows(client.query_entities(ALL_ROWS, parameters={"pk": PARTITION_KEY}))
+
+
+# --- connections ---------------------------------------------------------------------------------------
+
+
+def table_client(connection: Connection, table_name: str, **options: Any) -> TableClient:
+    """A client for `table_name` over a resolved connection (a connection string, or a managed identity)."""
+    options = {**CLIENT_OPTIONS, **options}
+    if connection.secret:
+        return TableClient.from_connection_string(connection.secret, table_name=table_name, **options)
+    assert connection.address is not None
+    return TableClient(
+        endpoint=connection.address, table_name=table_name, credential=connection.credential(), **options
+    )
+
+
+def describe(client: TableClient) -> str:
+    """Where a table is, for messages: the account URL and table name, never a key."""
+    return f"routes table '{client.table_name}' at {client.url}"
+
+
+def short_reason(exc: BaseException) -> str:
+    """The first line of an SDK error (the rest is the response body and request ids)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+# --- the store the functions read --------------------------------------------------------------------
+
+
+class TableRoutes:
+    """The route table from Table Storage, cached and re-read every `refresh_seconds` (one query).
+
+    Invalid rows are skipped, logged and counted; the rest keep routing. When a refresh fails the last
+    good table keeps serving until the next interval; if the table was never read, `current()` raises
+    `RoutesUnavailableError`, so the function fails and the retry policy holds the checkpoint.
+    """
+
+    def __init__(
+        self,
+        client: TableClient,
+        *,
+        refresh_seconds: float = DEFAULT_ROUTES_REFRESH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not refresh_seconds > 0:
+            raise ValueError(f"refresh_seconds must be positive, got {refresh_seconds}")
+        self.client = client
+        self.refresh_seconds = refresh_seconds
+        self._clock = clock
+        # The Python worker may run invocations on several threads; one of them refreshes at a time.
+        self._lock = threading.Lock()
+        self._table: RouteTable | None = None
+        self._next_load = -math.inf
+        self._last: TableLoad | None = None
+        self.last_error: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls, table_name: str, refresh_seconds: float, env: Mapping[str, str] | None = None
+    ) -> TableRoutes:
+        connection = resolve(ROUTES_STORAGE, "tableServiceUri", env)
+        return cls(table_client(connection, table_name), refresh_seconds=refresh_seconds)
+
+    @property
+    def invalid_rows(self) -> int:
+        """How many rows the last successful load skipped."""
+        return len(self._last.invalid) if self._last else 0
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        """Every problem of the rows the last successful load skipped."""
+        return self._last.problems if self._last else ()
+
+    def current(self) -> RouteTable:
+        table = self._table
+        if table is not None and self._clock() < self._next_load:
+            return table
+        with self._lock:
+            now = self._clock()
+            if self._table is not None and now < self._next_load:
+                return self._table
+            return self._refresh(now)
+
+    def _refresh(self, now: float) -> RouteTable:
+        try:
+            loaded = load(self.client)
+        except Exception as exc:  # any failure to read must leave routing on the last good table
+            self.last_error = short_reason(exc)
+            if self._table is None:
+                # Not loaded yet: the next call tries again (the function's retry policy paces it).
+                raise RoutesUnavailableError(
+                    f"{describe(self.client)} could not be read, and no routes were loaded before: "
+                    f"{self.last_error} (check the {ROUTES_STORAGE} setting, the table name, and that "
+                    "the identity may read the table)"
+                ) from exc
+            # Try again only after another interval, so an outage costs one timeout per interval, not per batch.
+            self._next_load = now + self.refresh_seconds
+            log.error(
+                "%s could not be read; routing keeps the last good table (%d endpoints): %s",
+                describe(self.client),
+                len(self._table.endpoints),
+                self.last_error,
+            )
+            return self._table
+        self._next_load = now + self.refresh_seconds
+        self.last_error = None
+        self._report(loaded)
+        self._last = loaded
+        self._table = loaded.table
+        return loaded.table
+
+    def _report(self, loaded: TableLoad) -> None:
+        # Logged when they change, not every interval: the same warnings each 30 s would bury new ones.
+        previous = self._last
+        if previous is not None and previous.invalid == loaded.invalid and previous.table == loaded.table:
+            return
+        for row in loaded.invalid:
+            log.warning(
+                "%s: row '%s' skipped, the other routes keep working: %s",
+                describe(self.client),
+                row.row_key,
+                "; ".join(str(p) for p in row.problems),
+                extra={"rowKey": row.row_key, "problems": [str(p) for p in row.problems]},
+            )
+        log.info(
+            "%s loaded: %d endpoints, %d invalid rows skipped",
+            describe(self.client),
+            len(loaded.table.endpoints),
+            len(loaded.invalid),
+        )
+
+
+# --- edits (the CLI) ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One row as read, with its ETag: what an edit starts from and must not overwrite blindly."""
+
+    entity: Mapping[str, Any]
+    etag: str
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        return to_raw(self.entity)
+
+    @property
+    def parsed(self) -> Endpoint | list[Problem]:
+        return parse_row(self.entity)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    added: tuple[str, ...]
+    updated: tuple[str, ...]
+    deleted: tuple[str, ...]
+    kept: tuple[str, ...]  # rows not in the file, left alone (without --replace)
+
+
+def validated(raw: Mapping[str, Any], where: str) -> Endpoint:
+    """An endpoint from user input, or `RouteTableError` listing every problem (the one validator)."""
+    parsed = parse_endpoint(dict(raw), where)
+    if isinstance(parsed, list):
+        raise RouteTableError(parsed, where)
+    return parsed
+
+
+class RouteRows:
+    """Reads and edits of the routes table for the CLI: every write validated, every change ETag-guarded."""
+
+    def __init__(self, client: TableClient) -> None:
+        self.client = client
+
+    @property
+    def name(self) -> str:
+        return self.client.table_name
+
+    def load(self) -> TableLoad:
+        try:
+            return load(self.client)
+        except ResourceNotFoundError:
+            return TableLoad(RouteTable())  # no table yet: no routes
+
+    def entities(self) -> list[TableEntity]:
+        try:
+            return list(self.client.query_entities(ALL_ROWS, parameters={"pk": PARTITION_KEY}))
+        except ResourceNotFoundError:
+            return []
+
+    def get(self, name: str) -> Row:
+        try:
+            entity = self.client.get_entity(PARTITION_KEY, row_key(name))
+        except ResourceNotFoundError:
+            raise EndpointNotFoundError(name, self.name) from None
+        return Row(entity, str(entity.metadata["etag"]))
+
+    def ensure_table(self) -> None:
+        with contextlib.suppress(ResourceExistsError):
+            self.client.create_table()
+
+    def add(self, endpoint: Endpoint) -> None:
+        self.ensure_table()
+        try:
+            self.client.create_entity(to_entity(endpoint))
+        except ResourceExistsError:
+            raise EndpointExistsError(endpoint.name, self.name) from None
+
+    def replace(self, endpoint: Endpoint, etag: str) -> None:
+        """Write `endpoint` over its row, only if the row still has `etag` (nobody changed it meanwhile)."""
+        try:
+            self.client.update_entity(
+                to_entity(endpoint), mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+            )
+        except ResourceModifiedError:
+            raise EndpointChangedError(endpoint.name) from None
+        except ResourceNotFoundError:
+            # Deleted since it was read: also a change the user has not seen.
+            raise EndpointChangedError(endpoint.name) from None
+
+    def edit(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> Endpoint:
+        """Read the row, apply `change` to its routes-file form, validate, and write it back if unchanged."""
+        row = self.get(name)
+        endpoint = validated(change(row.raw), f"endpoint '{name}'")
+        if row_key(endpoint.name) != row_key(name):
+            raise RouteTableError(
+                [Problem(f"endpoint '{name}', field 'name'", "cannot be changed: delete it and add the new name")]
+            )
+        self.replace(endpoint, row.etag)
+        return endpoint
+
+    def delete(self, name: str) -> None:
+        row = self.get(name)
+        try:
+            self.client.delete_entity(
+                PARTITION_KEY, row_key(name), etag=row.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except ResourceModifiedError:
+            raise EndpointChangedError(name) from None
+
+    def import_table(self, table: RouteTable, *, replace: bool) -> ImportResult:
+        """Write a validated table: upsert every endpoint; with `replace`, delete rows not in it.
+
+        One transaction per 100 operations (one partition). Up to 100 changes apply all or nothing;
+        beyond that, batches apply in order and a failure leaves the earlier ones applied; running the
+        import again completes it, since every operation is idempotent.
+        """
+        self.ensure_table()
+        existing = [str(e["RowKey"]) for e in self.entities()]
+        wanted = {row_key(e.name) for e in table.endpoints}
+        operations: list[Any] = [("upsert", to_entity(e), {"mode": UpdateMode.REPLACE}) for e in table.endpoints]
+        absent = [key for key in existing if key not in wanted]
+        if replace:
+            operations += [("delete", {"PartitionKey": PARTITION_KEY, "RowKey": key}) for key in absent]
+        for start in range(0, len(operations), MAX_BATCH):
+            self.client.submit_transaction(operations[start : start + MAX_BATCH])
+        before = set(existing)
+        return ImportResult(
+            added=tuple(e.name for e in table.endpoints if row_key(e.name) not in before),
+            updated=tuple(e.name for e in table.endpoints if row_key(e.name) in before),
+            deleted=tuple(absent) if replace else (),
+            kept=() if replace else tuple(absent),
+        )
