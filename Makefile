@@ -48,7 +48,7 @@ infra-check: $(VENV_INFRA)/.installed
 	$(VENV_INFRA)/bin/checkov -d infra --framework bicep --skip-download --compact --quiet
 	$(VENV_INFRA)/bin/azure-functions-doctor doctor --path .
 
-test: lint typecheck unit
+test: lint typecheck unit infra-check
 
 clean:
-	rm -rf $(VENV) out .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_INFRA) out .mypy_cache .ruff_cache node_modules

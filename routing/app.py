@@ -11,11 +11,13 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from routing.deadletters import FileDeadLetters
+from routing import observability
+from routing.deadletters import BlobDeadLetters, FileDeadLetters
 from routing.ingress import EventHubEventLike, from_eventhub_events
 from routing.pipeline import BatchReport, Router, RouteSource
+from routing.pool import SenderPool
 from routing.senders import FileSender
-from routing.settings import RouterSettings
+from routing.settings import DEADLETTER_STORAGE, RouterSettings
 from routing.stores import FileRoutes
 from routing.tables import TableRoutes
 
@@ -26,17 +28,20 @@ _router: Router | None = None
 
 
 def build_router(settings: RouterSettings) -> Router:
-    senders = FileSender(settings.output_dir)
     routes: RouteSource
     if settings.routes_storage:
         routes = TableRoutes.from_settings(settings.routes_table, settings.routes_refresh_seconds)
     else:
         assert settings.routes_file is not None  # from_env requires ROUTES_FILE without ROUTES_STORAGE
         routes = FileRoutes(settings.routes_file)
+    if settings.output_dir is not None:
+        # A local run: everything goes to files, nothing to Azure.
+        files = FileSender(settings.output_dir)
+        return Router(routes=routes, senders=lambda _endpoint: files, dead_letters=FileDeadLetters(settings.output_dir))
     return Router(
         routes=routes,
-        senders=lambda _endpoint: senders,
-        dead_letters=FileDeadLetters(settings.output_dir),
+        senders=SenderPool(),
+        dead_letters=BlobDeadLetters.from_settings(DEADLETTER_STORAGE, settings.deadletter_container),
     )
 
 
@@ -44,6 +49,7 @@ def get_router() -> Router:
     global _router
     with _lock:
         if _router is None:
+            observability.configure()
             _router = build_router(RouterSettings.from_env())
         return _router
 

@@ -66,7 +66,8 @@ class EventGridSender(ClientSender[EventGridPublisherClient]):
         return [orjson.loads(m.body) for m in messages[:count]], count
 
     def _transmit(self, client: EventGridPublisherClient, batch: list[Any]) -> None:
-        client.send(batch)
+        # The publisher ignores retry options given to its constructor: they must come with each send.
+        client.send(batch, retry_total=0)
 
     def _is_refused(self, error: Exception) -> bool:
         return isinstance(error, ClientAuthenticationError)

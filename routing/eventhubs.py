@@ -23,6 +23,11 @@ _PERMANENT_CONDITIONS = (
 )
 
 
+def _not_found(error: Exception) -> bool:
+    text = str(error).lower()
+    return "404" in text or "not-found" in text or "not found" in text
+
+
 def event_data(message: Outgoing) -> EventData:
     data = EventData(message.body)
     if message.properties:
@@ -74,11 +79,16 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
         client.send_batch(batch)
 
     def _is_refused(self, error: Exception) -> bool:
-        return isinstance(error, AuthenticationError) or "unauthorized" in str(error).lower()
+        # Event Hubs answers an unknown hub with a 404 to the token request, raised as AuthenticationError.
+        return (isinstance(error, AuthenticationError) or "unauthorized" in str(error).lower()) and not _not_found(
+            error
+        )
 
     def _describe(self, error: Exception) -> tuple[str, bool]:
         text = f"{type(error).__name__}: {error}"
         lowered = text.lower()
+        if _not_found(error):
+            return f"event hub '{self.endpoint.path}' was not found: {text}", True
         if any(condition in lowered for condition in _PERMANENT_CONDITIONS):
             return text, True
         # Anything else (a lost connection, a timeout, throttling, a busy server) outlasted the SDK's

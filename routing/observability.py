@@ -31,6 +31,26 @@ LAG = meter.create_histogram("router.lag", unit="s", description="Now minus the 
 
 UNCLASSIFIED = "Unclassified"
 
+
+def _entra_credential(env: Mapping[str, str]) -> dict[str, object]:
+    """The identity to sign telemetry with when Application Insights accepts Entra tokens only.
+
+    The Functions host reads APPLICATIONINSIGHTS_AUTHENTICATION_STRING (`ClientId=...;Authorization=AAD`)
+    itself; the Python exporter does not, so the same setting is turned into a credential here.
+    """
+    parts = dict(
+        part.split("=", 1)
+        for part in env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "").split(";")
+        if "=" in part
+    )
+    if parts.get("Authorization", "").upper() != "AAD":
+        return {}
+    from azure.identity import ManagedIdentityCredential  # noqa: PLC0415
+
+    client_id = parts.get("ClientId")
+    return {"credential": ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()}
+
+
 _configured = False
 _lock = threading.Lock()
 log = logging.getLogger(__name__)
@@ -48,7 +68,7 @@ def configure(env: Mapping[str, str] | None = None) -> str:
             from azure.monitor.opentelemetry import configure_azure_monitor  # noqa: PLC0415 - heavy, deployed only
 
             # The Functions host forwards its own logs; ours go through OpenTelemetry with their dimensions.
-            configure_azure_monitor(logger_name="routing")
+            configure_azure_monitor(logger_name="routing", **_entra_credential(env))
             return "Application Insights"
         if env.get("ROUTER_METRICS_CONSOLE"):
             from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415

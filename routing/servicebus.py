@@ -21,6 +21,11 @@ from routing.model import Outgoing
 from routing.senders import BatchFailed, ClientSender
 
 
+def _not_found(error: Exception) -> bool:
+    text = str(error).lower()
+    return isinstance(error, MessagingEntityNotFoundError) or "404" in text or "not found" in text
+
+
 def service_bus_message(message: Outgoing) -> ServiceBusMessage:
     return ServiceBusMessage(
         message.body,
@@ -73,9 +78,13 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
         client.send_messages(batch)
 
     def _is_refused(self, error: Exception) -> bool:
-        return isinstance(error, ServiceBusAuthenticationError | ServiceBusAuthorizationError)
+        # Service Bus answers an unknown queue or topic with a 404 to the token request.
+        refused = isinstance(error, ServiceBusAuthenticationError | ServiceBusAuthorizationError)
+        return refused and not _not_found(error)
 
     def _describe(self, error: Exception) -> tuple[str, bool]:
         text = f"{type(error).__name__}: {error}"
+        if _not_found(error):
+            return f"queue or topic '{self.endpoint.path}' was not found: {text}", True
         permanent = (MessageSizeExceededError, MessagingEntityNotFoundError, MessagingEntityDisabledError)
         return text, isinstance(error, permanent)

@@ -22,6 +22,10 @@ from routing.errors import SettingsError
 TELEMETRY_HUB_CONNECTION = "TELEMETRY_HUB_CONNECTION"
 TWINS_HUB_CONNECTION = "TWINS_HUB_CONNECTION"
 ROUTES_STORAGE = "ROUTES_STORAGE"
+DEADLETTER_STORAGE = "DEADLETTER_STORAGE"
+DEFAULT_DEADLETTER_CONTAINER = "deadletters"
+# Blob Storage's rule for container names.
+_CONTAINER_NAME = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 DEFAULT_ROUTES_TABLE = "routes"
 DEFAULT_ROUTES_REFRESH_SECONDS = 30.0
 # Table Storage's rule for table names.
@@ -66,8 +70,20 @@ SETTINGS_LIST = [
         f"How often the router re-reads the routes table, in seconds (default {DEFAULT_ROUTES_REFRESH_SECONDS:g})",
     ),
     Setting(
+        DEADLETTER_STORAGE,
+        "Blob Storage for dead letters: a connection string, or DEADLETTER_STORAGE__blobServiceUri "
+        "(+ __clientId) for a managed identity; required unless ROUTER_OUTPUT_DIR is set",
+        connection=True,
+    ),
+    Setting("DEADLETTER_CONTAINER", f"Container dead letters are kept in (default {DEFAULT_DEADLETTER_CONTAINER})"),
+    Setting(
         "ROUTER_OUTPUT_DIR",
-        "Local runs: deliver through file senders and keep dead letters in this folder",
+        "Local runs: deliver through file senders and keep dead letters in this folder instead of Azure",
+        deployed=False,
+    ),
+    Setting(
+        "ROUTER_METRICS_CONSOLE",
+        "Local runs: print the router's OpenTelemetry metrics to the console every 10 s when set",
         deployed=False,
     ),
 ]
@@ -90,7 +106,9 @@ def connection_is_set(name: str, env: Mapping[str, str]) -> bool:
 class RouterSettings:
     # None when the routes come from Table Storage (`routes_storage`).
     routes_file: Path | None
-    output_dir: Path
+    # Set for local runs: file senders and file dead letters; None: Azure senders and Blob dead letters.
+    output_dir: Path | None
+    deadletter_container: str = DEFAULT_DEADLETTER_CONTAINER
     routes_storage: bool = False
     routes_table: str = DEFAULT_ROUTES_TABLE
     routes_refresh_seconds: float = DEFAULT_ROUTES_REFRESH_SECONDS
@@ -119,9 +137,23 @@ class RouterSettings:
             raise SettingsError(
                 f"app setting ROUTES_REFRESH_SECONDS must be a positive number of seconds, got {refresh_text!r}"
             )
+        output = env.get("ROUTER_OUTPUT_DIR", "").strip()
+        if not output and not connection_is_set(DEADLETTER_STORAGE, env):
+            raise SettingsError(
+                f"app setting {DEADLETTER_STORAGE} is not set: dead letters need Blob Storage "
+                f"({DEADLETTER_STORAGE} or {DEADLETTER_STORAGE}__blobServiceUri), "
+                "or ROUTER_OUTPUT_DIR for a local run that keeps everything in files"
+            )
+        container = env.get("DEADLETTER_CONTAINER", "").strip() or DEFAULT_DEADLETTER_CONTAINER
+        if not _CONTAINER_NAME.match(container):
+            raise SettingsError(
+                f"app setting DEADLETTER_CONTAINER: '{container}' is not a valid container name: 3 to 63 "
+                "lower-case letters, digits and single hyphens, starting and ending with a letter or digit"
+            )
         return cls(
             routes_file=None if storage else root / required("ROUTES_FILE"),
-            output_dir=root / required("ROUTER_OUTPUT_DIR"),
+            output_dir=root / output if output else None,
+            deadletter_container=container,
             routes_storage=storage,
             routes_table=table,
             routes_refresh_seconds=refresh,

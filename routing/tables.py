@@ -23,6 +23,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableEntity, UpdateMode
 
+from routing import observability as obs
 from routing.connections import Connection, resolve
 from routing.errors import Problem, RouteTableError, RoutingError
 from routing.routes import Endpoint, RouteTable, parse_endpoint
@@ -249,6 +250,7 @@ class TableRoutes:
             loaded = load(self.client)
         except Exception as exc:  # any failure to read must leave routing on the last good table
             self.last_error = short_reason(exc)
+            obs.ROUTE_REFRESHES.add(1, {"outcome": "failed"})
             if self._table is None:
                 # Not loaded yet: the next call tries again (the function's retry policy paces it).
                 raise RoutesUnavailableError(
@@ -267,6 +269,9 @@ class TableRoutes:
             return self._table
         self._next_load = now + self.refresh_seconds
         self.last_error = None
+        obs.ROUTE_REFRESHES.add(1, {"outcome": "loaded"})
+        if loaded.invalid:
+            obs.INVALID_ROWS.add(len(loaded.invalid))
         self._report(loaded)
         self._last = loaded
         self._table = loaded.table
