@@ -16,6 +16,7 @@ from routing.senders import BatchFailed, ClientSender
 # AMQP conditions that no retry will cure.
 _PERMANENT_CONDITIONS = (
     "message-size-exceeded",
+    "messagesizeexceeded",  # the SDK names the condition by its enum: LinkMessageSizeExceeded
     "amqp:not-found",
     "unauthorized-access",
     "amqp:unauthorized-access",

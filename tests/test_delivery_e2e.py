@@ -1,0 +1,318 @@
+"""Real delivery, proved on the wire: function_app's functions on worker-shaped input, routing through
+the unmodified Event Hubs, Service Bus and Event Grid SDKs to a local AMQP 1.0 peer and a local Event
+Grid receiver, with dead letters in Azurite's Blob service."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.storage.blob import ContainerClient
+
+from routing import app as wiring
+from routing.model import IngressMessage, message_id
+from routing.pool import SenderPool
+from routing.senders import RetryOptions
+from tests.azurite import Azurite
+from tests.conftest import WorkerEvent, sensor_data, worker_batch
+from tests.peers.amqp import AmqpPeer
+from tests.peers.eventgrid import EventGridReceiver
+
+HUBS = {"raw-hub", "twins-hub", "alerts"}
+IOTHUB = {"iothub-message-source": "Telemetry", "iothub-enqueuedtime": "2026-11-26T09:00:00Z"}
+
+
+@pytest.fixture(scope="module")
+def amqp() -> Iterator[AmqpPeer]:
+    with AmqpPeer(entities=HUBS) as peer:
+        yield peer
+
+
+@pytest.fixture(scope="module")
+def grid() -> Iterator[EventGridReceiver]:
+    with EventGridReceiver(key="grid-key") as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[EventGridReceiver]:
+    with EventGridReceiver(key="cloud-key") as receiver:
+        yield receiver
+
+
+class Deployed:
+    def __init__(
+        self, peer: AmqpPeer, grid: EventGridReceiver, cloud: EventGridReceiver, letters: ContainerClient
+    ) -> None:
+        self.peer, self.grid, self.cloud, self.letters = peer, grid, cloud, letters
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return [json.loads(self.letters.download_blob(b.name).readall()) for b in self.letters.list_blobs()]
+
+
+@pytest.fixture
+def deployed(  # noqa: PLR0917 - pytest passes fixtures positionally
+    amqp: AmqpPeer,
+    grid: EventGridReceiver,
+    cloud: EventGridReceiver,
+    azurite: Azurite,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Deployed]:
+    routes = [
+        {"name": "raw", "type": "EventHub", "eventTypes": ["DeviceMessages"], "connection": "RAW", "path": "raw-hub"},
+        {"name": "twins", "type": "EventHub", "eventTypes": ["SensorChange", "TopologyOperation"],
+         "connection": "TWINS", "path": "twins-hub"},
+        {"name": "bus", "type": "ServiceBus", "eventTypes": ["SensorChange"], "connection": "BUS_PRIMARY",
+         "secondaryConnection": "BUS_SECONDARY", "path": "alerts"},
+        {"name": "grid", "type": "EventGrid", "eventTypes": ["TopologyOperation"], "connection": "GRID_KEY",
+         "path": grid.endpoint},
+        {"name": "cloud", "type": "EventGrid", "eventTypes": ["TopologyOperation"], "connection": "CLOUD_KEY",
+         "path": cloud.endpoint, "format": "CloudEventSchemaV1_0"},
+    ]  # fmt: skip
+    (tmp_path / "routes.json").write_text(json.dumps(routes))
+    container = f"dl{uuid.uuid4().hex[:12]}"
+    for name, value in {
+        "ROUTES_FILE": str(tmp_path / "routes.json"),
+        "DEADLETTER_STORAGE": azurite.connection_string,
+        "DEADLETTER_CONTAINER": container,
+        "RAW": amqp.connection_string(),
+        "TWINS": amqp.connection_string(),
+        # The primary key is refused, as after a key rotation: the router must fail over.
+        "BUS_PRIMARY": amqp.connection_string(key="ROTATED_AWAY"),
+        "BUS_SECONDARY": amqp.connection_string(),
+        "GRID_KEY": grid.key,
+        "CLOUD_KEY": cloud.key,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("ROUTER_OUTPUT_DIR", raising=False)
+    monkeypatch.delenv("ROUTES_STORAGE", raising=False)
+    # Short backoff so the retry tests stay quick; the production defaults are longer.
+    monkeypatch.setattr(
+        "routing.app.SenderPool",
+        lambda: SenderPool(retry=RetryOptions(attempts=3, backoff_initial=0.01, backoff_max=0.05)),
+    )
+    amqp.clear()
+    amqp.refuse_auth(key="ROTATED_AWAY")
+    grid.clear()
+    cloud.clear()
+    wiring.reset()
+    letters = ContainerClient.from_connection_string(azurite.connection_string, container)
+    letters.create_container()
+    yield Deployed(amqp, grid, cloud, letters)
+    router = wiring._router
+    if router is not None and isinstance(router.senders, SenderPool):
+        router.senders.close()
+    wiring.reset()
+    amqp.reset_faults()
+
+
+def telemetry_batch(count: int, devices: int, *, start: int = 0, size: int = 40) -> list[WorkerEvent]:
+    return [
+        WorkerEvent(
+            body=(f'{{"n":{i},"pad":"' + "x" * size + '"}').encode() + b"\xff",  # not UTF-8: bytes must survive
+            properties={"unit": "C", "n": i},
+            system_properties={**IOTHUB, "iothub-connection-device-id": f"dev-{i % devices}"},
+            sequence_number=i,
+            offset=1000 + i,
+        )
+        for i in range(start, start + count)
+    ]
+
+
+def by_device(received: list[Any]) -> dict[str, list[bytes]]:
+    out: dict[str, list[bytes]] = {}
+    for message in received:
+        out.setdefault(message.partition_key, []).append(message.body)
+    return out
+
+
+def expected_by_device(events: list[WorkerEvent]) -> dict[str, list[bytes]]:
+    out: dict[str, list[bytes]] = {}
+    for event in events:
+        out.setdefault(event.system_properties["iothub-connection-device-id"], []).append(event.body)
+    return out
+
+
+def test_telemetry_keeps_device_order_bytes_and_properties_on_event_hubs(
+    functions: dict[str, Any], deployed: Deployed
+) -> None:
+    events = telemetry_batch(40, devices=4)
+    functions["route_telemetry"].get_user_function()(worker_batch(events, partition_id="2"))
+    received = deployed.peer.received("raw-hub")
+    assert by_device(received) == expected_by_device(events)
+    first = received[0]
+    assert first.application_properties == {"unit": "C", "n": 0}
+    ingress = IngressMessage(
+        body=b"", properties={}, system_properties={}, source="telemetry", partition="2", sequence_number=0
+    )
+    assert first.message_id == message_id(ingress, 0)
+    assert not deployed.dead_letters()
+
+
+def test_twin_events_reach_service_bus_sessions_after_failover_and_both_event_grid_schemas(
+    functions: dict[str, Any], deployed: Deployed
+) -> None:
+    topology = {"SpacesToNotify": [], "Id": "dev-9", "Type": "Devices", "AccessType": "Create"}
+    sensor = {"Type": "SensorChange"}
+    events = [
+        WorkerEvent(body=json.dumps(sensor_data("s-1", "1")).encode(), properties={**sensor, "CorrelationId": "c-1"}),
+        WorkerEvent(body=json.dumps(sensor_data("s-2", "2")).encode(), properties=sensor, sequence_number=2),
+        WorkerEvent(body=json.dumps(topology).encode(), properties={"Type": "TopologyOperation"}, sequence_number=3),
+        WorkerEvent(body=json.dumps(sensor_data("s-1", "3")).encode(), properties=sensor, sequence_number=4),
+    ]
+    functions["route_twins"].get_user_function()(worker_batch(events, partition_id="0"))
+
+    bus = deployed.peer.received("alerts")
+    assert [(m.session_id, json.loads(m.body)["data"]["Value"]) for m in bus] == [
+        ("s-1", "1"),
+        ("s-1", "3"),
+        ("s-2", "2"),
+    ]
+    assert len({m.message_id for m in bus}) == 3
+    assert bus[0].application_properties == {
+        "EventType": "SensorChange",
+        "Subject": "SensorChange",
+        "CorrelationId": "c-1",
+    }
+    assert bus[0].content_type == "application/json"
+    assert deployed.peer.stats().cbs_refused >= 1  # the primary was tried, and refused
+
+    twins = deployed.peer.received("twins-hub")
+    assert [m.partition_key for m in twins] == ["s-1", "s-1", "s-2", "dev-9"]
+
+    [grid_request] = [r for r in deployed.grid.requests() if r.accepted]
+    assert grid_request.content_type.startswith("application/json")
+    [grid_event] = grid_request.events
+    assert (grid_event["eventType"], grid_event["subject"], grid_event["data"]) == (
+        "TopologyOperation",
+        "Devices",
+        topology,
+    )
+    [cloud_request] = [r for r in deployed.cloud.requests() if r.accepted]
+    assert cloud_request.content_type.startswith("application/cloudevents-batch+json")
+    [cloud_event] = cloud_request.events
+    assert (cloud_event["specversion"], cloud_event["type"], cloud_event["data"]) == (
+        "1.0",
+        "TopologyOperation",
+        topology,
+    )
+    assert cloud_event["id"] == grid_event["id"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["server_busy", "drop_connection", "abrupt_drop", "throttle"],
+)
+def test_transient_faults_are_retried_without_duplicates_or_reordering(
+    functions: dict[str, Any], deployed: Deployed, fault: str
+) -> None:
+    run = functions["route_telemetry"].get_user_function()
+    run(worker_batch(telemetry_batch(6, devices=3), partition_id="0"))  # a warm connection to break
+    deployed.peer.clear()
+    deployed.peer.refuse_auth(key="ROTATED_AWAY")
+    {
+        "server_busy": lambda: deployed.peer.server_busy(2),
+        "drop_connection": lambda: deployed.peer.drop_connection_on_next_sends(1),
+        "abrupt_drop": lambda: deployed.peer.drop_connection_on_next_sends(1, abrupt=True),
+        "throttle": lambda: deployed.peer.throttle(2),
+    }[fault]()
+    events = telemetry_batch(30, devices=5, start=100)
+    run(worker_batch(events, partition_id="0"))
+    assert by_device(deployed.peer.received("raw-hub")) == expected_by_device(events)
+    assert not deployed.dead_letters()
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_event_grid_transient_answers_are_retried(functions: dict[str, Any], deployed: Deployed, status: int) -> None:
+    deployed.grid.fail_next(status, times=2)
+    topology = {"Id": "dev-1", "Type": "Devices"}
+    event = WorkerEvent(body=json.dumps(topology).encode(), properties={"Type": "TopologyOperation"}, sequence_number=1)
+    functions["route_twins"].get_user_function()(worker_batch([event]))
+    assert [r.status for r in deployed.grid.requests()] == [status, status, 200]
+    assert [e["data"] for e in deployed.grid.events()] == [topology]
+    assert not deployed.dead_letters()
+
+
+@pytest.mark.parametrize("where", ["sender", "hub"])
+def test_an_oversized_message_is_dead_lettered_once_and_holds_its_device_only(
+    functions: dict[str, Any], deployed: Deployed, where: str
+) -> None:
+    if where == "sender":
+        # The hub advertises its limit, so the sender sees the message cannot fit before sending it.
+        deployed.peer.max_message_size = 1500
+    else:
+        # The hub takes the batch's size on trust and rejects it: the message alone is in its batch.
+        deployed.peer.reject_messages_larger_than(1500)
+    try:
+        events = telemetry_batch(5, devices=2)  # dev-0: 0, 2, 4; dev-1: 1, 3
+        events[0] = WorkerEvent(
+            body=b"x" * 2000, system_properties={**IOTHUB, "iothub-connection-device-id": "dev-0"}, sequence_number=0
+        )
+        functions["route_telemetry"].get_user_function()(worker_batch(events))
+    finally:
+        deployed.peer.max_message_size = 1024 * 1024
+        deployed.peer.reject_messages_larger_than(None)
+    assert by_device(deployed.peer.received("raw-hub")) == {"dev-1": [events[1].body, events[3].body]}
+    letters = sorted(deployed.dead_letters(), key=lambda x: x["original"]["sequenceNumber"])
+    assert [(x["orderKey"], x["original"]["sequenceNumber"]) for x in letters] == [
+        ("dev-0", 0),
+        ("dev-0", 2),
+        ("dev-0", 4),
+    ]
+    oversized = letters[0]
+    assert len(oversized["attempts"]) == 1, "a permanent failure must not be retried"
+    assert "size" in oversized["reason"].lower() or "larger" in oversized["reason"].lower()
+    assert base64.b64decode(oversized["original"]["bodyBase64"]) == b"x" * 2000
+    # Held behind the oversized one; or, where the hub refused the whole batch, failed with it.
+    assert {x["code"] for x in letters[1:]} == ({"held-behind"} if where == "sender" else {"delivery-failed"})
+
+
+def test_event_grid_413_is_permanent_and_not_retried(functions: dict[str, Any], deployed: Deployed) -> None:
+    deployed.grid.fail_next(413, times=5)
+    event = WorkerEvent(
+        body=json.dumps({"Id": "d", "Type": "Devices"}).encode(), properties={"Type": "TopologyOperation"}
+    )
+    functions["route_twins"].get_user_function()(worker_batch([event]))
+    assert len(deployed.grid.requests()) == 1
+    [letter] = [x for x in deployed.dead_letters() if x["endpoint"] == "grid"]
+    assert "413" in letter["reason"] and len(letter["attempts"]) == 1
+
+
+def test_unauthorized_on_both_connections_is_permanent(
+    functions: dict[str, Any], deployed: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUS_SECONDARY", deployed.peer.connection_string(key="ROTATED_AWAY"))
+    wiring.reset()
+    event = WorkerEvent(body=json.dumps(sensor_data("s-1")).encode(), properties={"Type": "SensorChange"})
+    functions["route_twins"].get_user_function()(worker_batch([event]))
+    [letter] = [x for x in deployed.dead_letters() if x["endpoint"] == "bus"]
+    assert "unauthorized with BUS_PRIMARY and BUS_SECONDARY" in letter["reason"]
+    assert len(letter["attempts"]) == 1
+    assert len(deployed.peer.received("twins-hub")) == 1  # other endpoints carry on
+
+
+def test_a_missing_hub_is_reported_as_not_found(functions: dict[str, Any], deployed: Deployed) -> None:
+    deployed.peer.set_entities({"twins-hub", "alerts"})
+    try:
+        functions["route_telemetry"].get_user_function()(worker_batch(telemetry_batch(2, devices=1)))
+    finally:
+        deployed.peer.set_entities(HUBS)
+    letters = sorted(deployed.dead_letters(), key=lambda x: x["original"]["sequenceNumber"])
+    assert [x["code"] for x in letters] == ["delivery-failed", "held-behind"]
+    assert "'raw-hub' was not found" in letters[0]["reason"]
+    assert len(letters[0]["attempts"]) == 1
+
+
+def test_clients_are_reused_across_invocations(functions: dict[str, Any], deployed: Deployed) -> None:
+    run = functions["route_telemetry"].get_user_function()
+    run(worker_batch(telemetry_batch(5, devices=5)))
+    after_first = deployed.peer.stats().connections
+    for start in range(10, 60, 10):
+        run(worker_batch(telemetry_batch(5, devices=5, start=start)))
+    assert deployed.peer.stats().connections == after_first
