@@ -216,6 +216,7 @@ class ClientSender(ABC, Generic[ClientT]):
                         self.connections[index],
                         type(error).__name__,
                         self.connections[untried[0]],
+                        extra={"endpoint": self.endpoint.name, "connection": self.connections[untried[0]]},
                     )
                     self.active = untried[0]
                     self.failovers += 1
@@ -248,6 +249,13 @@ class ClientSender(ABC, Generic[ClientT]):
                 key,
                 getattr(failure, "reason", failure),
                 state.attempt_number,
+                extra={
+                    "endpoint": self.endpoint.name,
+                    "order_key": key,
+                    "message_id": messages[0].message_id,
+                    "event_type": str(messages[0].event_type),
+                    "attempt": state.attempt_number,
+                },
             )
 
         retrying = Retrying(

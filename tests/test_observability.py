@@ -1,0 +1,164 @@
+"""What an operator sees: the OpenTelemetry metrics and log records of a routed batch, captured with
+in-memory exporters."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from azure.data.tables import TableClient
+from opentelemetry import metrics
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from routing.classify import classify
+from routing.model import Event, IngressMessage
+from routing.pipeline import Router, StaticRoutes
+from routing.routes import parse_routes
+from routing.tables import TableRoutes, to_entity
+from tests.azurite import Azurite
+from tests.conftest import sensor_data
+from tests.fakes import FakeSenders, FakeWire, MemoryDeadLetters
+
+READER = InMemoryMetricReader()
+
+
+@pytest.fixture(scope="module")
+def reader() -> InMemoryMetricReader:
+    # The instruments come from the global (proxy) meter, so a provider set now still receives them.
+    metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
+    return READER
+
+
+@pytest.fixture
+def otel_logs() -> Iterator[InMemoryLogRecordExporter]:
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    handler = LoggingHandler(level=logging.INFO, logger_provider=provider)
+    logger = logging.getLogger("routing")
+    logger.addHandler(handler)
+    yield exporter
+    logger.removeHandler(handler)
+
+
+def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    data = reader.get_metrics_data()
+    out: dict[str, list[Any]] = {}
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                out.setdefault(metric.name, []).extend(metric.data.data_points)
+    return out
+
+
+def total(found: dict[str, list[Any]], name: str, **attributes: str) -> float:
+    matching = [p for p in found.get(name, []) if all(p.attributes.get(k) == v for k, v in attributes.items())]
+    return float(sum(p.value for p in matching))
+
+
+def message(kind: str, key: str, seq: int, hub: str) -> IngressMessage:
+    if kind == "telemetry":
+        return IngressMessage(
+            body=b'{"secret-looking body": "do-not-log"}',
+            properties={},
+            system_properties={"iothub-connection-device-id": key},
+            source=hub,
+            partition="0",
+            sequence_number=seq,
+            enqueued_time="2026-01-01T00:00:00Z",
+        )
+    if kind == "space":
+        body = json.dumps({"Id": key, "Type": "Space"}).encode()
+        return IngressMessage(
+            body=body, properties={"Type": "SpaceChange"}, system_properties={}, source=hub, sequence_number=seq
+        )
+    if kind == "sensor":
+        body = json.dumps(sensor_data(key)).encode()
+        return IngressMessage(
+            body=body, properties={"Type": "SensorChange"}, system_properties={}, source=hub, sequence_number=seq
+        )
+    return IngressMessage(body=b"garbage", properties={}, system_properties={}, source=hub, sequence_number=seq)
+
+
+def test_a_routed_batch_is_measured_by_hub_endpoint_type_and_reason(
+    reader: InMemoryMetricReader, otel_logs: InMemoryLogRecordExporter
+) -> None:
+    hub = f"hub-{uuid.uuid4().hex[:6]}"  # metrics are cumulative: a hub of its own keeps this test's counts apart
+    table = parse_routes(
+        [
+            {"name": f"{hub}-raw", "type": "EventHub", "eventTypes": ["DeviceMessages"], "connection": "P",
+             "secondaryConnection": "S", "path": "h"},
+            {"name": f"{hub}-bus", "type": "ServiceBus", "eventTypes": ["SensorChange"], "connection": "B",
+             "path": "q"},
+        ]
+    )  # fmt: skip
+    batch = [
+        message("telemetry", "d1", 0, hub),
+        message("telemetry", "d2", 1, hub),
+        message("sensor", "s1", 2, hub),
+        message("sensor", "s2", 3, hub),
+        message("space", "sp", 4, hub),
+        message("garbage", "", 5, hub),
+    ]
+    wire = FakeWire(refused_settings={"P"})
+    s2 = next(r for r in classify(batch[3]) if isinstance(r, Event))
+    wire.faults[f"{hub}-bus/{s2.message_id}"] = ["transient", "permanent"]
+    Router(routes=StaticRoutes(table), senders=FakeSenders(wire), dead_letters=MemoryDeadLetters()).route(batch)
+
+    found = points(reader)
+    assert total(found, "router.events.in", hub=hub, event_type="DeviceMessages") == 2
+    assert total(found, "router.events.in", hub=hub, event_type="SensorChange") == 2
+    assert total(found, "router.events.in", hub=hub, event_type="Unclassified") == 1
+    assert total(found, "router.messages.delivered", endpoint=f"{hub}-raw", event_type="DeviceMessages") == 2
+    assert total(found, "router.messages.delivered", endpoint=f"{hub}-bus", event_type="SensorChange") == 1
+    assert total(found, "router.delivery.failovers", endpoint=f"{hub}-raw") == 1
+    assert total(found, "router.delivery.retries", endpoint=f"{hub}-bus") == 1
+    assert total(found, "router.deadletters", reason="delivery-failed") >= 1
+    assert total(found, "router.deadletters", reason="not-json") >= 1
+    assert total(found, "router.unrouted", event_type="SpaceChange") >= 1
+    latency = [p for p in found["router.delivery.latency"] if p.attributes.get("endpoint") == f"{hub}-raw"]
+    assert latency and latency[0].count == 1
+    lag = [p for p in found["router.lag"] if p.attributes.get("hub") == hub]
+    assert lag and lag[0].count == 1 and lag[0].min > 0
+
+    records = [r.log_record for r in otel_logs.get_finished_logs()]
+    dead = [
+        r for r in records if (r.attributes or {}).get("endpoint") == f"{hub}-bus" and "dead-lettered" in str(r.body)
+    ]
+    assert len(dead) == 1
+    attributes = dict(dead[0].attributes or {})
+    assert attributes["event_type"] == "SensorChange"
+    assert attributes["order_key"] == "s2"
+    assert attributes["message_id"] == s2.message_id
+    retry = [r for r in records if (r.attributes or {}).get("attempt") == 1]
+    assert retry and dict(retry[0].attributes or {})["order_key"] == "s2"
+    assert not any("do-not-log" in str(r.body) or "do-not-log" in str(r.attributes) for r in records)
+
+
+def test_route_table_loads_and_invalid_rows_are_counted(reader: InMemoryMetricReader, azurite: Azurite) -> None:
+    name = f"obs{uuid.uuid4().hex[:10]}"
+    client = TableClient.from_connection_string(azurite.connection_string, name)
+    client.create_table()
+    good = parse_routes(
+        [{"name": "ok", "type": "EventHub", "eventTypes": ["SensorChange"], "connection": "C", "path": "h"}]
+    )
+    client.create_entity(to_entity(good.endpoints[0]))
+    client.create_entity({"PartitionKey": "endpoint", "RowKey": "bad", "Name": "bad", "Type": "Kafka"})
+    before = points(reader)
+    routes = TableRoutes(client, refresh_seconds=30, clock=lambda: 0.0)
+    assert [e.name for e in routes.current().endpoints] == ["ok"]
+    after = points(reader)
+    assert (
+        total(after, "router.routes.refreshes", outcome="loaded")
+        == total(before, "router.routes.refreshes", outcome="loaded") + 1
+    )
+    assert total(after, "router.routes.invalid_rows") == total(before, "router.routes.invalid_rows") + 1
