@@ -10,9 +10,11 @@ Functions retry policy holds the checkpoint.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -32,7 +34,7 @@ from routing.model import (
     message_id,
 )
 from routing.routes import Endpoint, RouteTable
-from routing.senders import HELD_BEHIND, KeyGroup, Sender
+from routing.senders import HELD_BEHIND, KeyGroup, Sender, SendReport
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +80,23 @@ class BatchReport:
 
 SenderFor = Callable[[Endpoint], Sender]
 
+# Endpoints delivered to at once (each sender then spreads its keys over lanes of its own).
+ENDPOINT_CONCURRENCY = 8
+
 
 class Router:
     def __init__(self, *, routes: RouteSource, senders: SenderFor, dead_letters: DeadLetterStore) -> None:
         self.routes = routes
         self.senders = senders
         self.dead_letters = dead_letters
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(ENDPOINT_CONCURRENCY, thread_name_prefix="deliver")
+            return self._pool
 
     def route(self, messages: Iterable[IngressMessage]) -> BatchReport:
         table = self.routes.current()
@@ -133,11 +146,20 @@ class Router:
                         entry = plan[endpoint.name] = (endpoint, {})
                     entry[1].setdefault(message.order_key, []).append(message)
 
-        for endpoint, by_key in plan.values():
+        def deliver(entry: tuple[Endpoint, dict[str, list[Outgoing]]]) -> SendReport:
+            endpoint, by_key = entry
             groups = [KeyGroup(key, tuple(items)) for key, items in by_key.items()]
             started = time.perf_counter()
             sent = self.senders(endpoint).send(endpoint, groups)
             obs.LATENCY.record((time.perf_counter() - started) * 1000, {"endpoint": endpoint.name})
+            return sent
+
+        entries = list(plan.values())
+        # Endpoints are independent: a slow one must not hold the others back.
+        sent_reports = (
+            list(self._executor().map(deliver, entries)) if len(entries) > 1 else [deliver(e) for e in entries]
+        )
+        for (endpoint, _by_key), sent in zip(entries, sent_reports, strict=True):
             for message in sent.delivered:
                 report.delivered[(endpoint.name, message.event_type)] += 1
             for failure in sent.failed:

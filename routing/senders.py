@@ -11,8 +11,10 @@ import base64
 import contextlib
 import logging
 import threading
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,6 +145,9 @@ def _now() -> str:
 
 ClientT = TypeVar("ClientT")
 
+# Keys of one endpoint sent at once: each lane has its own client (connection) to the endpoint.
+DEFAULT_LANES = 4
+
 
 class ClientSender(ABC, Generic[ClientT]):
     """What every SDK sender shares: one client per connection, reused; failover from the primary
@@ -152,15 +157,24 @@ class ClientSender(ABC, Generic[ClientT]):
     Subclasses build one batch from the front of a key's messages, and send it.
     """
 
-    def __init__(self, endpoint: Endpoint, *, retry: RetryOptions, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        retry: RetryOptions,
+        env: Mapping[str, str] | None = None,
+        lanes: int = DEFAULT_LANES,
+    ) -> None:
         self.endpoint = endpoint
+        self.lanes = max(1, lanes)
+        self._executor: ThreadPoolExecutor | None = None
         self.retry = retry
         self.env = env
         self.connections = [endpoint.connection]
         if endpoint.secondary_connection:
             self.connections.append(endpoint.secondary_connection)
         self.active = 0
-        self._clients: dict[int, ClientT] = {}
+        self._clients: dict[tuple[int, int], ClientT] = {}
         self._lock = threading.Lock()
         self.failovers = 0
         self.retries = 0
@@ -184,14 +198,14 @@ class ClientSender(ABC, Generic[ClientT]):
     def _describe(self, error: Exception) -> tuple[str, bool]:
         """A reason a person understands, and whether retrying later could help (False) or not (True)."""
 
-    def _client(self, index: int) -> ClientT:
+    def _client(self, index: int, lane: int) -> ClientT:
         with self._lock:
-            client = self._clients.get(index)
+            client = self._clients.get((index, lane))
             if client is None:
-                client = self._clients[index] = self._new_client(self.connections[index])
+                client = self._clients[(index, lane)] = self._new_client(self.connections[index])
             return client
 
-    def _send_with_failover(self, key: str, messages: Sequence[Outgoing]) -> int:
+    def _send_with_failover(self, key: str, messages: Sequence[Outgoing], lane: int = 0) -> int:
         """One batch from the front of `messages`, trying the other connection once if this one is refused."""
         tried: list[int] = []
         while True:
@@ -200,7 +214,7 @@ class ClientSender(ABC, Generic[ClientT]):
             # Until the batch is built, a failure is the first message's; the others wait behind it.
             count = 1
             try:
-                client = self._client(index)
+                client = self._client(index, lane)
                 batch, count = self._prepare(client, key, messages)
                 self._transmit(client, batch)
                 return count
@@ -218,8 +232,9 @@ class ClientSender(ABC, Generic[ClientT]):
                         self.connections[untried[0]],
                         extra={"endpoint": self.endpoint.name, "connection": self.connections[untried[0]]},
                     )
-                    self.active = untried[0]
-                    self.failovers += 1
+                    with self._lock:
+                        self.active = untried[0]
+                        self.failovers += 1
                     obs.FAILOVERS.add(1, {"endpoint": self.endpoint.name})
                     continue
                 reason, permanent = self._describe(error)
@@ -228,19 +243,20 @@ class ClientSender(ABC, Generic[ClientT]):
                     reason, permanent = f"unauthorized with {names}: {reason}", True
                 raise BatchFailed(reason, count=count, permanent=permanent) from error
 
-    def _send_with_retries(self, key: str, messages: Sequence[Outgoing]) -> int:
+    def _send_with_retries(self, key: str, messages: Sequence[Outgoing], lane: int) -> int:
         attempts: list[Attempt] = []
 
         def attempt(key: str, messages: Sequence[Outgoing]) -> int:
             try:
-                return self._send_with_failover(key, messages)
+                return self._send_with_failover(key, messages, lane)
             except BatchFailed as failure:
                 attempts.append(Attempt(time=_now(), error=failure.reason))
                 failure.attempts = tuple(attempts)
                 raise
 
         def note_retry(state: RetryCallState) -> None:
-            self.retries += 1
+            with self._lock:
+                self.retries += 1
             obs.RETRIES.add(1, {"endpoint": self.endpoint.name})
             failure = state.outcome.exception() if state.outcome else None
             log.warning(
@@ -271,6 +287,28 @@ class ClientSender(ABC, Generic[ClientT]):
         return sent
 
     def send(self, endpoint: Endpoint, groups: Sequence[KeyGroup]) -> SendReport:
+        """Every key's group in order; different keys go out at once on separate lanes.
+
+        A key always maps to the same lane, and a lane (its own client, as the SDK clients are not
+        thread-safe) sends its groups one after another, so a key's order holds.
+        """
+        if self.lanes == 1 or len(groups) == 1:
+            return self._send_lane(groups, 0)
+        buckets: list[list[KeyGroup]] = [[] for _ in range(self.lanes)]
+        for group in groups:
+            buckets[zlib.crc32(group.key.encode()) % self.lanes].append(group)
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.lanes, thread_name_prefix=f"send-{self.endpoint.name}")
+            executor = self._executor
+        futures = [executor.submit(self._send_lane, bucket, lane) for lane, bucket in enumerate(buckets) if bucket]
+        reports = [future.result() for future in futures]
+        return SendReport(
+            delivered=tuple(m for r in reports for m in r.delivered),
+            failed=tuple(f for r in reports for f in r.failed),
+        )
+
+    def _send_lane(self, groups: Sequence[KeyGroup], lane: int) -> SendReport:
         delivered: list[Outgoing] = []
         failed: list[Failure] = []
         for group in groups:
@@ -278,7 +316,7 @@ class ClientSender(ABC, Generic[ClientT]):
             start = 0
             while start < len(messages):
                 try:
-                    start += self._send_with_retries(group.key, messages[start:])
+                    start += self._send_with_retries(group.key, messages[start:], lane)
                 except BatchFailed as failure:
                     count = max(1, min(failure.count, len(messages) - start))
                     for message in messages[start : start + count]:
@@ -298,6 +336,9 @@ class ClientSender(ABC, Generic[ClientT]):
 
     def close(self) -> None:
         with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
             for client in self._clients.values():
                 close = getattr(client, "close", None)
                 if close is not None:
