@@ -50,5 +50,10 @@ infra-check: $(VENV_INFRA)/.installed
 
 test: lint typecheck unit infra-check
 
+# The benchmark of issue #7 (docs/PERFORMANCE.md): stages against floors measured in the same run, the
+# end-to-end path into the local peers, and `routing run` memory over 1,000,000 events. About 6 minutes.
+bench: $(VENV)/.dev node_modules/.installed
+	$(BIN)/python -m bench --events 5000 --duration 4 --memory-events 1000000
+
 clean:
 	rm -rf $(VENV) $(VENV_INFRA) out .mypy_cache .ruff_cache node_modules

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from routing import runner
+from routing.deadletters_cli import deadletters_app
 from routing.errors import RoutingError
 from routing.pipeline import BatchReport
 from routing.routes_cli import routes_app
@@ -29,6 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(routes_app, name="routes")
+app.add_typer(deadletters_app, name="deadletters")
 console = Console()
 errors = Console(stderr=True)
 

@@ -33,7 +33,7 @@ from routing.model import (
     Rejection,
     message_id,
 )
-from routing.routes import Endpoint, RouteTable
+from routing.routes import Endpoint, RouteTable, matching
 from routing.senders import HELD_BEHIND, KeyGroup, Sender, SendReport
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,20 @@ class Router:
                     continue
                 report.events[result.event_type] += 1
                 endpoints = table.for_type(result.event_type)
+                try:
+                    # Type first (an index look-up), then the filters of those endpoints.
+                    endpoints = matching(result, endpoints)
+                except Exception as exc:
+                    log.exception("route filter failed")
+                    letters.append(
+                        DeadLetter(
+                            code="internal-error",
+                            reason=f"internal error while matching route filters: {exc!r}",
+                            ingress=msg,
+                            index=result.index,
+                        )
+                    )
+                    continue
                 if not endpoints:
                     report.unrouted[result.event_type] += 1
                     continue

@@ -29,13 +29,18 @@ class Letter:
 
     @property
     def position(self) -> tuple[str, str, int, int]:
-        original = self.record["original"]
-        return (
-            str(original.get("source")),
-            str(original.get("partition")),
-            int(original.get("sequenceNumber") or 0),
-            int(self.record.get("index") or 0),
-        )
+        """Where the message sat on its ingress hub. A record too broken to tell sorts first; it is kept
+        (with why) rather than failing the whole replay."""
+        try:
+            original = self.record["original"]
+            return (
+                str(original.get("source")),
+                str(original.get("partition")),
+                int(original.get("sequenceNumber") or 0),
+                int(self.record.get("index") or 0),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return ("", "", -1, -1)
 
 
 @dataclass
@@ -111,10 +116,11 @@ def _event_of(letter: Letter) -> Event | str:
     """The letter's event, classified again from the original message (or why it cannot be)."""
     try:
         ingress = ingress_of(letter.record)
-    except (KeyError, TypeError, ValueError) as exc:
+        index = int(letter.record.get("index") or 0)
+        results = classify(ingress)
+    except Exception as exc:  # a record edited by hand (or a bug) must cost one letter, not the replay
         return f"the dead letter is unreadable: {exc!r}"
-    index = int(letter.record.get("index") or 0)
-    for result in classify(ingress):
+    for result in results:
         if result.index == index:
             return result if isinstance(result, Event) else f"still cannot be classified: {result.reason}"
     return f"the original message has no event at position {index}"

@@ -2,7 +2,8 @@
 
 Route tables come from a routes file (a JSON list of endpoints, fields as in the first Digital Twins
 service's Endpoints API) or, row by row, from Table Storage. Both go through `parse_endpoint`, which
-reports every problem of an endpoint at once; `parse_routes` adds the checks across endpoints.
+reports every problem of an endpoint at once (a bad filter among them: filters are compiled here,
+once, by `routing.filters`); `parse_routes` adds the checks across endpoints.
 Pure values; reading files and tables is the stores' job.
 """
 
@@ -15,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from routing.errors import Problem, RouteTableError
-from routing.model import EndpointType, EnvelopeFormat, EventType
+from routing.filters import EventBody, Filter, FilterSyntaxError, compile_filter
+from routing.model import EndpointType, EnvelopeFormat, Event, EventType
 
-FIELDS = ("name", "type", "eventTypes", "connection", "secondaryConnection", "path", "format", "enabled")
+FIELDS = ("name", "type", "eventTypes", "connection", "secondaryConnection", "path", "format", "enabled", "filter")
 REQUIRED = ("name", "type", "eventTypes", "connection", "path")
 
 # Reserved because the local runner writes dead letters beside the endpoint files,
@@ -40,6 +42,8 @@ class Endpoint:
     secondary_connection: str | None = None
     format: EnvelopeFormat = EnvelopeFormat.EVENT_GRID
     enabled: bool = True
+    # Compiled when the table loads; None routes every event of the endpoint's types.
+    filter: Filter | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The routes-file form (what `parse_endpoint` reads back unchanged)."""
@@ -54,6 +58,8 @@ class Endpoint:
         out["path"] = self.path
         out["format"] = self.format.value
         out["enabled"] = self.enabled
+        if self.filter is not None:
+            out["filter"] = self.filter.text
         return out
 
 
@@ -74,6 +80,18 @@ class RouteTable:
     def get(self, name: str) -> Endpoint | None:
         lowered = name.lower()
         return next((e for e in self.endpoints if e.name.lower() == lowered), None)
+
+
+def matching(event: Event, candidates: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """The candidates (the endpoints taking the event's type) whose filter passes `event`.
+
+    One `EventBody` is shared by every filter, so a telemetry body is parsed at most once per event,
+    and only if a filter reads it.
+    """
+    if all(e.filter is None for e in candidates):
+        return candidates
+    body = EventBody(event)
+    return tuple(e for e in candidates if e.filter is None or e.filter.matches(event, body))
 
 
 def _suggest(name: str, choices: Sequence[str]) -> str:
@@ -177,6 +195,17 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
     if not isinstance(enabled, bool):
         problem("enabled", f"must be true or false, got {enabled!r}")
 
+    compiled: Filter | None = None
+    if raw.get("filter") is not None:
+        value = raw["filter"]
+        if not isinstance(value, str):
+            problem("filter", f"must be a string (a route filter, see docs/FILTERS.md), got {value!r}")
+        else:
+            try:
+                compiled = compile_filter(value)
+            except FilterSyntaxError as exc:
+                problem("filter", f"{exc} in {value!r}")
+
     if problems or endpoint_type is None:
         return problems
     assert isinstance(name, str) and isinstance(connection, str) and isinstance(path, str)
@@ -189,6 +218,7 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
         path=path,
         format=envelope_format,
         enabled=bool(enabled),
+        filter=compiled,
     )
 
 

@@ -27,6 +27,7 @@ from rich.table import Table
 from routing.classify import Result, classify
 from routing.connections import Connection, resolve
 from routing.errors import RoutingError
+from routing.filters import EventBody
 from routing.ingress import parse_line
 from routing.model import Event, EventType
 from routing.routes import Endpoint, RouteTable
@@ -204,6 +205,7 @@ def _options(
     path: str | None,
     format_: str | None,
     enabled: bool | None,
+    filter_: str | None = None,
 ) -> dict[str, Any]:
     """The fields the user gave, in the routes-file form (left out when not given)."""
     given: dict[str, Any] = {}
@@ -221,6 +223,8 @@ def _options(
         given["format"] = format_
     if enabled is not None:
         given["enabled"] = enabled
+    if filter_ is not None:
+        given["filter"] = filter_
     return given
 
 
@@ -241,6 +245,12 @@ PathOption = Annotated[
 ]
 FormatOption = Annotated[str | None, typer.Option("--format", help="EventGridSchema or CloudEventSchemaV1_0.")]
 EnabledOption = Annotated[bool | None, typer.Option("--enabled/--disabled", help="Whether it receives events.")]
+FilterOption = Annotated[
+    str | None,
+    typer.Option(
+        "--filter", help="Route filter, e.g. \"$body.Value > 3 AND subject = 'x'\" (docs/FILTERS.md); '' removes it."
+    ),
+]
 
 
 @routes_app.command("list")
@@ -308,6 +318,7 @@ def add(
     path: PathOption = None,
     format_: FormatOption = None,
     enabled: EnabledOption = None,
+    filter_: FilterOption = None,
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
     output: OutputOption = OutputFormat.table,
@@ -321,6 +332,7 @@ def add(
         path=path,
         format_=format_,
         enabled=enabled,
+        filter_=filter_ or None,
     )
     try:
         endpoint = validated({"name": name, **given}, f"endpoint '{name}'")
@@ -343,6 +355,7 @@ def update(
     path: PathOption = None,
     format_: FormatOption = None,
     enabled: EnabledOption = None,
+    filter_: FilterOption = None,
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
     output: OutputOption = OutputFormat.table,
@@ -356,17 +369,19 @@ def update(
         path=path,
         format_=format_,
         enabled=enabled,
+        filter_=filter_,
     )
     if not given:
         raise fail(
             "nothing to change: pass one or more of --type, --event-types, --connection, "
-            "--secondary-connection, --path, --format, --enabled/--disabled"
+            "--secondary-connection, --path, --format, --enabled/--disabled, --filter"
         )
 
     def change(raw: dict[str, Any]) -> dict[str, Any]:
         changed = {**raw, **given}
-        if changed.get("secondaryConnection") == "":
-            del changed["secondaryConnection"]
+        for optional in ("secondaryConnection", "filter"):
+            if changed.get(optional) == "":
+                del changed[optional]
         return changed
 
     rows = open_rows(connection_string, table)
@@ -513,32 +528,53 @@ def export(
 
 
 def explain(results: list[Result], table: RouteTable) -> list[dict[str, Any]]:
-    """Where each event of an ingress message would go, and why (what the pipeline would decide)."""
+    """Where each event of an ingress message would go, and why (what the pipeline would decide): for
+    every endpoint, whether it takes the type, is enabled, and whether its filter matched."""
     out: list[dict[str, Any]] = []
     for result in results:
         if not isinstance(result, Event):
             out.append({"index": result.index, "result": "rejected", "code": result.code, "reason": result.reason})
             continue
         event_type: EventType = result.event_type
-        matching = table.for_type(event_type)
-        disabled = [e for e in table.endpoints if not e.enabled and event_type in e.event_types]
-        out.append(
-            {
-                "index": result.index,
-                "result": "routed" if matching else "unrouted",
-                "eventType": event_type.value,
-                "orderKey": result.order_key,
-                "messageId": result.message_id,
-                "endpoints": [
-                    {"name": e.name, "type": e.type.value, "why": f"takes {event_type.value}"} for e in matching
-                ],
-                "notSent": [
-                    {"name": e.name, "type": e.type.value, "why": f"takes {event_type.value} but is disabled"}
-                    for e in disabled
-                ],
-                **({} if matching else {"reason": f"no enabled endpoint takes {event_type.value}"}),
-            }
-        )
+        takes = event_type.value
+        body = EventBody(result)  # shared, as in the pipeline: parsed at most once, only if a filter asks
+        sent: list[dict[str, Any]] = []
+        not_sent: list[dict[str, Any]] = []
+        other_types: list[dict[str, Any]] = []
+        filtered_out: list[str] = []
+        for e in table.endpoints:
+            item: dict[str, Any] = {"name": e.name, "type": e.type.value}
+            if e.filter is not None:
+                item["filter"] = e.filter.text
+            if event_type not in e.event_types:
+                types = ", ".join(t.value for t in e.event_types)
+                other_types.append({**item, "why": f"does not take {takes} (takes {types})"})
+            elif not e.enabled:
+                not_sent.append({**item, "why": f"takes {takes} but is disabled"})
+            elif e.filter is None:
+                sent.append({**item, "why": f"takes {takes}"})
+            elif e.filter.matches(result, body):
+                sent.append({**item, "filterMatched": True, "why": f"takes {takes} and its filter matched"})
+            else:
+                filtered_out.append(e.name)
+                not_sent.append({**item, "filterMatched": False, "why": f"takes {takes} but its filter did not match"})
+        decision: dict[str, Any] = {
+            "index": result.index,
+            "result": "routed" if sent else "unrouted",
+            "eventType": takes,
+            "orderKey": result.order_key,
+            "messageId": result.message_id,
+            "endpoints": sent,
+            "notSent": not_sent,
+            "otherTypes": other_types,
+        }
+        if not sent:
+            decision["reason"] = (
+                f"the filters of {', '.join(repr(n) for n in filtered_out)} did not match"
+                if filtered_out
+                else f"no enabled endpoint takes {takes}"
+            )
+        out.append(decision)
     return out
 
 
@@ -591,11 +627,20 @@ def _print_decisions(decisions: list[dict[str, Any]]) -> None:
         table.add_column("Type")
         table.add_column("Sent")
         table.add_column("Why")
-        for item in decision["endpoints"]:
-            table.add_row(escape(item["name"]), item["type"], "yes", item["why"])
-        for item in decision["notSent"]:
-            table.add_row(escape(item["name"]), item["type"], "no", item["why"])
-        if decision["endpoints"] or decision["notSent"]:
+        listed = (("yes", decision["endpoints"]), ("no", decision["notSent"] + decision["otherTypes"]))
+        for sent, items in listed:
+            for item in items:
+                table.add_row(escape(item["name"]), item["type"], sent, item["why"])
+        if decision["endpoints"] or decision["notSent"] or decision["otherTypes"]:
             console.print(table)
+        # Filters below the table, one line each, so a long one is read whole rather than folded in a cell.
+        for item in decision["endpoints"] + decision["notSent"]:
+            if "filterMatched" in item:
+                outcome = "matched" if item["filterMatched"] else "did not match"
+                console.print(
+                    f"  filter of '{escape(item['name'])}' {outcome}: {escape(item['filter'])}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
         if "reason" in decision:
             console.print(f"  unrouted: {decision['reason']}", highlight=False)

@@ -224,18 +224,22 @@ class ClientSender(ABC, Generic[ClientT]):
                 refused = self._is_refused(error)
                 untried = [i for i in range(len(self.connections)) if i not in tried]
                 if refused and untried:
-                    log.warning(
-                        "endpoint '%s': connection %s was refused (%s); failing over to %s",
-                        self.endpoint.name,
-                        self.connections[index],
-                        type(error).__name__,
-                        self.connections[untried[0]],
-                        extra={"endpoint": self.endpoint.name, "connection": self.connections[untried[0]]},
-                    )
                     with self._lock:
-                        self.active = untried[0]
-                        self.failovers += 1
-                    obs.FAILOVERS.add(1, {"endpoint": self.endpoint.name})
+                        # Another lane may have failed over already: then this one just follows.
+                        switched = self.active == index
+                        if switched:
+                            self.active = untried[0]
+                            self.failovers += 1
+                    if switched:
+                        obs.FAILOVERS.add(1, {"endpoint": self.endpoint.name})
+                        log.warning(
+                            "endpoint '%s': connection %s was refused (%s); failing over to %s",
+                            self.endpoint.name,
+                            self.connections[index],
+                            type(error).__name__,
+                            self.connections[untried[0]],
+                            extra={"endpoint": self.endpoint.name, "connection": self.connections[untried[0]]},
+                        )
                     continue
                 reason, permanent = self._describe(error)
                 if refused:

@@ -4,7 +4,8 @@
 
 One table, one partition (`PartitionKey` = "endpoint"), one row per endpoint, `RowKey` = the name
 lower-cased so names stay unique case-insensitively; the display name is in `Name`. The other
-properties are the routes-file fields with a capital first letter; `EventTypes` is comma-separated.
+properties are the routes-file fields with a capital first letter; `EventTypes` is comma-separated,
+`Filter` the route filter's text (compiled when the rows load, so a bad one makes the row invalid).
 Every row goes through `routing.routes.parse_endpoint`, the one validator. Touches Table Storage only.
 """
 

@@ -1,0 +1,167 @@
+"""`python -m bench`: run the benchmark suite and print the figures, ratios and targets."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from enum import StrEnum
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bench.suite import Options, Results, run_all
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+progress = Console(stderr=True)
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def as_json(results: Results) -> dict[str, Any]:
+    return {
+        "options": dataclasses.asdict(results.options),
+        "machine": results.machine,
+        "corpus": results.corpus,
+        "stages": [
+            {
+                "stage": t.name,
+                "events_per_second": t.per_second,
+                "us_per_event": t.micros,
+                "median_round_s": t.median,
+                "rounds": t.rounds,
+            }
+            for t in results.stages
+        ],
+        "endpoints": results.endpoints,
+        "devices": results.devices,
+        "end_to_end": results.end_to_end,
+        "memory": results.memory,
+        "targets": [
+            {"target": t.name, "measured": t.measured, "ratio": t.ratio, "pass": t.passed} for t in results.targets
+        ],
+        "notes": results.notes,
+        "seconds": results.seconds,
+    }
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_results(results: Results) -> None:
+    m, c = results.machine, results.corpus
+    console.print(
+        f"machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}; corpus: {c['messages']:,} messages "
+        f"({c['telemetry_messages']:,} telemetry, {c['twin_messages']:,} twin), "
+        f"mean body {c['mean_body_bytes']:.0f} B, "
+        f"{c['endpoints']} endpoints, batches of {results.options.batch_size}"
+    )
+    console.print(
+        _table(
+            "Stages (best round; events = ingress messages)",
+            ["stage", "events/s", "µs/event"],
+            [[t.name, f"{t.per_second:,.0f}", f"{t.micros:.1f}"] for t in results.stages],
+        )
+    )
+    console.print(
+        _table(
+            "Route table size (fan-out grows with it)",
+            ["endpoints", "fan-out", "core µs/event", "core µs/sent", "core+SDK µs/event", "core+SDK µs/sent"],
+            [
+                [
+                    str(r["endpoints"]),
+                    f"{r['fanout']:.1f}",
+                    f"{r['core_us_per_event']:.1f}",
+                    f"{r['core_us_per_outgoing']:.2f}",
+                    f"{r['sdk_us_per_event']:.1f}",
+                    f"{r['sdk_us_per_outgoing']:.2f}",
+                ]
+                for r in results.endpoints
+            ],
+        )
+    )
+    console.print(
+        _table(
+            f"Distinct devices per telemetry batch of {results.options.batch_size}",
+            ["devices", "core ms/batch", "core+SDK ms/batch", "end to end ms/batch (median)"],
+            [
+                [
+                    str(r["devices"]),
+                    f"{r['core_ms_per_batch']:.2f}",
+                    f"{r['sdk_ms_per_batch']:.2f}",
+                    f"{r['e2e_ms_per_batch']:.1f}" if "e2e_ms_per_batch" in r else "-",
+                ]
+                for r in results.devices
+            ],
+        )
+    )
+    if results.end_to_end:
+        e = results.end_to_end
+        console.print(
+            f"end to end: {e['messages']:,} messages in {e['batches']} batches, {e['events_per_second']:,.0f} events/s "
+            f"({e['us_per_event']:.0f} µs/event), batch p50 {e['p50_ms']:.1f} ms, p99 {e['p99_ms']:.1f} ms; "
+            f"AMQP connections {e['connections_after_warmup']} after warm-up, {e['connections_at_end']} after "
+            f"{e['invocations']} invocations, {e['connections_after_sweep']} after the device sweep; "
+            f"{e['amqp_messages_received']:,} AMQP messages and {e['event_grid_requests']:,} Event Grid requests "
+            "received"
+        )
+    if results.memory:
+        mem = results.memory
+        console.print(
+            f"memory: `python -m routing run` over {mem['events']:,} events ({mem['file_mb']:.0f} MB) in "
+            f"{mem['seconds']:.0f} s ({mem['events_per_second']:,.0f} events/s): RSS {mem['rss_start_mb']:.1f} MB at "
+            f"start, peak {mem['rss_peak_mb']:.1f} MB, growth {mem['growth_mb']:.1f} MB (exit {mem['exit_code']})"
+        )
+    console.print(
+        _table(
+            "Targets",
+            ["target", "measured", "result"],
+            [[t.name, t.measured, "PASS" if t.passed else "[bold red]MISS[/]"] for t in results.targets],
+        )
+    )
+    for note in results.notes:
+        console.print(f"note: {note}")
+    console.print(f"({results.seconds:.0f} s)")
+
+
+@app.command()
+def main(  # noqa: PLR0917 - Typer reads each option from a parameter
+    events: Annotated[int, typer.Option(min=100, help="Ingress messages in the corpus.")] = 5_000,
+    devices: Annotated[int, typer.Option(min=1, help="Distinct devices sending telemetry.")] = 1_000,
+    routes: Annotated[int, typer.Option(min=5, help="Endpoints in the route table.")] = 5,
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Messages per trigger batch.")] = 100,
+    duration: Annotated[float, typer.Option(min=0.1, help="Seconds each timed section runs for, at least.")] = 4.0,
+    memory_events: Annotated[
+        int, typer.Option(min=0, help="Events for the `routing run` memory measurement (0 skips it).")
+    ] = 100_000,
+    end_to_end: Annotated[bool, typer.Option(help="Run the end-to-end stage against the local peers.")] = True,
+    output: Annotated[OutputFormat, typer.Option("--output", "-o", help="Figures as tables or as JSON.")] = (
+        OutputFormat.table
+    ),
+) -> None:
+    """Benchmark the router against floors measured in the same run (issue #7)."""
+    # Records are still made (their cost is the router's), but not printed over the figures.
+    logging.getLogger().addHandler(logging.NullHandler())
+    options = Options(events, devices, routes, batch_size, duration, memory_events, end_to_end)
+    results = run_all(options, lambda line: progress.print(f"[dim]{line}[/]", highlight=False))
+    if output is OutputFormat.json:
+        sys.stdout.write(orjson.dumps(as_json(results), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print_results(results)
+
+
+if __name__ == "__main__":
+    app(prog_name="python -m bench")

@@ -1,0 +1,218 @@
+"""The stages the benchmark times, each a function of prepared input that does one pass of work:
+
+* floor A: decode and re-encode each message's JSON once with orjson;
+* the router core: `Router.route` over `IngressMessage` batches with a sender that only collects what it
+  is given (classification, matching, envelopes, grouping per key, accounting; no SDK work);
+* floor B: the SDK work alone on the same outgoing messages, pre-grouped: `EventDataBatch`,
+  `ServiceBusMessageBatch`, Event Grid event dicts; no network;
+* the router core plus the SDK work: `Router.route` with the production senders (`EventHubSender`,
+  `ServiceBusEndpointSender`, `EventGridSender`: their `_prepare`, retries and stop-the-line) on
+  clients that build real SDK batches but do not send them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusSender
+
+from routing.eventgrid import EventGridSender
+from routing.eventhubs import EventHubSender
+from routing.model import DeadLetter, EndpointType, IngressMessage, Outgoing
+from routing.pipeline import Router, StaticRoutes
+from routing.routes import Endpoint, RouteTable
+from routing.senders import ClientSender, KeyGroup, RetryOptions, Sender, SendReport
+from routing.servicebus import ServiceBusEndpointSender
+
+# What the peer (and Azure's standard tier) advertises; the SDKs size batches by it.
+MAX_MESSAGE_SIZE = 1024 * 1024
+
+
+@dataclass
+class MemoryDeadLetters:
+    """Dead letters kept in a list: the benchmark measures routing, not Blob Storage."""
+
+    letters: list[DeadLetter] = field(default_factory=list)
+
+    def write(self, letters: Sequence[DeadLetter]) -> None:
+        self.letters.extend(letters)
+
+    def close(self) -> None:
+        pass
+
+
+class Collector:
+    """A sender that only keeps what it is given (and reports it delivered, as a sender must)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Endpoint, Sequence[KeyGroup]]] = []
+        self.keep = False
+
+    def send(self, endpoint: Endpoint, groups: Sequence[KeyGroup]) -> SendReport:
+        if self.keep:
+            self.sent.append((endpoint, groups))
+        return SendReport(delivered=tuple(m for g in groups for m in g.messages))
+
+    def close(self) -> None:
+        pass
+
+
+def core_router(table: RouteTable, collector: Collector | None = None) -> Router:
+    sink = collector or Collector()
+    return Router(routes=StaticRoutes(table), senders=lambda _endpoint: sink, dead_letters=MemoryDeadLetters())
+
+
+def route_all(router: Router, batches: Sequence[Sequence[IngressMessage]]) -> Callable[[], None]:
+    def run() -> None:
+        for batch in batches:
+            router.route(batch)
+
+    return run
+
+
+# --- floor A ---------------------------------------------------------------------------------------
+
+
+def floor_a(bodies: Sequence[bytes]) -> Callable[[], None]:
+    loads, dumps = orjson.loads, orjson.dumps
+
+    def run() -> None:
+        for body in bodies:
+            dumps(loads(body))
+
+    return run
+
+
+# --- floor B ---------------------------------------------------------------------------------------
+
+Plan = list[tuple[Endpoint, Sequence[KeyGroup]]]
+
+
+def planned(table: RouteTable, batches: Sequence[Sequence[IngressMessage]]) -> list[Plan]:
+    """What the router hands its senders for each batch: per endpoint, the messages grouped per key."""
+    collector = Collector()
+    collector.keep = True
+    router = core_router(table, collector)
+    plans = []
+    for batch in batches:
+        collector.sent = []
+        router.route(batch)
+        plans.append(collector.sent)
+    return plans
+
+
+def _event_hub_batch(key: str, messages: Sequence[Outgoing]) -> EventDataBatch:
+    batch = EventDataBatch(partition_key=key, max_size_in_bytes=MAX_MESSAGE_SIZE)
+    for message in messages:
+        data = EventData(message.body)
+        if message.properties:
+            data.properties = cast(Any, dict(message.properties))
+        if message.content_type:
+            data.content_type = message.content_type
+        data.message_id = message.message_id
+        batch.add(data)
+    return batch
+
+
+def _service_bus_batch(key: str, messages: Sequence[Outgoing]) -> ServiceBusMessageBatch:
+    batch = ServiceBusMessageBatch(max_size_in_bytes=MAX_MESSAGE_SIZE)
+    for message in messages:
+        batch.add_message(
+            ServiceBusMessage(
+                message.body,
+                session_id=key,
+                message_id=message.message_id,
+                application_properties=cast(Any, dict(message.properties)) or None,
+                content_type=message.content_type,
+            )
+        )
+    return batch
+
+
+def floor_b(plans: Sequence[Plan]) -> Callable[[], None]:
+    def run() -> None:
+        for plan in plans:
+            for endpoint, groups in plan:
+                for group in groups:
+                    if endpoint.type is EndpointType.EVENT_HUB:
+                        _event_hub_batch(group.key, group.messages)
+                    elif endpoint.type is EndpointType.SERVICE_BUS:
+                        _service_bus_batch(group.key, group.messages)
+                    else:
+                        [orjson.loads(m.body) for m in group.messages]
+
+    return run
+
+
+# --- the router core plus the SDK work ---------------------------------------------------------------
+
+
+class _OfflineProducer:
+    """What `EventHubSender._prepare` asks of a producer, without a connection: the SDK's own batch."""
+
+    def create_batch(self, *, partition_key: str | None = None) -> EventDataBatch:
+        return EventDataBatch(partition_key=partition_key, max_size_in_bytes=MAX_MESSAGE_SIZE)
+
+
+class _OfflineQueueSender:
+    def create_message_batch(self) -> ServiceBusMessageBatch:
+        return ServiceBusMessageBatch(max_size_in_bytes=MAX_MESSAGE_SIZE)
+
+
+class OfflineEventHubSender(EventHubSender):
+    def _new_client(self, setting: str) -> EventHubProducerClient:
+        return cast(EventHubProducerClient, _OfflineProducer())
+
+    def _transmit(self, client: EventHubProducerClient, batch: EventDataBatch) -> None:
+        pass
+
+
+class OfflineServiceBusSender(ServiceBusEndpointSender):
+    def _new_client(self, setting: str) -> ServiceBusSender:
+        return cast(ServiceBusSender, _OfflineQueueSender())
+
+    def _transmit(self, client: ServiceBusSender, batch: ServiceBusMessageBatch) -> None:
+        pass
+
+
+class OfflineEventGridSender(EventGridSender):
+    def _new_client(self, setting: str) -> Any:
+        return None
+
+    def _transmit(self, client: Any, batch: list[Any]) -> None:
+        pass
+
+
+_OFFLINE: dict[EndpointType, type[ClientSender[Any]]] = {
+    EndpointType.EVENT_HUB: OfflineEventHubSender,
+    EndpointType.SERVICE_BUS: OfflineServiceBusSender,
+    EndpointType.EVENT_GRID: OfflineEventGridSender,
+}
+
+
+class OfflinePool:
+    """Like `routing.pool.SenderPool`: one production sender per endpoint, reused, but on offline clients."""
+
+    def __init__(self, lanes: int | None = None) -> None:
+        self._senders: dict[str, Sender] = {}
+        # None: the production default (`routing.senders.DEFAULT_LANES`).
+        self._options: dict[str, Any] = {} if lanes is None else {"lanes": lanes}
+
+    def __call__(self, endpoint: Endpoint) -> Sender:
+        sender = self._senders.get(endpoint.name)
+        if sender is None:
+            kind = _OFFLINE[endpoint.type]
+            sender = self._senders[endpoint.name] = kind(endpoint, retry=RetryOptions(), **self._options)
+        return sender
+
+
+def sdk_router(table: RouteTable, *, lanes: int | None = None) -> Router:
+    return Router(routes=StaticRoutes(table), senders=OfflinePool(lanes), dead_letters=MemoryDeadLetters())
+
+
+def outgoing_count(plans: Sequence[Plan]) -> int:
+    return sum(len(g.messages) for plan in plans for _endpoint, groups in plan for g in groups)
