@@ -219,3 +219,13 @@ def test_message_ids_are_deterministic_and_distinct_per_partition_sequence_and_h
     assert first.message_id == again.message_id
     assert len({first.message_id, other_partition.message_id, other_seq.message_id, other_hub.message_id}) == 4
     json.loads(json.dumps(first.message_id))  # a plain string, safe in any header
+
+
+def test_message_ids_are_uuid5_of_the_ingress_position() -> None:
+    import uuid  # noqa: PLC0415
+
+    from routing.model import _ID_NAMESPACE, message_id  # noqa: PLC0415
+
+    for msg, index in [(telemetry("d", b"x", seq=10, partition="3"), 0), (twin_event([], seq=7), 2)]:
+        seed = f"{msg.source}|{msg.partition}|{msg.sequence_number}|{index}"
+        assert message_id(msg, index) == str(uuid.uuid5(_ID_NAMESPACE, seed))
