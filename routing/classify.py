@@ -301,13 +301,14 @@ def _twin_event(
         subject = (
             str(data.get("Type") or event_type) if event_type is EventType.TOPOLOGY_OPERATION else event_type.value
         )
+    identity = message_id(msg, index)
     return Event(
         event_type=event_type,
         order_key=str(key),
-        message_id=message_id(msg, index),
+        message_id=identity,
         ingress=msg,
         index=index,
-        event_id=event_id or message_id(msg, index),
+        event_id=event_id or identity,
         subject=subject,
         data=data,
         event_time=event_time or _text(_field(data, "EventTimestamp")) or msg.enqueued_time or _now(),

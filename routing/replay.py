@@ -16,7 +16,7 @@ from routing.classify import classify
 from routing.deadletters import ingress_of
 from routing.model import Event, Outgoing
 from routing.pipeline import SenderFor
-from routing.routes import Endpoint, RouteTable
+from routing.routes import Endpoint, RouteTable, matching
 from routing.senders import KeyGroup
 
 
@@ -81,11 +81,16 @@ def replay(
                 report.kept[letter.name] = f"endpoint '{wanted}' no longer takes {event.event_type}"
                 progress(1)
                 continue
+            if not matching(event, (endpoint,)):
+                report.kept[letter.name] = f"the filter of '{wanted}' no longer matches the event"
+                progress(1)
+                continue
             targets: tuple[Endpoint, ...] = (endpoint,)
         else:
-            targets = table.for_type(event.event_type)
+            # The same choice the pipeline makes: the endpoints taking the type, then their filters.
+            targets = matching(event, table.for_type(event.event_type))
             if not targets:
-                report.kept[letter.name] = f"no endpoint takes {event.event_type}"
+                report.kept[letter.name] = f"no endpoint takes this {event.event_type} event"
                 progress(1)
                 continue
         outstanding[letter.name] = len(targets)

@@ -203,3 +203,30 @@ def test_a_refused_primary_fails_over_to_the_secondary() -> None:
     )
     [record] = store.blobs.values()
     assert "unauthorized with PRIMARY and SECONDARY" in record["reason"]
+
+
+def test_replay_honours_the_filters_of_the_current_route_table() -> None:
+    messages = [message("telemetry", "a", 0), message("telemetry", "b", 1)]
+    wire = FakeWire()
+    for msg in messages:
+        event = next(r for r in classify(msg) if isinstance(r, Event))
+        wire.faults[f"hub/{event.message_id}"] = ["permanent"]
+    store = MemoryDeadLetters()
+    Router(routes=StaticRoutes(TABLE), senders=FakeSenders(wire), dead_letters=store).route(messages)
+    assert len(store.blobs) == 2
+    # Since the failure, the endpoint was narrowed to device a only.
+    narrowed = parse_routes(
+        [{"name": "hub", "type": "EventHub", "eventTypes": ["DeviceMessages"], "connection": "A", "path": "h",
+          "filter": "$system['iothub-connection-device-id'] = 'a'"}]
+    )  # fmt: skip
+    wire.faults.clear()
+    outcome = replay(
+        [Letter(name=name, record=record) for name, record in store.blobs.items()],
+        table=narrowed,
+        senders=FakeSenders(wire),
+        delete=store.delete,
+    )
+    assert [m.order_key for m in wire.delivered["hub"]] == ["a"]
+    [kept] = outcome.kept.values()
+    assert "filter of 'hub' no longer matches" in kept
+    assert [r["orderKey"] for r in store.blobs.values()] == ["b"]
