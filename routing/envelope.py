@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from routing.model import EndpointType, EnvelopeFormat, Event, EventType, Outgoing
+from routing.model import TELEMETRY_TYPES, EndpointType, EnvelopeFormat, Event, Outgoing
 from routing.routes import Endpoint
 
 JSON = "application/json"
@@ -69,7 +69,7 @@ def twin_properties(event: Event) -> dict[str, Any]:
 
 def build(event: Event, endpoint: Endpoint, body: bytes | None = None) -> Outgoing:
     """The message `endpoint` gets for `event`; `body` is the cached envelope for the endpoint's format."""
-    if event.event_type is EventType.DEVICE_MESSAGES:
+    if event.event_type in TELEMETRY_TYPES:
         ingress = event.ingress
         content_type = ingress.system_properties.get("content-type")
         return Outgoing(

@@ -20,7 +20,7 @@ from typing import Any, Final
 import orjson
 
 from routing.errors import RoutingError
-from routing.model import Event, EventType
+from routing.model import TELEMETRY_TYPES, Event
 
 
 class _Missing(Enum):
@@ -69,7 +69,7 @@ class EventBody:
         return self._value
 
     def _load(self) -> Any:
-        if self._event.event_type is not EventType.DEVICE_MESSAGES:
+        if self._event.event_type not in TELEMETRY_TYPES:
             return self._event.data
         try:
             return load_json(self._event.ingress.body)

@@ -32,7 +32,10 @@ class EventType(StrEnum):
 _EVENT_TYPE_NAMES: dict[str, EventType] = {t.value.lower(): t for t in EventType}
 _EVENT_TYPE_NAMES["devicemessage"] = EventType.DEVICE_MESSAGES
 
-TWIN_EVENT_TYPES = frozenset(EventType) - {EventType.DEVICE_MESSAGES}
+# Telemetry is forwarded as it came (bytes and properties), to Event Hubs only; the rest are Digital
+# Twins events, wrapped in an envelope per endpoint.
+TELEMETRY_TYPES = frozenset({EventType.DEVICE_MESSAGES})
+TWIN_EVENT_TYPES = frozenset(EventType) - TELEMETRY_TYPES
 
 
 class EndpointType(StrEnum):

@@ -24,6 +24,7 @@ from routing import observability as obs
 from routing.classify import classify
 from routing.deadletters import DeadLetterStore
 from routing.model import (
+    TELEMETRY_TYPES,
     DeadLetter,
     EnvelopeFormat,
     Event,
@@ -238,7 +239,7 @@ def _build_all(event: Event, endpoints: tuple[Endpoint, ...]) -> list[tuple[Endp
     out = []
     for endpoint in endpoints:
         body = bodies.get(endpoint.format)
-        if body is None and event.event_type is not EventType.DEVICE_MESSAGES:
+        if body is None and event.event_type not in TELEMETRY_TYPES:
             body = bodies[endpoint.format] = envelope.envelope_body(event, endpoint.format)
         out.append((endpoint, envelope.build(event, endpoint, body)))
     return out
