@@ -8,12 +8,15 @@ endpoints is serialised once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
+from routing.filters import EventBody
 from routing.model import TELEMETRY_TYPES, EndpointType, EnvelopeFormat, Event, Outgoing
 from routing.routes import Endpoint
+from routing.templates import enrich
 
 JSON = "application/json"
 CLOUD_EVENT_JSON = "application/cloudevents+json; charset=utf-8"
@@ -67,25 +70,49 @@ def twin_properties(event: Event) -> dict[str, Any]:
     return properties
 
 
-def build(event: Event, endpoint: Endpoint, body: bytes | None = None) -> Outgoing:
-    """The message `endpoint` gets for `event`; `body` is the cached envelope for the endpoint's format."""
+def build(event: Event, endpoint: Endpoint, body: bytes | None = None, event_body: EventBody | None = None) -> Outgoing:
+    """The message `endpoint` gets for `event`.
+
+    `body` is the cached envelope for the endpoint's format (unused when the endpoint adds CloudEvents
+    extensions); `event_body` the event's lazily parsed body, shared by all of an event's endpoints.
+    """
+    order_key = event.order_key
+    if endpoint.order_key is not None:
+        if event_body is None:
+            event_body = EventBody(event)
+        # A template the event cannot fill keeps the event's own key: the message is still ordered.
+        order_key = endpoint.order_key.text(event, event_body) or order_key
     if event.event_type in TELEMETRY_TYPES:
         ingress = event.ingress
         content_type = ingress.system_properties.get("content-type")
+        properties: Mapping[str, Any] = ingress.properties
+        if endpoint.enrichments:
+            properties = enrich(properties, endpoint.enrichments, event, event_body or EventBody(event))
         return Outgoing(
             endpoint=endpoint.name,
             event=event,
             body=ingress.body,
             content_type=str(content_type) if content_type is not None else None,
-            properties=ingress.properties,
+            properties=properties,
+            order_key=order_key,
         )
+    if endpoint.type is EndpointType.EVENT_GRID:
+        properties = {}
+        if endpoint.enrichments:
+            # Event Grid carries no application properties: CloudEvents extension attributes instead.
+            extensions = enrich({}, endpoint.enrichments, event, event_body or EventBody(event))
+            body = orjson.dumps({**cloud_event_envelope(event), **extensions})
+    else:
+        properties = twin_properties(event)
+        if endpoint.enrichments:
+            properties = enrich(properties, endpoint.enrichments, event, event_body or EventBody(event))
     if body is None:
         body = envelope_body(event, endpoint.format)
-    properties = {} if endpoint.type is EndpointType.EVENT_GRID else twin_properties(event)
     return Outgoing(
         endpoint=endpoint.name,
         event=event,
         body=body,
         content_type=content_type_of(endpoint.format),
         properties=properties,
+        order_key=order_key,
     )

@@ -115,6 +115,42 @@ def compile_filter(text: str) -> Filter:
     return Filter(text=text, needs_body=parser.needs_body, _test=test)
 
 
+@dataclass(frozen=True, slots=True)
+class Operand:
+    """A compiled path on an event (`$body.DeviceId`, `subject`, `$properties.site`): where an order
+    key template or an enrichment takes its value. `MISSING` when the event does not have it."""
+
+    text: str
+    needs_body: bool = field(compare=False)
+    _value: Value = field(compare=False, repr=False)
+
+    def value(self, event: Event, body: EventBody | None = None) -> Any:
+        if body is None:
+            body = EventBody(event)
+        if self.needs_body and body.get() is NOT_JSON:
+            return MISSING
+        return self._value(_Scope(event, body, {}))
+
+
+def compile_operand(text: str, start: int = 0, stop: int | None = None) -> Operand:
+    """Parse one path (of `text[start:stop]`); raises `FilterSyntaxError` positioned in `text`."""
+    parser = _Parser(text, start, stop)
+    token = parser.take()
+    if token.kind == "end":
+        raise FilterSyntaxError(f"expected a path at position {token.pos + 1}; {_ROOT_HELP}", token.pos + 1)
+    if token.kind != "name" or token.text.lower() in _KEYWORDS or parser.peek().text == "(":
+        raise parser.unexpected(token, f"expected a path; {_ROOT_HELP}")
+    try:
+        node = parser.path(token)
+    except RecursionError:
+        raise FilterSyntaxError("is nested too deeply", token.pos + 1) from None
+    end = parser.peek()
+    if end.kind != "end":
+        raise parser.unexpected(end, "expected the end of the path")
+    assert node.value is not None
+    return Operand(text=node.text, needs_body=parser.needs_body, _value=node.value)
+
+
 # --- tokens --------------------------------------------------------------------------------------------
 
 
@@ -136,10 +172,14 @@ _LEXEME = re.compile(
 )
 
 
-def _tokenize(text: str) -> list[_Token]:
+def _tokenize(text: str, start: int = 0, stop: int | None = None) -> list[_Token]:
+    """The tokens of `text[start:stop]`, positioned in the whole of `text` (a template's placeholder
+    is tokenized in place, so its errors name positions in the template)."""
     tokens: list[_Token] = []
-    pos = 0
-    while pos < len(text):
+    pos = start
+    end_at = len(text) if stop is None else stop
+    text = text[:end_at]
+    while pos < end_at:
         char = text[pos]
         if char in "'\"":
             # SQL-style quoting: the quote character doubled stands for itself.
@@ -168,7 +208,7 @@ def _tokenize(text: str) -> list[_Token]:
         elif kind != "ws":
             tokens.append(_Token(kind, lexeme, pos))
         pos = match.end()
-    tokens.append(_Token("end", "", len(text)))
+    tokens.append(_Token("end", "", end_at))
     return tokens
 
 
@@ -239,6 +279,8 @@ _ROOTS: dict[str, Value] = {
     "source": lambda s: _text_of(s.event.source),
     "id": lambda s: s.event.event_id or s.event.message_id,
 }
+# `$subject` and friends too: order keys and enrichments write paths with a `$`, as IoT Hub's do.
+_ROOTS.update({"$" + name: value for name, value in list(_ROOTS.items())})
 _ROOT_HELP = "expected type, subject, source, id, $body, $properties or $system"
 _KEYWORDS = frozenset({"and", "or", "not", "true", "false", "null"})
 _STRING_FUNCTIONS: dict[str, Callable[[str, str], bool]] = {
@@ -271,9 +313,9 @@ def _as_value(node: _Node) -> Value:
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, start: int = 0, stop: int | None = None) -> None:
         self.text = text
-        self.tokens = _tokenize(text)
+        self.tokens = _tokenize(text, start, stop)
         self.at = 0
         self.needs_body = False
         self.names: list[str] = []  # ANY/ALL variables, innermost last

@@ -159,10 +159,8 @@ class Outgoing:
     body: bytes
     content_type: str | None
     properties: Mapping[str, Any]
-
-    @property
-    def order_key(self) -> str:
-        return self.event.order_key
+    # The event's own key (device or twin id) unless the endpoint has an order key template.
+    order_key: str
 
     @property
     def message_id(self) -> str:

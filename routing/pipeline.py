@@ -23,6 +23,7 @@ from routing import envelope
 from routing import observability as obs
 from routing.classify import classify
 from routing.deadletters import DeadLetterStore
+from routing.filters import EventBody
 from routing.model import (
     TELEMETRY_TYPES,
     DeadLetter,
@@ -34,7 +35,7 @@ from routing.model import (
     Rejection,
     message_id,
 )
-from routing.routes import Endpoint, RouteTable, matching
+from routing.routes import Endpoint, RouteTable
 from routing.senders import HELD_BEHIND, KeyGroup, Sender, SendReport
 
 log = logging.getLogger(__name__)
@@ -124,10 +125,11 @@ class Router:
                     letters.append(DeadLetter(code=result.code, reason=result.reason, ingress=msg, index=result.index))
                     continue
                 report.events[result.event_type] += 1
-                endpoints = table.for_type(result.event_type)
+                # Parsed at most once, and only if a filter, order key or enrichment reads it.
+                body = EventBody(result) if table.reads_event(result.event_type) else None
                 try:
                     # Type first (an index look-up), then the filters of those endpoints.
-                    endpoints = matching(result, endpoints)
+                    endpoints = table.targets(result, body)
                 except Exception as exc:
                     log.exception("route filter failed")
                     letters.append(
@@ -143,7 +145,7 @@ class Router:
                     report.unrouted[result.event_type] += 1
                     continue
                 try:
-                    outgoing = _build_all(result, endpoints)
+                    outgoing = _build_all(result, endpoints, body)
                 except Exception as exc:
                     log.exception("envelope failed")
                     letters.append(
@@ -234,12 +236,14 @@ def _record(report: BatchReport, letters: list[DeadLetter], hub: str) -> None:
         log.warning("dead-lettered: %s", letter.reason, extra=dimensions)
 
 
-def _build_all(event: Event, endpoints: tuple[Endpoint, ...]) -> list[tuple[Endpoint, Outgoing]]:
+def _build_all(
+    event: Event, endpoints: tuple[Endpoint, ...], event_body: EventBody | None
+) -> list[tuple[Endpoint, Outgoing]]:
     bodies: dict[EnvelopeFormat, bytes] = {}
     out = []
     for endpoint in endpoints:
         body = bodies.get(endpoint.format)
         if body is None and event.event_type not in TELEMETRY_TYPES:
             body = bodies[endpoint.format] = envelope.envelope_body(event, endpoint.format)
-        out.append((endpoint, envelope.build(event, endpoint, body)))
+        out.append((endpoint, envelope.build(event, endpoint, body, event_body)))
     return out

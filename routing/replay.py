@@ -88,7 +88,7 @@ def replay(
             targets: tuple[Endpoint, ...] = (endpoint,)
         else:
             # The same choice the pipeline makes: the endpoints taking the type, then their filters.
-            targets = matching(event, table.for_type(event.event_type))
+            targets = table.targets(event)
             if not targets:
                 report.kept[letter.name] = f"no endpoint takes this {event.event_type} event"
                 progress(1)
@@ -96,7 +96,8 @@ def replay(
         outstanding[letter.name] = len(targets)
         for endpoint in targets:
             entry = plan.setdefault(endpoint.name, (endpoint, {}))
-            entry[1].setdefault(event.order_key, []).append((letter, envelope.build(event, endpoint)))
+            message = envelope.build(event, endpoint)
+            entry[1].setdefault(message.order_key, []).append((letter, message))
 
     for endpoint, by_key in plan.values():
         by_message = {id(message): letter for items in by_key.values() for letter, message in items}

@@ -18,8 +18,21 @@ from typing import Any
 from routing.errors import Problem, RouteTableError
 from routing.filters import EventBody, Filter, FilterSyntaxError, compile_filter
 from routing.model import EndpointType, EnvelopeFormat, Event, EventType
+from routing.templates import ValueTemplate, compile_value
 
-FIELDS = ("name", "type", "eventTypes", "connection", "secondaryConnection", "path", "format", "enabled", "filter")
+FIELDS = (
+    "name",
+    "type",
+    "eventTypes",
+    "connection",
+    "secondaryConnection",
+    "path",
+    "format",
+    "enabled",
+    "filter",
+    "orderKey",
+    "enrichments",
+)
 REQUIRED = ("name", "type", "eventTypes", "connection", "path")
 
 # Reserved because the local runner writes dead letters beside the endpoint files,
@@ -30,6 +43,15 @@ MAX_NAME_LENGTH = 128
 _BAD_NAME_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 # An app setting name: what App Service accepts (letters, digits, _ . -, and __ for nesting).
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+# Properties the router sets on Digital Twins events itself; an enrichment may not replace them.
+_ROUTER_PROPERTIES = frozenset({"eventtype", "subject", "correlationid"})
+# CloudEvents extension attribute names (the spec: lower-case letters and digits, at most 20), and the
+# context attributes an extension cannot be.
+_EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+_CLOUD_EVENT_ATTRIBUTES = frozenset(
+    {"id", "source", "type", "subject", "time", "specversion", "datacontenttype", "dataschema", "data", "data_base64"}
+)
+MAX_ENRICHMENTS = 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +66,29 @@ class Endpoint:
     enabled: bool = True
     # Compiled when the table loads; None routes every event of the endpoint's types.
     filter: Filter | None = None
+    # What orders this endpoint's messages (None: the device or twin id), and properties added to each.
+    order_key: ValueTemplate | None = None
+    enrichments: tuple[tuple[str, ValueTemplate], ...] = ()
+
+    @property
+    def needs_body(self) -> bool:
+        """Whether building this endpoint's message reads the event's body (a telemetry body is parsed)."""
+        return (self.order_key is not None and self.order_key.needs_body) or any(
+            template.needs_body for _name, template in self.enrichments
+        )
+
+    @property
+    def destination(self) -> tuple[str, ...]:
+        """Where messages go and what they look like there: endpoints alike in this are one destination,
+        and an event matching several of them is sent once."""
+        return (
+            self.type.value,
+            self.connection.lower(),
+            self.path.strip().lower(),
+            self.format.value,
+            "" if self.order_key is None else repr(self.order_key.raw),
+            repr(sorted((name, repr(template.raw)) for name, template in self.enrichments)),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The routes-file form (what `parse_endpoint` reads back unchanged)."""
@@ -60,6 +105,10 @@ class Endpoint:
         out["enabled"] = self.enabled
         if self.filter is not None:
             out["filter"] = self.filter.text
+        if self.order_key is not None:
+            out["orderKey"] = self.order_key.raw
+        if self.enrichments:
+            out["enrichments"] = {name: template.raw for name, template in self.enrichments}
         return out
 
 
@@ -69,20 +118,63 @@ class RouteTable:
 
     endpoints: tuple[Endpoint, ...] = ()
     _by_type: Mapping[EventType, tuple[Endpoint, ...]] = field(init=False, repr=False, compare=False)
+    # Endpoints sharing a destination with an earlier one, by name -> the first one's name.
+    same_as: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    # Per type: whether any endpoint taking it has a filter; whether any reads the event (a filter,
+    # an order key template or an enrichment), so the pipeline shares one lazily parsed body.
+    _filtered: Mapping[EventType, bool] = field(init=False, repr=False, compare=False)
+    _reads_event: Mapping[EventType, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index = {t: tuple(e for e in self.endpoints if e.enabled and t in e.event_types) for t in EventType}
         object.__setattr__(self, "_by_type", index)
+        first: dict[tuple[str, ...], str] = {}
+        same_as = {}
+        for endpoint in self.endpoints:
+            if endpoint.enabled:
+                name = first.setdefault(endpoint.destination, endpoint.name)
+                if name != endpoint.name:
+                    same_as[endpoint.name] = name
+        object.__setattr__(self, "same_as", same_as)
+        filtered = {t: any(e.filter is not None for e in index[t]) for t in EventType}
+        object.__setattr__(self, "_filtered", filtered)
+        reads = {t: filtered[t] or any(e.order_key or e.enrichments for e in index[t]) for t in EventType}
+        object.__setattr__(self, "_reads_event", reads)
 
     def for_type(self, event_type: EventType) -> tuple[Endpoint, ...]:
         return self._by_type[event_type]
+
+    def reads_event(self, event_type: EventType) -> bool:
+        return self._reads_event[event_type]
+
+    def targets(self, event: Event, body: EventBody | None = None) -> tuple[Endpoint, ...]:
+        """Where `event` goes: the endpoints taking its type (an index look-up), then those whose filter
+        passes, each destination once."""
+        candidates = self._by_type[event.event_type]
+        if self._filtered[event.event_type]:
+            candidates = matching(event, candidates, body)
+        return self.once(candidates)
+
+    def once(self, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+        """`endpoints` without those that repeat an earlier one's destination: an event goes there once."""
+        if not self.same_as or len(endpoints) < 2:
+            return endpoints
+        kept: list[Endpoint] = []
+        seen: set[str] = set()
+        for endpoint in endpoints:
+            # Named after the first endpoint of its destination (its own name when it is the first).
+            destination = self.same_as.get(endpoint.name, endpoint.name)
+            if destination not in seen:
+                seen.add(destination)
+                kept.append(endpoint)
+        return tuple(kept)
 
     def get(self, name: str) -> Endpoint | None:
         lowered = name.lower()
         return next((e for e in self.endpoints if e.name.lower() == lowered), None)
 
 
-def matching(event: Event, candidates: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+def matching(event: Event, candidates: tuple[Endpoint, ...], body: EventBody | None = None) -> tuple[Endpoint, ...]:
     """The candidates (the endpoints taking the event's type) whose filter passes `event`.
 
     One `EventBody` is shared by every filter, so a telemetry body is parsed at most once per event,
@@ -90,7 +182,8 @@ def matching(event: Event, candidates: tuple[Endpoint, ...]) -> tuple[Endpoint, 
     """
     if all(e.filter is None for e in candidates):
         return candidates
-    body = EventBody(event)
+    if body is None:
+        body = EventBody(event)
     return tuple(e for e in candidates if e.filter is None or e.filter.matches(event, body))
 
 
@@ -206,6 +299,58 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
             except FilterSyntaxError as exc:
                 problem("filter", f"{exc} in {value!r}")
 
+    order_key: ValueTemplate | None = None
+    if raw.get("orderKey") is not None:
+        value = raw["orderKey"]
+        if not isinstance(value, str):
+            problem("orderKey", f"must be a string (a path or a template, see docs/FILTERS.md), got {value!r}")
+        else:
+            try:
+                order_key = compile_value(value, allow_fixed=False)
+            except FilterSyntaxError as exc:
+                problem("orderKey", f"{exc} in {value!r}")
+            except ValueError as exc:
+                problem("orderKey", f"{value!r} {exc}")
+
+    enrichments: list[tuple[str, ValueTemplate]] = []
+    if raw.get("enrichments") is not None:
+        value = raw["enrichments"]
+        if not isinstance(value, Mapping):
+            problem("enrichments", f"must be an object of property name -> value, got {type(value).__name__}")
+            value = {}
+        elif len(value) > MAX_ENRICHMENTS:
+            problem("enrichments", f"has {len(value)} properties; at most {MAX_ENRICHMENTS} are allowed")
+        cloud_events = envelope_format is EnvelopeFormat.CLOUD_EVENTS
+        if value and endpoint_type is EndpointType.EVENT_GRID and not cloud_events:
+            problem(
+                "enrichments",
+                "the Event Grid schema has no place for added properties: set format CloudEventSchemaV1_0 "
+                "(enrichments become CloudEvents extension attributes)",
+            )
+        for key, item in value.items():
+            label = f"enrichments.{key}"
+            if not isinstance(key, str) or not key.strip() or len(key) > MAX_NAME_LENGTH:
+                problem(label, f"a property name must be a non-empty string of at most {MAX_NAME_LENGTH} characters")
+                continue
+            if key.lower() in _ROUTER_PROPERTIES:
+                problem(label, f"'{key}' is set by the router on every Digital Twins event; choose another name")
+            if (
+                endpoint_type is EndpointType.EVENT_GRID
+                and cloud_events
+                and (not _EXTENSION_NAME.match(key) or key in _CLOUD_EVENT_ATTRIBUTES)
+            ):
+                problem(
+                    label,
+                    "becomes a CloudEvents extension attribute, so it must be 1-20 lower-case letters or digits "
+                    "and not a CloudEvents attribute (id, source, type, subject, time, ...)",
+                )
+            try:
+                enrichments.append((key, compile_value(item)))
+            except FilterSyntaxError as exc:
+                problem(label, f"{exc} in {item!r}")
+            except ValueError as exc:
+                problem(label, str(exc))
+
     if problems or endpoint_type is None:
         return problems
     assert isinstance(name, str) and isinstance(connection, str) and isinstance(path, str)
@@ -219,6 +364,8 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
         format=envelope_format,
         enabled=bool(enabled),
         filter=compiled,
+        order_key=order_key,
+        enrichments=tuple(enrichments),
     )
 
 

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from routing import envelope
 from routing.classify import Result, classify
 from routing.connections import Connection, resolve
 from routing.errors import RoutingError
@@ -34,6 +35,7 @@ from routing.routes import Endpoint, RouteTable
 from routing.settings import DEFAULT_ROUTES_TABLE, ROUTES_STORAGE, connection_is_set, table_name_problem
 from routing.stores import load_routes_file
 from routing.tables import RouteRows, Row, TableLoad, describe, short_reason, table_client, validated
+from routing.templates import enrich
 
 # Its own consoles and `fail`, in the style of routing/cli.py: importing that module here would make
 # the two import each other (cli.py registers this sub-app).
@@ -206,6 +208,8 @@ def _options(
     format_: str | None,
     enabled: bool | None,
     filter_: str | None = None,
+    order_key: str | None = None,
+    enrich: list[str] | None = None,
 ) -> dict[str, Any]:
     """The fields the user gave, in the routes-file form (left out when not given)."""
     given: dict[str, Any] = {}
@@ -225,6 +229,16 @@ def _options(
         given["enabled"] = enabled
     if filter_ is not None:
         given["filter"] = filter_
+    if order_key is not None:
+        given["orderKey"] = order_key
+    if enrich:
+        enrichments: dict[str, str] = {}
+        for item in enrich:
+            name, equals, value = item.partition("=")
+            if not equals or not name.strip():
+                raise fail(f"--enrich {item!r}: write NAME=VALUE (a fixed text, a path like $body.Site, or a template)")
+            enrichments[name.strip()] = value
+        given["enrichments"] = enrichments
     return given
 
 
@@ -245,6 +259,22 @@ PathOption = Annotated[
 ]
 FormatOption = Annotated[str | None, typer.Option("--format", help="EventGridSchema or CloudEventSchemaV1_0.")]
 EnabledOption = Annotated[bool | None, typer.Option("--enabled/--disabled", help="Whether it receives events.")]
+OrderKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--order-key",
+        help="What orders this endpoint's messages, e.g. '$body.DeviceId' or '{$subject}/{$body.Floor}' "
+        "(docs/FILTERS.md); '' removes it (the device or twin id orders them).",
+    ),
+]
+EnrichOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--enrich",
+        help="Property added to every message, NAME=VALUE (a fixed text, a path like $body.Site, or a template); "
+        "repeat it; with update, NAME= removes one.",
+    ),
+]
 FilterOption = Annotated[
     str | None,
     typer.Option(
@@ -319,6 +349,8 @@ def add(
     format_: FormatOption = None,
     enabled: EnabledOption = None,
     filter_: FilterOption = None,
+    order_key: OrderKeyOption = None,
+    enrich: EnrichOption = None,
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
     output: OutputOption = OutputFormat.table,
@@ -333,6 +365,8 @@ def add(
         format_=format_,
         enabled=enabled,
         filter_=filter_ or None,
+        order_key=order_key or None,
+        enrich=enrich,
     )
     try:
         endpoint = validated({"name": name, **given}, f"endpoint '{name}'")
@@ -356,6 +390,8 @@ def update(
     format_: FormatOption = None,
     enabled: EnabledOption = None,
     filter_: FilterOption = None,
+    order_key: OrderKeyOption = None,
+    enrich: EnrichOption = None,
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
     output: OutputOption = OutputFormat.table,
@@ -370,18 +406,27 @@ def update(
         format_=format_,
         enabled=enabled,
         filter_=filter_,
+        order_key=order_key,
+        enrich=enrich,
     )
     if not given:
         raise fail(
             "nothing to change: pass one or more of --type, --event-types, --connection, "
-            "--secondary-connection, --path, --format, --enabled/--disabled, --filter"
+            "--secondary-connection, --path, --format, --enabled/--disabled, --filter, --order-key, --enrich"
         )
 
     def change(raw: dict[str, Any]) -> dict[str, Any]:
         changed = {**raw, **given}
-        for optional in ("secondaryConnection", "filter"):
+        for optional in ("secondaryConnection", "filter", "orderKey"):
             if changed.get(optional) == "":
                 del changed[optional]
+        if "enrichments" in given:
+            # --enrich adds to (or replaces in) what the endpoint has; NAME= removes one.
+            current = raw.get("enrichments")
+            merged = {**(current if isinstance(current, dict) else {}), **given["enrichments"]}
+            changed["enrichments"] = {k: v for k, v in merged.items() if v != ""}
+            if not changed["enrichments"]:
+                del changed["enrichments"]
         return changed
 
     rows = open_rows(connection_string, table)
@@ -568,6 +613,7 @@ def explain(results: list[Result], table: RouteTable) -> list[dict[str, Any]]:
             "notSent": not_sent,
             "otherTypes": other_types,
         }
+        _once(sent, not_sent, table, result, body)
         if not sent:
             decision["reason"] = (
                 f"the filters of {', '.join(repr(n) for n in filtered_out)} did not match"
@@ -576,6 +622,30 @@ def explain(results: list[Result], table: RouteTable) -> list[dict[str, Any]]:
             )
         out.append(decision)
     return out
+
+
+def _once(
+    sent: list[dict[str, Any]], not_sent: list[dict[str, Any]], table: RouteTable, event: Event, body: EventBody
+) -> None:
+    """As the pipeline does: one message per destination; each message's order key and enrichments."""
+    first_at: dict[str, str] = {}
+    for item in list(sent):
+        endpoint = table.get(item["name"])
+        assert endpoint is not None
+        destination = table.same_as.get(endpoint.name, endpoint.name)
+        first = first_at.setdefault(destination, endpoint.name)
+        if first != endpoint.name:
+            sent.remove(item)
+            not_sent.append({**item, "why": f"{item['why']}, but '{first}' is the same destination: sent there once"})
+            continue
+        message = envelope.build(event, endpoint, event_body=body)
+        item["orderKey"] = message.order_key
+        if endpoint.enrichments:
+            added = enrich({}, endpoint.enrichments, event, body)
+            item["enrichments"] = added
+            item["why"] += "; adds " + (", ".join(f"{k}={v!r}" for k, v in added.items()) or "nothing (undefined)")
+        if endpoint.order_key is not None:
+            item["why"] += f"; order key {message.order_key!r} from {endpoint.order_key.raw!r}"
 
 
 @routes_app.command("test")
@@ -630,7 +700,7 @@ def _print_decisions(decisions: list[dict[str, Any]]) -> None:
         listed = (("yes", decision["endpoints"]), ("no", decision["notSent"] + decision["otherTypes"]))
         for sent, items in listed:
             for item in items:
-                table.add_row(escape(item["name"]), item["type"], sent, item["why"])
+                table.add_row(escape(item["name"]), item["type"], sent, escape(item["why"]))
         if decision["endpoints"] or decision["notSent"] or decision["otherTypes"]:
             console.print(table)
         # Filters below the table, one line each, so a long one is read whole rather than folded in a cell.

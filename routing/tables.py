@@ -5,7 +5,8 @@
 One table, one partition (`PartitionKey` = "endpoint"), one row per endpoint, `RowKey` = the name
 lower-cased so names stay unique case-insensitively; the display name is in `Name`. The other
 properties are the routes-file fields with a capital first letter; `EventTypes` is comma-separated,
-`Filter` the route filter's text (compiled when the rows load, so a bad one makes the row invalid).
+`Filter` the route filter's text and `OrderKey` the order key template (both compiled when the rows
+load, so a bad one makes the row invalid), `Enrichments` a JSON object of property name -> value.
 Every row goes through `routing.routes.parse_endpoint`, the one validator. Touches Table Storage only.
 """
 
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableEntity, UpdateMode
@@ -91,7 +93,12 @@ def to_entity(endpoint: Endpoint) -> dict[str, Any]:
     """The row of an endpoint: its routes-file form with capitalised property names."""
     entity: dict[str, Any] = {"PartitionKey": PARTITION_KEY, "RowKey": row_key(endpoint.name)}
     for field_name, value in endpoint.to_dict().items():
-        entity[_property(field_name)] = ",".join(value) if field_name == "eventTypes" else value
+        if field_name == "eventTypes":
+            entity[_property(field_name)] = ",".join(value)
+        elif field_name == "enrichments":
+            entity[_property(field_name)] = orjson.dumps(value).decode()  # a property holds a scalar: JSON text
+        else:
+            entity[_property(field_name)] = value
     return entity
 
 
@@ -108,6 +115,11 @@ def to_raw(entity: Mapping[str, Any]) -> dict[str, Any]:
         field_name = _field(key)
         if field_name == "eventTypes" and isinstance(value, str):
             raw[field_name] = [part.strip() for part in value.split(",") if part.strip()]
+        elif field_name == "enrichments" and isinstance(value, str):
+            try:
+                raw[field_name] = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                raw[field_name] = value  # the validator says what is wrong with it
         else:
             raw[field_name] = value
     return raw

@@ -294,7 +294,8 @@ def counting_loader(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
 
 def hub(name: str, event_types: list[str], filter_: str | None = None) -> dict[str, Any]:
-    raw: dict[str, Any] = {"name": name, "type": "EventHub", "eventTypes": event_types, "connection": "C", "path": "p"}
+    # A hub each: endpoints that share a destination get an event once (tests/test_templates.py).
+    raw: dict[str, Any] = {"name": name, "type": "EventHub", "eventTypes": event_types, "connection": "C", "path": name}
     if filter_ is not None:
         raw["filter"] = filter_
     return raw

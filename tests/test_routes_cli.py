@@ -440,3 +440,49 @@ def test_the_sample_routes_import_and_validate_clean(routes: Routes, sample_rout
     assert routes("import", str(sample_routes)).exit_code == 0
     assert routes("validate").exit_code == 0
     assert len(routes.json("list")) == len(json.loads(sample_routes.read_text()))
+
+
+# --- order keys, enrichments, one destination ------------------------------------------------------------
+
+RAW = ("--type", "EventHub", "--event-types", "DeviceMessages", "--connection", "H", "--path", "r")
+
+
+def test_order_key_and_enrichments_are_set_merged_and_removed_through_the_cli(routes: Routes) -> None:
+    added = routes(
+        "add", "raw", *RAW, "--order-key", "$body.DeviceId", "--enrich", "site=plant-7", "--enrich", "reading=$body.t"
+    )
+    assert added.exit_code == 0, added.output
+    [row] = routes.rows()
+    assert row["OrderKey"] == "$body.DeviceId"
+    assert json.loads(row["Enrichments"]) == {"site": "plant-7", "reading": "$body.t"}
+
+    changed = routes("update", "raw", "--enrich", "site=", "--enrich", "floor={$body.Floor}", "--order-key", "")
+    assert changed.exit_code == 0, changed.output
+    [row] = routes.rows()
+    assert "OrderKey" not in row or row["OrderKey"] is None
+    assert json.loads(row["Enrichments"]) == {"reading": "$body.t", "floor": "{$body.Floor}"}
+    assert routes.json("show", "raw")["enrichments"] == {"reading": "$body.t", "floor": "{$body.Floor}"}
+
+
+def test_a_bad_order_key_or_enrichment_is_refused_with_its_position_and_nothing_is_written(routes: Routes) -> None:
+    bad_key = routes("add", "raw", *RAW, "--order-key", "$bdy.DeviceId")
+    assert bad_key.exit_code != 0 and "orderKey" in bad_key.output and "position 1" in bad_key.output
+    bad_pair = routes("add", "raw", *RAW, "--enrich", "site")
+    assert bad_pair.exit_code != 0 and "NAME=VALUE" in bad_pair.output
+    bad_template = routes("add", "raw", *RAW, "--enrich", "floor={$body.Floor")
+    assert bad_template.exit_code != 0 and "never closed" in bad_template.output
+    assert routes.rows() == []
+
+
+def test_a_dry_run_shows_the_order_key_the_enrichments_and_what_one_destination_takes_once(
+    routes: Routes, tmp_path: Path
+) -> None:
+    twins = ("--type", "EventHub", "--event-types", "SensorChange", "--connection", "H", "--path", "twins")
+    routes("add", "first", *twins, "--order-key", "{$subject}/{$body.Type}", "--enrich", "kind=$body.Type")
+    routes("add", "second", *twins, "--order-key", "{$subject}/{$body.Type}", "--enrich", "kind=$body.Type")
+    [decision] = routes.json("test", "--event", str(event_file(tmp_path / "e.json", SENSOR_LINE)))
+    [first] = decision["endpoints"]
+    assert first["name"] == "first" and first["orderKey"] == "SensorChange/Sensor"
+    assert first["enrichments"] == {"kind": "Sensor"}
+    [second] = decision["notSent"]
+    assert second["name"] == "second" and "'first' is the same destination: sent there once" in second["why"]
