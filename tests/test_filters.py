@@ -473,14 +473,30 @@ def table(azurite: Azurite, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     return Table(azurite.connection_string)
 
 
-HUB = ("--type", "EventHub", "--connection", "C", "--path", "p")
+# No --path: each endpoint gets its own hub (endpoints sharing one get an event once).
+HUB = ("--type", "EventHub", "--connection", "C")
 
 
 def test_the_dry_run_shows_for_each_endpoint_whether_its_filter_matched(table: Table, tmp_path: Path) -> None:
-    assert table("add", "hot", *HUB, "--event-types", "SensorChange", "--filter", "$body.Value > 20").exit_code == 0
-    assert table("add", "cold", *HUB, "--event-types", "SensorChange", "--filter", "$body.Value < 0").exit_code == 0
-    assert table("add", "all", *HUB, "--event-types", "SensorChange").exit_code == 0
-    assert table("add", "raw", *HUB, "--event-types", "DeviceMessages", "--filter", "$body.t > 1").exit_code == 0
+    assert (
+        table(
+            "add", "hot", *HUB, "--path", "hot", "--event-types", "SensorChange", "--filter", "$body.Value > 20"
+        ).exit_code
+        == 0
+    )
+    assert (
+        table(
+            "add", "cold", *HUB, "--path", "cold", "--event-types", "SensorChange", "--filter", "$body.Value < 0"
+        ).exit_code
+        == 0
+    )
+    assert table("add", "all", *HUB, "--path", "all", "--event-types", "SensorChange").exit_code == 0
+    assert (
+        table(
+            "add", "raw", *HUB, "--path", "raw", "--event-types", "DeviceMessages", "--filter", "$body.t > 1"
+        ).exit_code
+        == 0
+    )
     line = {"body": {**DATA, "Value": 25}, "properties": {"Type": "SensorChange"}, "sequenceNumber": 1}
     event = tmp_path / "e.json"
     event.write_text(json.dumps(line))
@@ -506,7 +522,12 @@ def test_the_dry_run_shows_for_each_endpoint_whether_its_filter_matched(table: T
 
 
 def test_the_dry_run_says_which_filters_left_an_event_unrouted(table: Table, tmp_path: Path) -> None:
-    assert table("add", "cold", *HUB, "--event-types", "SensorChange", "--filter", "$body.Value < 0").exit_code == 0
+    assert (
+        table(
+            "add", "cold", *HUB, "--path", "cold", "--event-types", "SensorChange", "--filter", "$body.Value < 0"
+        ).exit_code
+        == 0
+    )
     event = tmp_path / "e.json"
     event.write_text(json.dumps({"body": DATA, "properties": {"Type": "SensorChange"}}))
     [decision] = table.json("test", "--event", str(event))
@@ -515,11 +536,11 @@ def test_the_dry_run_says_which_filters_left_an_event_unrouted(table: Table, tmp
 
 
 def test_the_cli_refuses_a_bad_filter_and_update_can_change_or_remove_one(table: Table) -> None:
-    bad = table("add", "hot", *HUB, "--event-types", "SensorChange", "--filter", "$body.Value > 20)")
+    bad = table("add", "hot", *HUB, "--path", "hot", "--event-types", "SensorChange", "--filter", "$body.Value > 20)")
     assert bad.exit_code == 2
     assert "field 'filter': unexpected ')' at position 17" in bad.output
     assert table.json("list") == []
-    assert table("add", "hot", *HUB, "--event-types", "SensorChange").exit_code == 0
+    assert table("add", "hot", *HUB, "--path", "hot", "--event-types", "SensorChange").exit_code == 0
     assert table.json("update", "hot", "--filter", "subject = 'x'")["filter"] == "subject = 'x'"
     assert table.json("show", "hot")["filter"] == "subject = 'x'"
     assert "filter" not in table.json("update", "hot", "--filter", "")
