@@ -53,8 +53,9 @@ _UNSET: Final = object()
 class EventBody:
     """An event's JSON body, read on first use and at most once per event.
 
-    Digital Twins events already carry their parsed `data`; telemetry is raw bytes, parsed here only
-    when a filter asks for `$body` (and `NOT_JSON` when it is not JSON).
+    Digital Twins events already carry their parsed `data`, and so does telemetry that came inside a
+    JSON envelope (a structured CloudEvent, an Event Grid event); other telemetry is raw bytes, parsed
+    here only when a filter asks for `$body` (and `NOT_JSON` when it is not JSON).
     """
 
     __slots__ = ("_event", "_value")
@@ -69,7 +70,7 @@ class EventBody:
         return self._value
 
     def _load(self) -> Any:
-        if self._event.event_type not in TELEMETRY_TYPES:
+        if self._event.event_type not in TELEMETRY_TYPES or self._event.data is not None:
             return self._event.data
         try:
             return load_json(self._event.ingress.body)
@@ -89,12 +90,31 @@ Value = Callable[[_Scope], Any]
 
 
 @dataclass(frozen=True, slots=True)
+class IndexKey:
+    """A filter's top-level `path = 'literal'` conjunct: the filter can only pass for an event whose
+    `path` equals `key`, so a route table can look endpoints up by the path's value instead of testing
+    every filter (1,000 per-device routes cost one look-up per event, not 1,000 tests)."""
+
+    path: str
+    key: str | int | float
+    _value: Value = field(compare=False, repr=False)
+    needs_body: bool = field(compare=False)
+
+    def value(self, event: Event, body: EventBody) -> Any:
+        if self.needs_body and body.get() is NOT_JSON:
+            return MISSING
+        return self._value(_Scope(event, body, {}))
+
+
+@dataclass(frozen=True, slots=True)
 class Filter:
     """A compiled filter. Two filters are equal when their text is: the text is what round-trips."""
 
     text: str
     needs_body: bool = field(compare=False)
     _test: Test = field(compare=False, repr=False)
+    # Set when the filter is `path = literal AND ...` (no OR at the top): what an index can use.
+    index: IndexKey | None = field(default=None, compare=False)
 
     def matches(self, event: Event, body: EventBody | None = None) -> bool:
         """Whether `event` passes; pass one `EventBody` per event to every filter so it is parsed once."""
@@ -112,7 +132,8 @@ def compile_filter(text: str) -> Filter:
         test = parser.parse()
     except RecursionError:  # thousands of nested parentheses: refuse it here, not per event
         raise FilterSyntaxError("is nested too deeply (parentheses, NOT, ANY/ALL)", 1) from None
-    return Filter(text=text, needs_body=parser.needs_body, _test=test)
+    index = parser.equalities[0] if parser.equalities and not parser.top_level_or else None
+    return Filter(text=text, needs_body=parser.needs_body, _test=test, index=index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +323,8 @@ class _Node:
     test: Test | None = None
     path: bool = False
     literal: bool = False
+    needs_body: bool = False
+    constant: Any = None  # a string or number literal's value
 
 
 def _as_value(node: _Node) -> Value:
@@ -319,6 +342,10 @@ class _Parser:
         self.at = 0
         self.needs_body = False
         self.names: list[str] = []  # ANY/ALL variables, innermost last
+        # Inside parentheses, NOT or a function, a comparison says nothing about the whole filter.
+        self.nesting = 0
+        self.top_level_or = False
+        self.equalities: list[IndexKey] = []
 
     # -- token helpers
 
@@ -363,6 +390,8 @@ class _Parser:
             tests.append(self.conjunction())
         if len(tests) == 1:
             return tests[0]
+        if self.nesting == 0:
+            self.top_level_or = True
         return lambda s: any(t(s) for t in tests)
 
     def conjunction(self) -> Test:
@@ -379,7 +408,11 @@ class _Parser:
         """not := 'NOT' not | comparison"""
         if self.is_word(self.peek(), "not"):
             self.take()
-            inner = self.negation()
+            self.nesting += 1
+            try:
+                inner = self.negation()
+            finally:
+                self.nesting -= 1
             return lambda s: not inner(s)
         return self.comparison()
 
@@ -392,6 +425,8 @@ class _Parser:
             op = _OPERATORS[token.text]
             right = self.operand()
             lv, rv = _as_value(left), _as_value(right)
+            if op == "=" and self.nesting == 0:
+                self._note_equality(left, right)
             return lambda s: _compare(op, lv(s), rv(s))
         if left.test is not None:
             return left.test
@@ -405,21 +440,36 @@ class _Parser:
             left.pos + 1,
         )
 
+    def _note_equality(self, left: _Node, right: _Node) -> None:
+        path, literal = (left, right) if left.path else (right, left)
+        constant = literal.constant
+        if path.path and literal.literal and isinstance(constant, str | int | float) and not isinstance(constant, bool):
+            assert path.value is not None
+            self.equalities.append(IndexKey(path.text, constant, path.value, path.needs_body))
+
     def operand(self) -> _Node:
         token = self.take()
         if token.kind == "punct" and token.text == "(":
-            test = self.condition()
+            self.nesting += 1
+            try:
+                test = self.condition()
+            finally:
+                self.nesting -= 1
             self.expect(")", "expected ')' to close the '(' at position " + str(token.pos + 1))
             return _Node(token.pos, "(...)", test=test)
         if token.kind == "str":
             constant = token.value
-            return _Node(token.pos, f"the string {token.text}", value=lambda _s: constant, literal=True)
+            return _Node(
+                token.pos, f"the string {token.text}", value=lambda _s: constant, literal=True, constant=constant
+            )
         if token.kind == "num":
             number = token.value
-            return _Node(token.pos, f"the number {token.text}", value=lambda _s: number, literal=True)
+            return _Node(token.pos, f"the number {token.text}", value=lambda _s: number, literal=True, constant=number)
         if token.kind == "punct" and token.text == "-" and self.peek().kind == "num":
             negative = -self.take().value
-            return _Node(token.pos, f"the number -{negative}", value=lambda _s: negative, literal=True)
+            return _Node(
+                token.pos, f"the number -{negative}", value=lambda _s: negative, literal=True, constant=negative
+            )
         if token.kind != "name":
             raise self.unexpected(token, "expected a value, a path or a condition")
         word = token.text.lower()
@@ -431,7 +481,11 @@ class _Parser:
         if word in ("and", "or", "not"):
             raise self.unexpected(token, "expected a value, a path or a condition")
         if self.peek().kind == "punct" and self.peek().text == "(":
-            return self.function(token)
+            self.nesting += 1
+            try:
+                return self.function(token)
+            finally:
+                self.nesting -= 1
         return self.path(token)
 
     def function(self, name: _Token) -> _Node:
@@ -508,6 +562,7 @@ class _Parser:
 
     def path(self, root: _Token) -> _Node:
         word = root.text.lower()
+        reads_body = False
         value: Value
         fold_case = False
         needs_segment = False
@@ -517,7 +572,7 @@ class _Parser:
         elif word in _ROOTS:
             value = _ROOTS[word]
         elif word == "$body":
-            self.needs_body = True
+            self.needs_body = reads_body = True
             value = lambda s: s.body.get()  # noqa: E731
         elif word in ("$properties", "$system"):
             fold_case = needs_segment = True
@@ -563,7 +618,7 @@ class _Parser:
             )
         end = self.tokens[self.at - 1]
         text = self.text[root.pos : end.pos + len(end.text)]
-        return _Node(root.pos, text, value=value, path=True)
+        return _Node(root.pos, text, value=value, path=True, needs_body=reads_body)
 
 
 def _key_step(parent: Value, key: str, fold_case: bool) -> Value:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from routing.errors import Problem, RouteTableError
-from routing.filters import EventBody, Filter, FilterSyntaxError, compile_filter
-from routing.model import EndpointType, EnvelopeFormat, Event, EventType
+from routing.filters import EventBody, Filter, FilterSyntaxError, IndexKey, compile_filter
+from routing.model import KNOWN_EVENT_TYPES, EndpointType, EnvelopeFormat, Event, EventType
 from routing.templates import ValueTemplate, compile_value
 
 FIELDS = (
@@ -122,7 +122,7 @@ class RouteTable:
     same_as: Mapping[str, str] = field(init=False, repr=False, compare=False)
     # Per type: whether any endpoint taking it has a filter; whether any reads the event (a filter,
     # an order key template or an enrichment), so the pipeline shares one lazily parsed body.
-    _filtered: Mapping[EventType, bool] = field(init=False, repr=False, compare=False)
+    _filtered: Mapping[EventType, _Selector | None] = field(init=False, repr=False, compare=False)
     _reads_event: Mapping[EventType, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -136,9 +136,9 @@ class RouteTable:
                 if name != endpoint.name:
                     same_as[endpoint.name] = name
         object.__setattr__(self, "same_as", same_as)
-        filtered = {t: any(e.filter is not None for e in index[t]) for t in EventType}
+        filtered = {t: _Selector.of(index[t]) for t in EventType}
         object.__setattr__(self, "_filtered", filtered)
-        reads = {t: filtered[t] or any(e.order_key or e.enrichments for e in index[t]) for t in EventType}
+        reads = {t: filtered[t] is not None or any(e.order_key or e.enrichments for e in index[t]) for t in EventType}
         object.__setattr__(self, "_reads_event", reads)
 
     def for_type(self, event_type: EventType) -> tuple[Endpoint, ...]:
@@ -150,10 +150,10 @@ class RouteTable:
     def targets(self, event: Event, body: EventBody | None = None) -> tuple[Endpoint, ...]:
         """Where `event` goes: the endpoints taking its type (an index look-up), then those whose filter
         passes, each destination once."""
-        candidates = self._by_type[event.event_type]
-        if self._filtered[event.event_type]:
-            candidates = matching(event, candidates, body)
-        return self.once(candidates)
+        selector = self._filtered[event.event_type]
+        if selector is None:
+            return self.once(self._by_type[event.event_type])
+        return self.once(selector.select(event, EventBody(event) if body is None else body))
 
     def once(self, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
         """`endpoints` without those that repeat an earlier one's destination: an event goes there once."""
@@ -172,6 +172,48 @@ class RouteTable:
     def get(self, name: str) -> Endpoint | None:
         lowered = name.lower()
         return next((e for e in self.endpoints if e.name.lower() == lowered), None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Selector:
+    """The endpoints of one event type that have filters, arranged so an event tests only those that
+    could pass: filters of the form `path = 'literal' AND ...` are looked up by the path's value (one
+    evaluation per distinct path, however many endpoints), the others are tested one by one."""
+
+    # (table position, endpoint): no filter (always taken) or a filter with nothing to index by.
+    tested: tuple[tuple[int, Endpoint], ...]
+    # path text -> (its IndexKey, literal -> the endpoints whose filter requires path = literal)
+    indexed: tuple[tuple[IndexKey, Mapping[Any, tuple[tuple[int, Endpoint], ...]]], ...]
+
+    @classmethod
+    def of(cls, endpoints: tuple[Endpoint, ...]) -> _Selector | None:
+        if all(e.filter is None for e in endpoints):
+            return None
+        tested: list[tuple[int, Endpoint]] = []
+        by_path: dict[str, tuple[IndexKey, dict[Any, list[tuple[int, Endpoint]]]]] = {}
+        for position, endpoint in enumerate(endpoints):
+            key = endpoint.filter.index if endpoint.filter is not None else None
+            if key is None:
+                tested.append((position, endpoint))
+            else:
+                by_path.setdefault(key.path, (key, {}))[1].setdefault(key.key, []).append((position, endpoint))
+        indexed = tuple((key, {k: tuple(v) for k, v in table.items()}) for key, table in by_path.values())
+        return cls(tuple(tested), indexed)
+
+    def select(self, event: Event, body: EventBody) -> tuple[Endpoint, ...]:
+        chosen = [(p, e) for p, e in self.tested if e.filter is None or e.filter.matches(event, body)]
+        if not self.indexed:
+            return tuple(e for _p, e in chosen)
+        for key, table in self.indexed:
+            value = key.value(event, body)
+            # Only a string or number can equal a literal (true is not 1 here, as in the filters).
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                for position, endpoint in table.get(value, ()):
+                    assert endpoint.filter is not None
+                    if endpoint.filter.matches(event, body):  # the rest of the filter
+                        chosen.append((position, endpoint))
+        chosen.sort(key=lambda item: item[0])  # table order, as without the index
+        return tuple(e for _p, e in chosen)
 
 
 def matching(event: Event, candidates: tuple[Endpoint, ...], body: EventBody | None = None) -> tuple[Endpoint, ...]:
@@ -250,7 +292,7 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
                 if parsed is None:
                     known = [t.value for t in EventType]
                     hint = _suggest(item, known) if isinstance(item, str) else ""
-                    problem("eventTypes", f"unknown event type {item!r}{hint}; expected one of {', '.join(known)}")
+                    problem("eventTypes", f"unknown event type {item!r}{hint}; expected one of {KNOWN_EVENT_TYPES}")
                 elif parsed not in event_types:
                     event_types.append(parsed)
     if endpoint_type is not None:
@@ -258,7 +300,7 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
             if event_type not in endpoint_type.accepts:
                 problem(
                     "eventTypes",
-                    f"{endpoint_type} endpoints cannot take {event_type}: raw device telemetry goes to "
+                    f"{endpoint_type} endpoints cannot take {event_type}: telemetry is forwarded raw, to "
                     "EventHub endpoints only",
                 )
 

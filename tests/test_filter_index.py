@@ -1,0 +1,133 @@
+"""Route tables look filtered endpoints up by value: a filter `path = 'literal' AND ...` is indexed by
+its path, so an event tests only the endpoints it could reach, and the answer is the same as testing
+every filter (checked against the plain scan on generated tables and events)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import routing.filters
+from routing.classify import classify
+from routing.filters import compile_filter
+from routing.model import Event
+from routing.routes import matching, parse_routes
+from tests.conftest import telemetry
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "key"),
+    [
+        ("$system['iothub-connection-device-id'] = 'device-7'", "$system['iothub-connection-device-id']", "device-7"),
+        ("$body.t > 3 AND $properties.site = 'a'", "$properties.site", "a"),
+        ("'a' = subject AND type = 'DeviceMessages'", "subject", "a"),  # literal first; the first equality
+        ("$body.Floor = -2", "$body.Floor", -2),
+        ("$body.x = 1.5 AND NOT $body.y = 2", "$body.x", 1.5),
+    ],
+)
+def test_a_top_level_equality_with_a_literal_is_what_the_index_uses(text: str, path: str, key: Any) -> None:
+    index = compile_filter(text).index
+    assert index is not None and (index.path, index.key) == (path, key)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "subject = 'a' OR subject = 'b'",  # either may hold
+        "NOT subject = 'a'",
+        "(subject = 'a' OR $body.x = 1) AND $body.y = 2 OR true",
+        "ANY($body.r, r, r = 1)",
+        "subject = null",
+        "$body.alarm = true",
+        "$body.x = $body.y",
+        "STARTS_WITH(subject, 'a')",
+        "$body.x != 'a'",
+    ],
+)
+def test_filters_an_index_cannot_decide_are_tested_one_by_one(text: str) -> None:
+    assert compile_filter(text).index is None
+
+
+def hub(name: str, filter_: str | None) -> dict[str, Any]:
+    raw: dict[str, Any] = {"name": name, "type": "EventHub", "eventTypes": ["DeviceMessages"], "connection": "C"}
+    raw["path"] = name
+    if filter_ is not None:
+        raw["filter"] = filter_
+    return raw
+
+
+def event_of(device: str, body: bytes, **props: Any) -> Event:
+    [event] = classify(telemetry(device, body, seq=1, **props))
+    assert isinstance(event, Event)
+    return event
+
+
+def test_a_thousand_per_device_routes_cost_one_comparison_per_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    routes = [hub(f"d{i}", f"$system['iothub-connection-device-id'] = 'device-{i}'") for i in range(1000)]
+    table = parse_routes([*routes, hub("everything", None)])
+    comparisons: list[tuple[Any, Any]] = []
+    real = routing.filters._compare
+
+    def counted(op: str, left: Any, right: Any) -> bool:
+        comparisons.append((left, right))
+        return real(op, left, right)
+
+    monkeypatch.setattr(routing.filters, "_compare", counted)
+    event = event_of("device-637", b"{}")
+    assert [e.name for e in table.targets(event)] == ["d637", "everything"]
+    assert comparisons == [("device-637", "device-637")]  # the matched endpoint's own filter, once
+    comparisons.clear()
+    assert [e.name for e in table.targets(event_of("device-x", b"{}"))] == ["everything"]
+    assert comparisons == []
+
+
+def test_an_indexed_filter_still_checks_the_rest_of_its_conditions_and_keeps_table_order() -> None:
+    table = parse_routes(
+        [
+            hub("late", "$body.n > 5"),
+            hub("site-a-hot", "$properties.site = 'a' AND $body.n > 5"),
+            hub("site-a", "$properties.site = 'a'"),
+            hub("number", "$body.n = 7"),
+            hub("site-b", "$properties.site = 'b'"),
+        ]
+    )
+    names = [e.name for e in table.targets(event_of("d", b'{"n": 7.0}', site="a"))]
+    assert names == ["late", "site-a-hot", "site-a", "number"]  # 7.0 equals the literal 7
+    assert [e.name for e in table.targets(event_of("d", b'{"n": 1}', site="a"))] == ["site-a"]
+    assert [e.name for e in table.targets(event_of("d", b"not json", site="a"))] == ["site-a"]
+    assert [e.name for e in table.targets(event_of("d", b'{"n": true}', SITE=1))] == []
+
+
+VALUES = st.sampled_from(["'a'", "'b'", "1", "2", "1.0", "-1"])
+PATHS = st.sampled_from(["$properties.site", "$body.n", "$body.s", "subject", "$system['iothub-connection-device-id']"])
+CONDITIONS = st.builds(lambda p, v, op: f"{p} {op} {v}", PATHS, VALUES, st.sampled_from(["=", "=", "!=", ">"]))
+FILTERS = st.one_of(
+    st.none(),
+    CONDITIONS,
+    st.builds(lambda a, b: f"{a} AND {b}", CONDITIONS, CONDITIONS),
+    st.builds(lambda a, b: f"{a} OR {b}", CONDITIONS, CONDITIONS),
+    st.builds(lambda a, b: f"NOT ({a}) AND {b}", CONDITIONS, CONDITIONS),
+)
+JSON_VALUES = st.one_of(st.sampled_from(["a", "b", 1, 2, 1.0, -1, True, None]), st.just([1]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    filters=st.lists(FILTERS, min_size=1, max_size=12),
+    site=JSON_VALUES,
+    n=JSON_VALUES,
+    s=JSON_VALUES,
+    device=st.sampled_from(["a", "b", "1"]),
+)
+def test_the_index_chooses_exactly_what_testing_every_filter_chooses(
+    filters: list[str | None], site: Any, n: Any, s: Any, device: str
+) -> None:
+    import orjson  # noqa: PLC0415
+
+    table = parse_routes([hub(f"e{i}", f) for i, f in enumerate(filters)])
+    event = event_of(device, orjson.dumps({"n": n, "s": s}), site=site)
+    expected = matching(event, table.for_type(event.event_type))
+    assert table.targets(event) == expected
