@@ -17,7 +17,7 @@ from typing import Any
 
 from routing.errors import Problem, RouteTableError
 from routing.filters import EventBody, Filter, FilterSyntaxError, IndexKey, compile_filter
-from routing.model import KNOWN_EVENT_TYPES, EndpointType, EnvelopeFormat, Event, EventType
+from routing.model import EndpointType, EnvelopeFormat, Event, EventType
 from routing.templates import ValueTemplate, compile_value
 
 FIELDS = (
@@ -292,7 +292,7 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
                 if parsed is None:
                     known = [t.value for t in EventType]
                     hint = _suggest(item, known) if isinstance(item, str) else ""
-                    problem("eventTypes", f"unknown event type {item!r}{hint}; expected one of {KNOWN_EVENT_TYPES}")
+                    problem("eventTypes", f"unknown event type {item!r}{hint}; expected one of {', '.join(known)}")
                 elif parsed not in event_types:
                     event_types.append(parsed)
     if endpoint_type is not None:
