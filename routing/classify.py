@@ -4,6 +4,10 @@ events) the fields of its envelope.
 Pure functions of an `IngressMessage`. Telemetry is recognised from properties alone, so its body is
 never parsed; everything else must be JSON in one of the wire forms Digital Twins events travel in.
 Whatever cannot be classified comes back as a `Rejection` with a reason a person understands.
+
+Two generations of events: the first service's five types, ordered by the object id in their data, and
+today's (v2) CloudEvents types, ordered by twin id: the subject of a `Twin.*` event, the source twin of
+a `Relationship.*` one, the twin a `microsoft.iot.telemetry` event came from (named in its source).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from routing.model import Event, EventType, IngressMessage, Rejection, message_id
+from routing.model import KNOWN_EVENT_TYPES, V2_EVENT_TYPES, Event, EventType, IngressMessage, Rejection, message_id
 
 Result = Event | Rejection
 
@@ -23,7 +27,14 @@ MESSAGE_SOURCE = "iothub-message-source"
 TELEMETRY_MARK = "DigitalTwins-Telemetry"
 SENSOR_HARDWARE_ID = "DigitalTwins-SensorHardwareId"
 
-_KNOWN_TYPES = ", ".join(t.value for t in EventType)
+_TWIN_TYPES = frozenset({EventType.TWIN_CREATE, EventType.TWIN_UPDATE, EventType.TWIN_DELETE})
+# Azure Digital Twins names a relationship `<source-twin-id>/relationships/<relationship-id>`.
+RELATIONSHIPS = "/relationships/"
+# ... and the twin a telemetry message came from in its source: `<instance-host>/digitaltwins/<twin-id>`.
+TWIN_PATH = "/digitaltwins/"
+# Publishing in the Event Grid schema, Digital Twins nests each event's data with the CloudEvents
+# attributes that schema has no field for: `"data": {"data": ..., "contenttype": ..., "traceparent": ...}`.
+_NESTED_DATA_KEYS = frozenset({"data", "contenttype", "datacontenttype", "dataschema", "traceparent", "tracestate"})
 
 
 def _prop(props: Mapping[str, Any], name: str) -> Any:
@@ -83,8 +94,8 @@ def classify(msg: IngressMessage) -> list[Result]:
     if isinstance(body, list):
         if not body:
             return [Rejection(code="empty-array", reason="body is an empty JSON array: no events in it")]
-        return [_from_structured(msg, element, index) for index, element in enumerate(body)]
-    return [_from_structured(msg, body, 0)]
+        return [_from_structured(msg, element, index, len(body)) for index, element in enumerate(body)]
+    return [_from_structured(msg, body, 0, 1)]
 
 
 def _telemetry(msg: IngressMessage, key: str) -> Event:
@@ -129,7 +140,7 @@ def _twin_type(name: str, where: str) -> EventType | Rejection:
     if event_type is None:
         return Rejection(
             code="unknown-type",
-            reason=f"unknown event type '{name}' in {where}; expected one of {_KNOWN_TYPES}",
+            reason=f"unknown event type '{name}' in {where}; expected one of {KNOWN_EVENT_TYPES}",
         )
     return event_type
 
@@ -140,11 +151,27 @@ def _from_type_property(msg: IngressMessage, type_name: str) -> Result:
         return event_type
     if event_type is EventType.DEVICE_MESSAGES:
         return _telemetry_from_properties(msg)
+    if event_type is EventType.TWIN_TELEMETRY:
+        return _from_binary_cloud_event(msg, event_type.value)
     body, rejection = _parse_body(msg, event_type)
     if rejection is not None:
         return rejection
     if isinstance(body, dict) and "eventType" in body and "data" in body:
-        return _from_event_grid(msg, body, 0)
+        return _from_event_grid(msg, body, 0, 1)
+    if event_type in V2_EVENT_TYPES:
+        return _v2_event(
+            msg,
+            0,
+            event_type=event_type,
+            data=body,
+            event_id=None,
+            subject=None,
+            event_time=None,
+            dataschema=None,
+            topic=None,
+            source=None,
+            correlation_id=_text(_prop(msg.properties, "CorrelationId")),
+        )
     return _twin_event(
         msg,
         0,
@@ -166,15 +193,35 @@ def _from_binary_cloud_event(msg: IngressMessage, ce_type: str) -> Result:
         return event_type
     if event_type is EventType.DEVICE_MESSAGES:
         return _telemetry_from_properties(msg)
-    body, rejection = _parse_body(msg, event_type)
-    if rejection is not None:
-        return rejection
 
     def ce(attribute: str) -> str | None:
         return _text(_prop(msg.properties, f"cloudEvents:{attribute}")) or _text(
             _prop(msg.properties, f"ce-{attribute}") or _prop(msg.properties, f"ce_{attribute}")
         )
 
+    if event_type in V2_EVENT_TYPES:
+        data = None
+        if event_type is not EventType.TWIN_TELEMETRY:
+            # Telemetry's key is in its properties and its body is forwarded as it came: never parsed here.
+            data, rejection = _parse_body(msg, event_type)
+            if rejection is not None:
+                return rejection
+        return _v2_event(
+            msg,
+            0,
+            event_type=event_type,
+            data=data,
+            event_id=ce("id"),
+            subject=ce("subject"),
+            event_time=ce("time"),
+            dataschema=ce("dataschema"),
+            topic=None,
+            source=ce("source"),
+            correlation_id=_text(_prop(msg.properties, "CorrelationId")),
+        )
+    body, rejection = _parse_body(msg, event_type)
+    if rejection is not None:
+        return rejection
     return _twin_event(
         msg,
         0,
@@ -190,7 +237,7 @@ def _from_binary_cloud_event(msg: IngressMessage, ce_type: str) -> Result:
     )
 
 
-def _from_structured(msg: IngressMessage, body: Any, index: int) -> Result:
+def _from_structured(msg: IngressMessage, body: Any, index: int, count: int) -> Result:
     if not isinstance(body, dict):
         return Rejection(
             code="not-an-event",
@@ -198,9 +245,9 @@ def _from_structured(msg: IngressMessage, body: Any, index: int) -> Result:
             index=index,
         )
     if "specversion" in body:
-        return _from_structured_cloud_event(msg, body, index)
+        return _from_structured_cloud_event(msg, body, index, count)
     if "eventType" in body and "data" in body:
-        return _from_event_grid(msg, body, index)
+        return _from_event_grid(msg, body, index, count)
     return Rejection(
         code="no-event-type",
         reason="JSON object has no event type: expected an Event Grid event (eventType, data), "
@@ -209,7 +256,7 @@ def _from_structured(msg: IngressMessage, body: Any, index: int) -> Result:
     )
 
 
-def _from_event_grid(msg: IngressMessage, body: dict[str, Any], index: int) -> Result:
+def _from_event_grid(msg: IngressMessage, body: dict[str, Any], index: int, count: int) -> Result:
     event_type = _twin_type(str(body.get("eventType")), "Event Grid field 'eventType'")
     if isinstance(event_type, Rejection):
         return Rejection(code=event_type.code, reason=event_type.reason, index=index)
@@ -219,6 +266,22 @@ def _from_event_grid(msg: IngressMessage, body: dict[str, Any], index: int) -> R
             reason="an Event Grid event of type DeviceMessages cannot be routed: telemetry must carry "
             f"'{DEVICE_ID}' or '{TELEMETRY_MARK}' properties",
             index=index,
+        )
+    if event_type in V2_EVENT_TYPES:
+        data, dataschema = _unnested(body.get("data"))
+        return _v2_event(
+            msg,
+            index,
+            count=count,
+            event_type=event_type,
+            data=data,
+            event_id=_text(body.get("id")),
+            subject=_text(body.get("subject")),
+            event_time=_text(body.get("eventTime")),
+            dataschema=dataschema or _text(body.get("dataVersion")),
+            topic=_text(body.get("topic")),
+            source=None,
+            correlation_id=None,
         )
     return _twin_event(
         msg,
@@ -235,7 +298,7 @@ def _from_event_grid(msg: IngressMessage, body: dict[str, Any], index: int) -> R
     )
 
 
-def _from_structured_cloud_event(msg: IngressMessage, body: dict[str, Any], index: int) -> Result:
+def _from_structured_cloud_event(msg: IngressMessage, body: dict[str, Any], index: int, count: int) -> Result:
     event_type = _twin_type(str(body.get("type")), "CloudEvents field 'type'")
     if isinstance(event_type, Rejection):
         return Rejection(code=event_type.code, reason=event_type.reason, index=index)
@@ -245,6 +308,21 @@ def _from_structured_cloud_event(msg: IngressMessage, body: dict[str, Any], inde
             reason="a CloudEvent of type DeviceMessages cannot be routed: telemetry must carry "
             f"'{DEVICE_ID}' or '{TELEMETRY_MARK}' properties",
             index=index,
+        )
+    if event_type in V2_EVENT_TYPES:
+        return _v2_event(
+            msg,
+            index,
+            count=count,
+            event_type=event_type,
+            data=body.get("data"),
+            event_id=_text(body.get("id")),
+            subject=_text(body.get("subject")),
+            event_time=_text(body.get("time")),
+            dataschema=_text(body.get("dataschema")),
+            topic=None,
+            source=_text(body.get("source")),
+            correlation_id=None,
         )
     return _twin_event(
         msg,
@@ -317,6 +395,118 @@ def _twin_event(
         source=source,
         correlation_id=correlation_id or _text(_field(data, "CorrelationId")),
     )
+
+
+def _unnested(data: Any) -> tuple[Any, str | None]:
+    """The data of a Digital Twins event published in the Event Grid schema, and its dataschema."""
+    if isinstance(data, dict) and "data" in data and len(data) > 1 and data.keys() <= _NESTED_DATA_KEYS:
+        return data["data"], _text(data.get("dataschema"))
+    return data, None
+
+
+def _twin_in_source(source: str | None) -> str | None:
+    if not source:
+        return None
+    _, found, twin = source.partition(TWIN_PATH)
+    return twin if found and twin else None
+
+
+def _v2_event(
+    msg: IngressMessage,
+    index: int,
+    *,
+    count: int = 1,
+    event_type: EventType,
+    data: Any,
+    event_id: str | None,
+    subject: str | None,
+    event_time: str | None,
+    dataschema: str | None,
+    topic: str | None,
+    source: str | None,
+    correlation_id: str | None,
+) -> Result:
+    """A v2 event, ordered by the twin it is about; `data` is None for telemetry whose body went unparsed."""
+    if event_type is EventType.TWIN_TELEMETRY:
+        if count > 1:
+            # Telemetry is forwarded as the message it came in, and this message carries other events too.
+            return Rejection(
+                code="telemetry-in-array",
+                reason=f"{event_type} event {index} of a JSON array of {count} events: telemetry is forwarded "
+                "as the message it came in, so it must come alone (Event Grid delivers one event per message)",
+                index=index,
+            )
+        key = _twin_in_source(source) or subject
+        if not key:
+            return Rejection(
+                code="no-order-key",
+                reason=f"{event_type} event has no twin id to order by: its source ({source or 'none'}) "
+                f"does not end in '{TWIN_PATH}<twin-id>' and it has no subject",
+                index=index,
+            )
+        return Event(
+            event_type=event_type,
+            order_key=key,
+            message_id=message_id(msg, index),
+            ingress=msg,
+            index=index,
+            event_id=event_id or "",
+            subject=subject or "",
+            data=data,
+            event_time=event_time or msg.enqueued_time or "",
+            data_version=dataschema or "1.0",
+            topic=topic,
+            source=source,
+            correlation_id=correlation_id,
+        )
+
+    if not isinstance(data, dict):
+        return Rejection(
+            code="bad-data",
+            reason=f"{event_type} event data must be a JSON object, got {type(data).__name__}",
+            index=index,
+        )
+    if event_type in _TWIN_TYPES:
+        key = subject or _id(data.get("$dtId"))
+        if not key:
+            return Rejection(
+                code="no-order-key",
+                reason=f"{event_type} event has no twin id to order by: no subject and no data.$dtId",
+                index=index,
+            )
+    else:
+        twin, found, _ = (subject or "").partition(RELATIONSHIPS)
+        key = (twin if found else None) or _id(data.get("$sourceId"))
+        if not key:
+            what = f"subject '{subject}' has no '{RELATIONSHIPS}'" if subject else "no subject"
+            return Rejection(
+                code="no-order-key",
+                reason=f"{event_type} event has no source twin to order by: {what} and no data.$sourceId",
+                index=index,
+            )
+        if not subject:
+            relationship = _id(data.get("$relationshipId"))
+            subject = f"{key}{RELATIONSHIPS}{relationship}" if relationship else key
+    identity = message_id(msg, index)
+    return Event(
+        event_type=event_type,
+        order_key=key,
+        message_id=identity,
+        ingress=msg,
+        index=index,
+        event_id=event_id or identity,
+        subject=subject or key,
+        data=data,
+        event_time=event_time or msg.enqueued_time or _now(),
+        data_version=dataschema or "1.0",
+        topic=topic,
+        source=source,
+        correlation_id=correlation_id,
+    )
+
+
+def _id(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _now() -> str:

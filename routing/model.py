@@ -13,28 +13,60 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import msgspec
+
 
 class EventType(StrEnum):
-    """The five event types of the first Digital Twins service, spelled as its docs spell them."""
+    """The event types: the five of the first Digital Twins service and the seven of today's (v2), each
+    spelled as its service spells it on the wire (`microsoft.iot.telemetry` is lower-case there)."""
 
     DEVICE_MESSAGES = "DeviceMessages"
     TOPOLOGY_OPERATION = "TopologyOperation"
     SPACE_CHANGE = "SpaceChange"
     SENSOR_CHANGE = "SensorChange"
     UDF_CUSTOM = "UdfCustom"
+    TWIN_CREATE = "Microsoft.DigitalTwins.Twin.Create"
+    TWIN_UPDATE = "Microsoft.DigitalTwins.Twin.Update"
+    TWIN_DELETE = "Microsoft.DigitalTwins.Twin.Delete"
+    RELATIONSHIP_CREATE = "Microsoft.DigitalTwins.Relationship.Create"
+    RELATIONSHIP_UPDATE = "Microsoft.DigitalTwins.Relationship.Update"
+    RELATIONSHIP_DELETE = "Microsoft.DigitalTwins.Relationship.Delete"
+    TWIN_TELEMETRY = "microsoft.iot.telemetry"
 
     @classmethod
     def parse(cls, name: str) -> EventType | None:
-        """The type a user or a producer means by `name`: case-insensitive, `DeviceMessage` too."""
+        """The type a user or a producer means by `name`: case-insensitive, `DeviceMessage` too, and the
+        v2 names without their `Microsoft.DigitalTwins.` prefix (`Twin.Update`), but never a bare `Update`."""
         return _EVENT_TYPE_NAMES.get(name.strip().lower())
 
 
+_V2_PREFIX = "microsoft.digitaltwins."
 _EVENT_TYPE_NAMES: dict[str, EventType] = {t.value.lower(): t for t in EventType}
 _EVENT_TYPE_NAMES["devicemessage"] = EventType.DEVICE_MESSAGES
+_EVENT_TYPE_NAMES.update({name.removeprefix(_V2_PREFIX): t for name, t in list(_EVENT_TYPE_NAMES.items())})
 
-# Telemetry is forwarded as it came (bytes and properties), to Event Hubs only; the rest are Digital
-# Twins events, wrapped in an envelope per endpoint.
-TELEMETRY_TYPES = frozenset({EventType.DEVICE_MESSAGES})
+# Today's service (Azure Digital Twins v2): CloudEvents about twins, ordered by twin id.
+V2_EVENT_TYPES = frozenset({
+    EventType.TWIN_CREATE,
+    EventType.TWIN_UPDATE,
+    EventType.TWIN_DELETE,
+    EventType.RELATIONSHIP_CREATE,
+    EventType.RELATIONSHIP_UPDATE,
+    EventType.RELATIONSHIP_DELETE,
+    EventType.TWIN_TELEMETRY,
+})  # fmt: skip
+
+# For messages that list the known types, grouped: twelve full names in a row are hard to read.
+KNOWN_EVENT_TYPES = (
+    "DeviceMessages, TopologyOperation, SpaceChange, SensorChange, UdfCustom; or today's "
+    "Microsoft.DigitalTwins.Twin.Create|Update|Delete, Microsoft.DigitalTwins.Relationship.Create|Update|Delete, "
+    "microsoft.iot.telemetry"
+)
+
+# Telemetry (the first service's DeviceMessages and today's microsoft.iot.telemetry) is forwarded as it
+# came (bytes and properties), to Event Hubs only; the rest are Digital Twins events, wrapped in an
+# envelope per endpoint.
+TELEMETRY_TYPES = frozenset({EventType.DEVICE_MESSAGES, EventType.TWIN_TELEMETRY})
 TWIN_EVENT_TYPES = frozenset(EventType) - TELEMETRY_TYPES
 
 
@@ -76,8 +108,7 @@ _FORMAT_NAMES = {
 }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class IngressMessage:
+class IngressMessage(msgspec.Struct, frozen=True, kw_only=True):
     """One message as it came off an ingress hub (or a line of a local events file).
 
     `source` names the ingress (the hub) so that ids stay unique across hubs whose partitions and
@@ -111,15 +142,15 @@ def message_id(ingress: IngressMessage, index: int) -> str:
         seed += f"|{ingress.offset}|{ingress.enqueued_time}"
     digest = _NAMESPACE_SHA1.copy()
     digest.update(seed.encode())
-    raw = bytearray(digest.digest()[:16])
-    raw[6] = (raw[6] & 0x0F) | 0x50
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = digest.hexdigest()
+    # The version nibble is 5; the variant's top two bits are 10 (RFC 4122), looked up per hex digit.
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
+_VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
     """A classified event, ready to be matched against routes.
 
     Telemetry carries only the type, key and ingress; Digital Twins events also carry the fields
@@ -141,8 +172,7 @@ class Event:
     correlation_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Rejection:
+class Rejection(msgspec.Struct, frozen=True, kw_only=True):
     """Why (part of) an ingress message could not be classified. `code` groups reasons in reports."""
 
     code: str
@@ -150,8 +180,7 @@ class Rejection:
     index: int = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Outgoing:
+class Outgoing(msgspec.Struct, frozen=True, kw_only=True):
     """A message built for one endpoint: exactly what a sender puts on the wire."""
 
     endpoint: str

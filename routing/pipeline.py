@@ -108,6 +108,9 @@ class Router:
         plan: dict[str, tuple[Endpoint, dict[str, list[Outgoing]]]] = {}
         hub = ""
 
+        events: dict[EventType, int] = {}
+        unrouted: dict[EventType, int] = {}
+        reads_event, targets = table.reads_event, table.targets
         for msg in messages:
             report.messages += 1
             if report.messages == 1:
@@ -118,50 +121,37 @@ class Router:
             try:
                 results = classify(msg)
             except Exception as exc:  # a bug must cost one message, not the batch
-                log.exception("classification failed")
+                log.exception("internal error while classifying")
                 results = [Rejection(code="internal-error", reason=f"internal error while classifying: {exc!r}")]
             for result in results:
                 if isinstance(result, Rejection):
                     letters.append(DeadLetter(code=result.code, reason=result.reason, ingress=msg, index=result.index))
                     continue
-                report.events[result.event_type] += 1
-                # Parsed at most once, and only if a filter, order key or enrichment reads it.
-                body = EventBody(result) if table.reads_event(result.event_type) else None
+                event_type = result.event_type
+                events[event_type] = events.get(event_type, 0) + 1
+                stage = "matching route filters"
                 try:
+                    # Parsed at most once, and only if a filter, order key or enrichment reads it.
+                    body = EventBody(result) if reads_event(event_type) else None
                     # Type first (an index look-up), then the filters of those endpoints.
-                    endpoints = table.targets(result, body)
-                except Exception as exc:
-                    log.exception("route filter failed")
-                    letters.append(
-                        DeadLetter(
-                            code="internal-error",
-                            reason=f"internal error while matching route filters: {exc!r}",
-                            ingress=msg,
-                            index=result.index,
-                        )
-                    )
-                    continue
-                if not endpoints:
-                    report.unrouted[result.event_type] += 1
-                    continue
-                try:
+                    endpoints = targets(result, body)
+                    if not endpoints:
+                        unrouted[event_type] = unrouted.get(event_type, 0) + 1
+                        continue
+                    stage = "building the envelope"
                     outgoing = _build_all(result, endpoints, body)
-                except Exception as exc:
-                    log.exception("envelope failed")
-                    letters.append(
-                        DeadLetter(
-                            code="internal-error",
-                            reason=f"internal error while building the envelope: {exc!r}",
-                            ingress=msg,
-                            index=result.index,
-                        )
-                    )
+                except Exception as exc:  # a bug costs this event, not the batch
+                    log.exception("internal error while %s", stage)
+                    reason = f"internal error while {stage}: {exc!r}"
+                    letters.append(DeadLetter(code="internal-error", reason=reason, ingress=msg, index=result.index))
                     continue
                 for endpoint, message in outgoing:
                     entry = plan.get(endpoint.name)
                     if entry is None:
                         entry = plan[endpoint.name] = (endpoint, {})
                     entry[1].setdefault(message.order_key, []).append(message)
+        report.events.update(events)
+        report.unrouted.update(unrouted)
 
         def deliver(entry: tuple[Endpoint, dict[str, list[Outgoing]]]) -> SendReport:
             endpoint, by_key = entry
@@ -239,6 +229,8 @@ def _record(report: BatchReport, letters: list[DeadLetter], hub: str) -> None:
 def _build_all(
     event: Event, endpoints: tuple[Endpoint, ...], event_body: EventBody | None
 ) -> list[tuple[Endpoint, Outgoing]]:
+    if event.event_type in TELEMETRY_TYPES:  # no envelope: the message is the telemetry itself
+        return [(endpoint, envelope.build(event, endpoint, None, event_body)) for endpoint in endpoints]
     bodies: dict[EnvelopeFormat, bytes] = {}
     out = []
     for endpoint in endpoints:

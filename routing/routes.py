@@ -17,7 +17,7 @@ from typing import Any
 
 from routing.errors import Problem, RouteTableError
 from routing.filters import EventBody, Filter, FilterSyntaxError, IndexKey, compile_filter
-from routing.model import EndpointType, EnvelopeFormat, Event, EventType
+from routing.model import KNOWN_EVENT_TYPES, EndpointType, EnvelopeFormat, Event, EventType
 from routing.templates import ValueTemplate, compile_value
 
 FIELDS = (
@@ -124,6 +124,8 @@ class RouteTable:
     # an order key template or an enrichment), so the pipeline shares one lazily parsed body.
     _filtered: Mapping[EventType, _Selector | None] = field(init=False, repr=False, compare=False)
     _reads_event: Mapping[EventType, bool] = field(init=False, repr=False, compare=False)
+    # Per type without filters: the targets of every event, decided once.
+    _unfiltered: Mapping[EventType, tuple[Endpoint, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index = {t: tuple(e for e in self.endpoints if e.enabled and t in e.event_types) for t in EventType}
@@ -140,6 +142,7 @@ class RouteTable:
         object.__setattr__(self, "_filtered", filtered)
         reads = {t: filtered[t] is not None or any(e.order_key or e.enrichments for e in index[t]) for t in EventType}
         object.__setattr__(self, "_reads_event", reads)
+        object.__setattr__(self, "_unfiltered", {t: self.once(index[t]) for t in EventType})
 
     def for_type(self, event_type: EventType) -> tuple[Endpoint, ...]:
         return self._by_type[event_type]
@@ -152,7 +155,7 @@ class RouteTable:
         passes, each destination once."""
         selector = self._filtered[event.event_type]
         if selector is None:
-            return self.once(self._by_type[event.event_type])
+            return self._unfiltered[event.event_type]
         return self.once(selector.select(event, EventBody(event) if body is None else body))
 
     def once(self, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
@@ -182,6 +185,8 @@ class _Selector:
 
     # (table position, endpoint): no filter (always taken) or a filter with nothing to index by.
     tested: tuple[tuple[int, Endpoint], ...]
+    # Whether some of those filters are the same text (then each text is tested once per event).
+    repeated: bool
     # path text -> (its IndexKey, literal -> the endpoints whose filter requires path = literal)
     indexed: tuple[tuple[IndexKey, Mapping[Any, tuple[tuple[int, Endpoint], ...]]], ...]
 
@@ -198,10 +203,24 @@ class _Selector:
             else:
                 by_path.setdefault(key.path, (key, {}))[1].setdefault(key.key, []).append((position, endpoint))
         indexed = tuple((key, {k: tuple(v) for k, v in table.items()}) for key, table in by_path.values())
-        return cls(tuple(tested), indexed)
+        texts = [e.filter.text for _p, e in tested if e.filter is not None]
+        return cls(tuple(tested), len(set(texts)) < len(texts), indexed)
 
     def select(self, event: Event, body: EventBody) -> tuple[Endpoint, ...]:
-        chosen = [(p, e) for p, e in self.tested if e.filter is None or e.filter.matches(event, body)]
+        if self.repeated:
+            seen: dict[str, bool] = {}
+            chosen = []
+            for p, e in self.tested:
+                if e.filter is None:
+                    chosen.append((p, e))
+                    continue
+                passed = seen.get(e.filter.text)
+                if passed is None:
+                    passed = seen[e.filter.text] = e.filter.matches(event, body)
+                if passed:
+                    chosen.append((p, e))
+        else:
+            chosen = [(p, e) for p, e in self.tested if e.filter is None or e.filter.matches(event, body)]
         if not self.indexed:
             return tuple(e for _p, e in chosen)
         for key, table in self.indexed:
@@ -292,7 +311,7 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
                 if parsed is None:
                     known = [t.value for t in EventType]
                     hint = _suggest(item, known) if isinstance(item, str) else ""
-                    problem("eventTypes", f"unknown event type {item!r}{hint}; expected one of {', '.join(known)}")
+                    problem("eventTypes", f"unknown event type {item!r}{hint}; expected one of {KNOWN_EVENT_TYPES}")
                 elif parsed not in event_types:
                     event_types.append(parsed)
     if endpoint_type is not None:

@@ -131,3 +131,18 @@ def test_the_index_chooses_exactly_what_testing_every_filter_chooses(
     event = event_of(device, orjson.dumps({"n": n, "s": s}), site=site)
     expected = matching(event, table.for_type(event.event_type))
     assert table.targets(event) == expected
+
+
+def test_endpoints_with_the_same_filter_text_test_it_once_per_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = parse_routes([hub(f"e{i}", "$body.co2 > 1000" if i % 2 else "$body.co2 > 500") for i in range(100)])
+    comparisons: list[str] = []
+    real = routing.filters._compare
+
+    def counted(op: str, left: Any, right: Any) -> bool:
+        comparisons.append(op)
+        return real(op, left, right)
+
+    monkeypatch.setattr(routing.filters, "_compare", counted)
+    chosen = table.targets(event_of("d", b'{"co2": 700}'))
+    assert [e.name for e in chosen] == [f"e{i}" for i in range(0, 100, 2)]
+    assert len(comparisons) == 2  # two distinct texts

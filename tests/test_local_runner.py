@@ -54,7 +54,15 @@ def test_make_run_command_routes_every_sample_line(tmp_path: Path) -> None:
     lines = (SAMPLES / "events.jsonl").read_text().splitlines()
     assert summary["messages"] == len(lines)
     written = {p.stem: read(p) for p in out.glob("*.jsonl")}
-    assert set(written) == {"telemetry-hub", "twins-hub", "sensor-alerts", "topology-grid", "deadletter"}
+    assert set(written) == {
+        "telemetry-hub",
+        "twins-hub",
+        "sensor-alerts",
+        "topology-grid",
+        "adt-hub",
+        "room-alerts",
+        "deadletter",
+    }
     # Every summary count matches what was written, and every type in the samples went somewhere.
     for row in summary["delivered"]:
         assert len([x for x in written[row["endpoint"]] if x["eventType"] == row["eventType"]]) == row["count"]
@@ -66,6 +74,37 @@ def test_make_run_command_routes_every_sample_line(tmp_path: Path) -> None:
     }
     assert len(written["deadletter"]) == sum(row["count"] for row in summary["deadLetters"]) > 0
     assert all(x["reason"] for x in written["deadletter"])
+
+
+def test_the_v2_samples_reach_their_endpoints_keyed_by_twin(tmp_path: Path) -> None:
+    # Counted by hand from samples/events.jsonl (lines 28-36) and samples/routes.json.
+    out = tmp_path / "out"
+    result = run("--events", str(SAMPLES / "events.jsonl"), "--routes", str(SAMPLES / "routes.json"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    adt = [(x["eventType"], x["partitionKey"]) for x in read(out / "adt-hub.jsonl")]
+    assert adt == [
+        ("Microsoft.DigitalTwins.Twin.Create", "room-21"),
+        ("Microsoft.DigitalTwins.Twin.Update", "room-21"),
+        ("microsoft.iot.telemetry", "room-21"),
+        ("Microsoft.DigitalTwins.Twin.Update", "room-21"),  # the Event Grid schema one
+        ("Microsoft.DigitalTwins.Relationship.Create", "floor-2"),
+        ("Microsoft.DigitalTwins.Relationship.Delete", "floor-2"),
+        ("microsoft.iot.telemetry", "room-22"),
+        ("Microsoft.DigitalTwins.Twin.Delete", "room-22"),
+    ]
+    telemetry = next(x for x in read(out / "adt-hub.jsonl") if x["eventType"] == "microsoft.iot.telemetry")
+    assert base64.b64decode(telemetry["bodyBase64"]) == b'{"Temperature":27.1}'  # forwarded as it came
+    assert telemetry["properties"]["cloudEvents:dataschema"] == "dtmi:contoso:Room;1"
+    # Only the update that took the temperature above 25 passes room-alerts' filter.
+    [alert] = read(out / "room-alerts.jsonl")
+    assert (alert["sessionId"], alert["body"]["id"], alert["body"]["data"]["patch"][0]["value"]) == (
+        "room-21",
+        "adt-31",
+        27.1,
+    )
+    [no_twin] = [x for x in read(out / "deadletter.jsonl") if x["code"] == "no-order-key"]
+    assert no_twin["original"]["sequenceNumber"] == 35
+    assert "no subject and no data.$dtId" in no_twin["reason"]
 
 
 def test_summary_table_names_endpoints_and_dead_letter_reasons(tmp_path: Path) -> None:
