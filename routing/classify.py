@@ -37,16 +37,27 @@ TWIN_PATH = "/digitaltwins/"
 _NESTED_DATA_KEYS = frozenset({"data", "contenttype", "datacontenttype", "dataschema", "traceparent", "tracestate"})
 
 
-def _prop(props: Mapping[str, Any], name: str) -> Any:
-    """An application property by name; producers vary the case, so fall back to a case-insensitive look."""
-    value = props.get(name)
-    if value is not None or not props:
-        return value
-    lowered = name.lower()
-    for key, candidate in props.items():
-        if key.lower() == lowered:
-            return candidate
-    return None
+class _Properties:
+    """Application properties by name; producers vary the case, so a miss looks again case-insensitively
+    (in a lower-cased copy made once per message, on its first miss: several names are tried per message)."""
+
+    __slots__ = ("_lower", "_props")
+
+    def __init__(self, props: Mapping[str, Any]) -> None:
+        self._props = props
+        self._lower: dict[str, Any] | None = None
+
+    def get(self, name: str) -> Any:
+        value = self._props.get(name)
+        if value is not None or not self._props:
+            return value
+        lower = self._lower
+        if lower is None:
+            lower = self._lower = {}
+            for key, candidate in self._props.items():
+                if isinstance(key, str):
+                    lower.setdefault(key.lower(), candidate)  # the first spelling wins, as it always did
+        return lower.get(name.lower())
 
 
 def _text(value: Any) -> str | None:
@@ -60,7 +71,7 @@ def _text(value: Any) -> str | None:
 def classify(msg: IngressMessage) -> list[Result]:
     """Every event in `msg` (one, or several for a JSON array of events), or why not."""
     system = msg.system_properties
-    props = msg.properties
+    props = _Properties(msg.properties)
 
     device_id = system.get(DEVICE_ID) or props.get(DEVICE_ID)
     if device_id:
@@ -75,18 +86,16 @@ def classify(msg: IngressMessage) -> list[Result]:
             )
         ]
 
-    if _prop(props, TELEMETRY_MARK) is not None:
-        return [_telemetry_from_properties(msg)]
+    if props.get(TELEMETRY_MARK) is not None:
+        return [_telemetry_from_properties(msg, props)]
 
-    type_name = _text(_prop(props, "Type")) or _text(_prop(props, "EventType"))
+    type_name = _text(props.get("Type")) or _text(props.get("EventType"))
     if type_name is not None:
-        return [_from_type_property(msg, type_name)]
+        return [_from_type_property(msg, props, type_name)]
 
-    ce_type = (
-        _text(_prop(props, "cloudEvents:type")) or _text(_prop(props, "ce-type")) or _text(_prop(props, "ce_type"))
-    )
+    ce_type = _text(props.get("cloudEvents:type")) or _text(props.get("ce-type")) or _text(props.get("ce_type"))
     if ce_type is not None:
-        return [_from_binary_cloud_event(msg, ce_type)]
+        return [_from_binary_cloud_event(msg, props, ce_type)]
 
     body, rejection = _parse_body(msg)
     if rejection is not None:
@@ -107,8 +116,8 @@ def _telemetry(msg: IngressMessage, key: str) -> Event:
     )
 
 
-def _telemetry_from_properties(msg: IngressMessage) -> Result:
-    key = _text(_prop(msg.properties, SENSOR_HARDWARE_ID))
+def _telemetry_from_properties(msg: IngressMessage, props: _Properties) -> Result:
+    key = _text(props.get(SENSOR_HARDWARE_ID))
     if not key:
         return Rejection(
             code="no-order-key",
@@ -145,14 +154,14 @@ def _twin_type(name: str, where: str) -> EventType | Rejection:
     return event_type
 
 
-def _from_type_property(msg: IngressMessage, type_name: str) -> Result:
+def _from_type_property(msg: IngressMessage, props: _Properties, type_name: str) -> Result:
     event_type = _twin_type(type_name, "application property 'Type'")
     if isinstance(event_type, Rejection):
         return event_type
     if event_type is EventType.DEVICE_MESSAGES:
-        return _telemetry_from_properties(msg)
+        return _telemetry_from_properties(msg, props)
     if event_type is EventType.TWIN_TELEMETRY:
-        return _from_binary_cloud_event(msg, event_type.value)
+        return _from_binary_cloud_event(msg, props, event_type.value)
     body, rejection = _parse_body(msg, event_type)
     if rejection is not None:
         return rejection
@@ -170,7 +179,7 @@ def _from_type_property(msg: IngressMessage, type_name: str) -> Result:
             dataschema=None,
             topic=None,
             source=None,
-            correlation_id=_text(_prop(msg.properties, "CorrelationId")),
+            correlation_id=_text(props.get("CorrelationId")),
         )
     return _twin_event(
         msg,
@@ -183,20 +192,20 @@ def _from_type_property(msg: IngressMessage, type_name: str) -> Result:
         data_version=None,
         topic=None,
         source=None,
-        correlation_id=_text(_prop(msg.properties, "CorrelationId")),
+        correlation_id=_text(props.get("CorrelationId")),
     )
 
 
-def _from_binary_cloud_event(msg: IngressMessage, ce_type: str) -> Result:
+def _from_binary_cloud_event(msg: IngressMessage, props: _Properties, ce_type: str) -> Result:
     event_type = _twin_type(ce_type, "CloudEvents property 'type'")
     if isinstance(event_type, Rejection):
         return event_type
     if event_type is EventType.DEVICE_MESSAGES:
-        return _telemetry_from_properties(msg)
+        return _telemetry_from_properties(msg, props)
 
     def ce(attribute: str) -> str | None:
-        return _text(_prop(msg.properties, f"cloudEvents:{attribute}")) or _text(
-            _prop(msg.properties, f"ce-{attribute}") or _prop(msg.properties, f"ce_{attribute}")
+        return _text(props.get(f"cloudEvents:{attribute}")) or _text(
+            props.get(f"ce-{attribute}") or props.get(f"ce_{attribute}")
         )
 
     if event_type in V2_EVENT_TYPES:
@@ -217,7 +226,7 @@ def _from_binary_cloud_event(msg: IngressMessage, ce_type: str) -> Result:
             dataschema=ce("dataschema"),
             topic=None,
             source=ce("source"),
-            correlation_id=_text(_prop(msg.properties, "CorrelationId")),
+            correlation_id=_text(props.get("CorrelationId")),
         )
     body, rejection = _parse_body(msg, event_type)
     if rejection is not None:
@@ -233,7 +242,7 @@ def _from_binary_cloud_event(msg: IngressMessage, ce_type: str) -> Result:
         data_version=ce("dataschema"),
         topic=None,
         source=ce("source"),
-        correlation_id=_text(_prop(msg.properties, "CorrelationId")),
+        correlation_id=_text(props.get("CorrelationId")),
     )
 
 

@@ -451,6 +451,13 @@ def test_deployed_routes_are_valid_and_point_at_the_deployed_resources() -> None
         "SpaceChange",
         "SensorChange",
         "UdfCustom",
+        "Microsoft.DigitalTwins.Twin.Create",
+        "Microsoft.DigitalTwins.Twin.Update",
+        "Microsoft.DigitalTwins.Twin.Delete",
+        "Microsoft.DigitalTwins.Relationship.Create",
+        "Microsoft.DigitalTwins.Relationship.Update",
+        "Microsoft.DigitalTwins.Relationship.Delete",
+        "microsoft.iot.telemetry",
     }
     assert (hub.connection, hub.path) == ("EGRESS_HUB", main_value("eventHubs", "egressHubName"))
 
