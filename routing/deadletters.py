@@ -11,6 +11,7 @@ import base64
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -138,6 +139,18 @@ def ingress_of(record: Mapping[str, Any]) -> IngressMessage:
     )
 
 
+# A store that cannot keep letters must fail the batch within the batch's time (the retry policy then
+# holds the checkpoint), not after the SDK's default ten retries and 300 s timeouts.
+CLIENT_OPTIONS: dict[str, Any] = {
+    "retry_total": 3,
+    "retry_backoff_factor": 0.5,
+    "connection_timeout": 5,
+    "read_timeout": 20,
+}
+# Letters of one batch written at once (a down endpoint can dead-letter a whole batch per endpoint).
+WRITE_CONCURRENCY = 8
+
+
 class BlobDeadLetters:
     """Dead letters in Azure Blob Storage, one blob per letter. Writing raises on any failure, so the
     function fails and the batch is retried rather than checkpointed with letters lost."""
@@ -151,10 +164,10 @@ class BlobDeadLetters:
     def from_settings(cls, setting: str, container: str, env: Mapping[str, str] | None = None) -> BlobDeadLetters:
         connection = resolve(setting, "blobServiceUri", env)
         if connection.secret:
-            service = BlobServiceClient.from_connection_string(connection.secret)
+            service = BlobServiceClient.from_connection_string(connection.secret, **CLIENT_OPTIONS)
         else:
             assert connection.address is not None
-            service = BlobServiceClient(connection.address, credential=connection.credential())
+            service = BlobServiceClient(connection.address, credential=connection.credential(), **CLIENT_OPTIONS)
         return cls(service.get_container_client(container))
 
     def _ensure_container(self) -> None:
@@ -168,7 +181,8 @@ class BlobDeadLetters:
             return
         self._ensure_container()
         when = self.clock()
-        for letter in letters:
+
+        def upload(letter: DeadLetter) -> None:
             # Same id, same name: a batch retried after a partial write overwrites, never duplicates.
             self.container.upload_blob(
                 blob_name(letter, when),
@@ -176,6 +190,13 @@ class BlobDeadLetters:
                 overwrite=True,
                 content_settings=ContentSettings(content_type="application/json"),
             )
+
+        if len(letters) == 1:
+            upload(letters[0])
+            return
+        with ThreadPoolExecutor(min(WRITE_CONCURRENCY, len(letters)), thread_name_prefix="deadletter") as pool:
+            # list() waits for every upload and raises the first failure: then the batch is retried whole.
+            list(pool.map(upload, letters))
 
     def names(self, prefix: str | None = None) -> Iterator[str]:
         """Blob names, oldest hour first within each endpoint folder (the names sort by time)."""
