@@ -167,33 +167,7 @@ def _from_type_property(msg: IngressMessage, props: _Properties, type_name: str)
         return rejection
     if isinstance(body, dict) and "eventType" in body and "data" in body:
         return _from_event_grid(msg, body, 0, 1)
-    if event_type in V2_EVENT_TYPES:
-        return _v2_event(
-            msg,
-            0,
-            event_type=event_type,
-            data=body,
-            event_id=None,
-            subject=None,
-            event_time=None,
-            dataschema=None,
-            topic=None,
-            source=None,
-            correlation_id=_text(props.get("CorrelationId")),
-        )
-    return _twin_event(
-        msg,
-        0,
-        event_type=event_type,
-        data=body,
-        event_id=None,
-        subject=None,
-        event_time=None,
-        data_version=None,
-        topic=None,
-        source=None,
-        correlation_id=_text(props.get("CorrelationId")),
-    )
+    return _event(msg, 0, event_type, body, correlation_id=_text(props.get("CorrelationId")))
 
 
 def _from_binary_cloud_event(msg: IngressMessage, props: _Properties, ce_type: str) -> Result:
@@ -208,39 +182,21 @@ def _from_binary_cloud_event(msg: IngressMessage, props: _Properties, ce_type: s
             props.get(f"ce-{attribute}") or props.get(f"ce_{attribute}")
         )
 
-    if event_type in V2_EVENT_TYPES:
-        data = None
-        if event_type is not EventType.TWIN_TELEMETRY:
-            # Telemetry's key is in its properties and its body is forwarded as it came: never parsed here.
-            data, rejection = _parse_body(msg, event_type)
-            if rejection is not None:
-                return rejection
-        return _v2_event(
-            msg,
-            0,
-            event_type=event_type,
-            data=data,
-            event_id=ce("id"),
-            subject=ce("subject"),
-            event_time=ce("time"),
-            dataschema=ce("dataschema"),
-            topic=None,
-            source=ce("source"),
-            correlation_id=_text(props.get("CorrelationId")),
-        )
-    body, rejection = _parse_body(msg, event_type)
-    if rejection is not None:
-        return rejection
-    return _twin_event(
+    data = None
+    if event_type is not EventType.TWIN_TELEMETRY:
+        # Telemetry's key is in its properties and its body is forwarded as it came: never parsed here.
+        data, rejection = _parse_body(msg, event_type)
+        if rejection is not None:
+            return rejection
+    return _event(
         msg,
         0,
-        event_type=event_type,
-        data=body,
+        event_type,
+        data,
         event_id=ce("id"),
         subject=ce("subject"),
         event_time=ce("time"),
-        data_version=ce("dataschema"),
-        topic=None,
+        schema=ce("dataschema"),
         source=ce("source"),
         correlation_id=_text(props.get("CorrelationId")),
     )
@@ -265,86 +221,103 @@ def _from_structured(msg: IngressMessage, body: Any, index: int, count: int) -> 
     )
 
 
-def _from_event_grid(msg: IngressMessage, body: dict[str, Any], index: int, count: int) -> Result:
-    event_type = _twin_type(str(body.get("eventType")), "Event Grid field 'eventType'")
+def _structured_type(name: Any, where: str, what: str, index: int) -> EventType | Rejection:
+    event_type = _twin_type(str(name), where)
     if isinstance(event_type, Rejection):
         return Rejection(code=event_type.code, reason=event_type.reason, index=index)
     if event_type is EventType.DEVICE_MESSAGES:
         return Rejection(
             code="unknown-type",
-            reason="an Event Grid event of type DeviceMessages cannot be routed: telemetry must carry "
+            reason=f"{what} of type DeviceMessages cannot be routed: telemetry must carry "
             f"'{DEVICE_ID}' or '{TELEMETRY_MARK}' properties",
             index=index,
         )
+    return event_type
+
+
+def _from_event_grid(msg: IngressMessage, body: dict[str, Any], index: int, count: int) -> Result:
+    event_type = _structured_type(body.get("eventType"), "Event Grid field 'eventType'", "an Event Grid event", index)
+    if isinstance(event_type, Rejection):
+        return event_type
+    data, schema = body.get("data"), _text(body.get("dataVersion"))
     if event_type in V2_EVENT_TYPES:
-        data, dataschema = _unnested(body.get("data"))
+        data, nested_schema = _unnested(data)
+        schema = nested_schema or schema
+    return _event(
+        msg,
+        index,
+        event_type,
+        data,
+        count=count,
+        event_id=_text(body.get("id")),
+        subject=_text(body.get("subject")),
+        event_time=_text(body.get("eventTime")),
+        schema=schema,
+        topic=_text(body.get("topic")),
+    )
+
+
+def _from_structured_cloud_event(msg: IngressMessage, body: dict[str, Any], index: int, count: int) -> Result:
+    event_type = _structured_type(body.get("type"), "CloudEvents field 'type'", "a CloudEvent", index)
+    if isinstance(event_type, Rejection):
+        return event_type
+    return _event(
+        msg,
+        index,
+        event_type,
+        body.get("data"),
+        count=count,
+        event_id=_text(body.get("id")),
+        subject=_text(body.get("subject")),
+        event_time=_text(body.get("time")),
+        schema=_text(body.get("dataschema")),
+        source=_text(body.get("source")),
+    )
+
+
+def _event(
+    msg: IngressMessage,
+    index: int,
+    event_type: EventType,
+    data: Any,
+    *,
+    count: int = 1,
+    event_id: str | None = None,
+    subject: str | None = None,
+    event_time: str | None = None,
+    schema: str | None = None,
+    topic: str | None = None,
+    source: str | None = None,
+    correlation_id: str | None = None,
+) -> Result:
+    """An event of either generation from what its wire form gave (None: the form has no such field)."""
+    if event_type in V2_EVENT_TYPES:
         return _v2_event(
             msg,
             index,
             count=count,
             event_type=event_type,
             data=data,
-            event_id=_text(body.get("id")),
-            subject=_text(body.get("subject")),
-            event_time=_text(body.get("eventTime")),
-            dataschema=dataschema or _text(body.get("dataVersion")),
-            topic=_text(body.get("topic")),
-            source=None,
-            correlation_id=None,
+            event_id=event_id,
+            subject=subject,
+            event_time=event_time,
+            dataschema=schema,
+            topic=topic,
+            source=source,
+            correlation_id=correlation_id,
         )
     return _twin_event(
         msg,
         index,
         event_type=event_type,
-        data=body.get("data"),
-        event_id=_text(body.get("id")),
-        subject=_text(body.get("subject")),
-        event_time=_text(body.get("eventTime")),
-        data_version=_text(body.get("dataVersion")),
-        topic=_text(body.get("topic")),
-        source=None,
-        correlation_id=None,
-    )
-
-
-def _from_structured_cloud_event(msg: IngressMessage, body: dict[str, Any], index: int, count: int) -> Result:
-    event_type = _twin_type(str(body.get("type")), "CloudEvents field 'type'")
-    if isinstance(event_type, Rejection):
-        return Rejection(code=event_type.code, reason=event_type.reason, index=index)
-    if event_type is EventType.DEVICE_MESSAGES:
-        return Rejection(
-            code="unknown-type",
-            reason="a CloudEvent of type DeviceMessages cannot be routed: telemetry must carry "
-            f"'{DEVICE_ID}' or '{TELEMETRY_MARK}' properties",
-            index=index,
-        )
-    if event_type in V2_EVENT_TYPES:
-        return _v2_event(
-            msg,
-            index,
-            count=count,
-            event_type=event_type,
-            data=body.get("data"),
-            event_id=_text(body.get("id")),
-            subject=_text(body.get("subject")),
-            event_time=_text(body.get("time")),
-            dataschema=_text(body.get("dataschema")),
-            topic=None,
-            source=_text(body.get("source")),
-            correlation_id=None,
-        )
-    return _twin_event(
-        msg,
-        index,
-        event_type=event_type,
-        data=body.get("data"),
-        event_id=_text(body.get("id")),
-        subject=_text(body.get("subject")),
-        event_time=_text(body.get("time")),
-        data_version=_text(body.get("dataschema")),
-        topic=None,
-        source=_text(body.get("source")),
-        correlation_id=None,
+        data=data,
+        event_id=event_id,
+        subject=subject,
+        event_time=event_time,
+        data_version=schema,
+        topic=topic,
+        source=source,
+        correlation_id=correlation_id,
     )
 
 
