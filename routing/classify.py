@@ -71,11 +71,10 @@ def _text(value: Any) -> str | None:
 def classify(msg: IngressMessage) -> list[Result]:
     """Every event in `msg` (one, or several for a JSON array of events), or why not."""
     system = msg.system_properties
-    props = _Properties(msg.properties)
-
-    device_id = system.get(DEVICE_ID) or props.get(DEVICE_ID)
+    # IoT Hub's own names are looked up exactly; producers' names case-insensitively.
+    device_id = system.get(DEVICE_ID) or msg.properties.get(DEVICE_ID)
     if device_id:
-        source = system.get(MESSAGE_SOURCE) or props.get(MESSAGE_SOURCE)
+        source = system.get(MESSAGE_SOURCE) or msg.properties.get(MESSAGE_SOURCE)
         if source is None or str(source).lower() == "telemetry":
             return [_telemetry(msg, str(device_id))]
         return [
@@ -86,6 +85,7 @@ def classify(msg: IngressMessage) -> list[Result]:
             )
         ]
 
+    props = _Properties(msg.properties)
     if props.get(TELEMETRY_MARK) is not None:
         return [_telemetry_from_properties(msg, props)]
 
