@@ -3,10 +3,12 @@
 * floor A: decode and re-encode each message's JSON once with orjson;
 * the router core: `Router.route` over `IngressMessage` batches with a sender that only collects what it
   is given (classification, matching, envelopes, grouping per key, accounting; no SDK work);
-* floor B: the SDK work alone on the same outgoing messages, pre-grouped: `EventDataBatch`,
-  `ServiceBusMessageBatch`, Event Grid event dicts; no network;
+* floor B: the SDK work alone on the same outgoing messages, packed as the senders pack them: per
+  endpoint, one `EventDataBatch(partition_id=...)` per partition (keys grouped by the service's hash,
+  each event carrying its partition key), one `ServiceBusMessageBatch` for all sessions, one list of
+  Event Grid event dicts; no network;
 * the router core plus the SDK work: `Router.route` with the production senders (`EventHubSender`,
-  `ServiceBusEndpointSender`, `EventGridSender`: their `_prepare`, retries and stop-the-line) on
+  `ServiceBusEndpointSender`, `EventGridSender`: their packing, lanes, retries and stop-the-line) on
   clients that build real SDK batches but do not send them.
 """
 
@@ -19,17 +21,20 @@ from typing import Any, cast
 import orjson
 from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusSender
+from azure.servicebus.exceptions import MessageSizeExceededError
 
 from routing.eventgrid import EventGridSender
-from routing.eventhubs import EventHubSender
+from routing.eventhubs import EventHubSender, partition_for, with_partition_key
 from routing.model import DeadLetter, EndpointType, IngressMessage, Outgoing
 from routing.pipeline import Router, StaticRoutes
 from routing.routes import Endpoint, RouteTable
-from routing.senders import ClientSender, KeyGroup, RetryOptions, Sender, SendReport
+from routing.senders import ClientSender, KeyGroup, Prepared, RetryOptions, Sender, SendReport
 from routing.servicebus import ServiceBusEndpointSender
 
 # What the peer (and Azure's standard tier) advertises; the SDKs size batches by it.
 MAX_MESSAGE_SIZE = 1024 * 1024
+# The partitions of every event hub, as the end-to-end peer reports them (`AmqpPeer(partition_count=4)`).
+PARTITION_IDS = ("0", "1", "2", "3")
 
 
 @dataclass
@@ -105,45 +110,70 @@ def planned(table: RouteTable, batches: Sequence[Sequence[IngressMessage]]) -> l
     return plans
 
 
-def _event_hub_batch(key: str, messages: Sequence[Outgoing]) -> EventDataBatch:
-    batch = EventDataBatch(partition_key=key, max_size_in_bytes=MAX_MESSAGE_SIZE)
-    for message in messages:
-        data = EventData(message.body)
-        if message.properties:
-            data.properties = cast(Any, dict(message.properties))
-        if message.content_type:
-            data.content_type = message.content_type
-        data.message_id = message.message_id
-        batch.add(data)
-    return batch
+def _event_data(message: Outgoing) -> EventData:
+    data = EventData(message.body)
+    if message.properties:
+        data.properties = cast(Any, dict(message.properties))
+    if message.content_type:
+        data.content_type = message.content_type
+    data.message_id = message.message_id
+    # The partition key each event carries when batches are addressed to a partition.
+    return with_partition_key(data, message.order_key)
 
 
-def _service_bus_batch(key: str, messages: Sequence[Outgoing]) -> ServiceBusMessageBatch:
+def _event_hub_batches(groups: Sequence[KeyGroup]) -> list[EventDataBatch]:
+    """One batch per partition (more when one is full), each key's events in order."""
+    open_batches: dict[str, EventDataBatch] = {}
+    batches = []
+    for group in groups:
+        partition = partition_for(group.key, PARTITION_IDS)
+        batch = open_batches.get(partition)
+        for message in group.messages:
+            data = _event_data(message)
+            if batch is not None:
+                try:
+                    batch.add(data)
+                    continue
+                except ValueError:  # full: this partition's next batch
+                    pass
+            batch = open_batches[partition] = EventDataBatch(partition_id=partition, max_size_in_bytes=MAX_MESSAGE_SIZE)
+            batches.append(batch)
+            batch.add(data)
+    return batches
+
+
+def _service_bus_batches(groups: Sequence[KeyGroup]) -> list[ServiceBusMessageBatch]:
+    """One batch for every session (more when it is full)."""
     batch = ServiceBusMessageBatch(max_size_in_bytes=MAX_MESSAGE_SIZE)
-    for message in messages:
-        batch.add_message(
-            ServiceBusMessage(
+    batches = [batch]
+    for group in groups:
+        for message in group.messages:
+            sb_message = ServiceBusMessage(
                 message.body,
-                session_id=key,
+                session_id=group.key,
                 message_id=message.message_id,
                 application_properties=cast(Any, dict(message.properties)) or None,
                 content_type=message.content_type,
             )
-        )
-    return batch
+            try:
+                batch.add_message(sb_message)
+            except MessageSizeExceededError:
+                batch = ServiceBusMessageBatch(max_size_in_bytes=MAX_MESSAGE_SIZE)
+                batches.append(batch)
+                batch.add_message(sb_message)
+    return batches
 
 
 def floor_b(plans: Sequence[Plan]) -> Callable[[], None]:
     def run() -> None:
         for plan in plans:
             for endpoint, groups in plan:
-                for group in groups:
-                    if endpoint.type is EndpointType.EVENT_HUB:
-                        _event_hub_batch(group.key, group.messages)
-                    elif endpoint.type is EndpointType.SERVICE_BUS:
-                        _service_bus_batch(group.key, group.messages)
-                    else:
-                        [orjson.loads(m.body) for m in group.messages]
+                if endpoint.type is EndpointType.EVENT_HUB:
+                    _event_hub_batches(groups)
+                elif endpoint.type is EndpointType.SERVICE_BUS:
+                    _service_bus_batches(groups)
+                else:
+                    [orjson.loads(m.body) for g in groups for m in g.messages]
 
     return run
 
@@ -152,10 +182,16 @@ def floor_b(plans: Sequence[Plan]) -> Callable[[], None]:
 
 
 class _OfflineProducer:
-    """What `EventHubSender._prepare` asks of a producer, without a connection: the SDK's own batch."""
+    """What `EventHubSender` asks of a producer, without a connection: the hub's partitions, the SDK's own
+    batch."""
 
-    def create_batch(self, *, partition_key: str | None = None) -> EventDataBatch:
-        return EventDataBatch(partition_key=partition_key, max_size_in_bytes=MAX_MESSAGE_SIZE)
+    def get_partition_ids(self) -> list[str]:
+        return list(PARTITION_IDS)
+
+    def create_batch(self, *, partition_id: str | None = None, partition_key: str | None = None) -> EventDataBatch:
+        return EventDataBatch(
+            partition_id=partition_id, partition_key=partition_key, max_size_in_bytes=MAX_MESSAGE_SIZE
+        )
 
 
 class _OfflineQueueSender:
@@ -167,7 +203,7 @@ class OfflineEventHubSender(EventHubSender):
     def _new_client(self, setting: str) -> EventHubProducerClient:
         return cast(EventHubProducerClient, _OfflineProducer())
 
-    def _transmit(self, client: EventHubProducerClient, batch: EventDataBatch) -> None:
+    def _transmit(self, client: EventHubProducerClient, prepared: Prepared) -> None:
         pass
 
 
@@ -175,7 +211,7 @@ class OfflineServiceBusSender(ServiceBusEndpointSender):
     def _new_client(self, setting: str) -> ServiceBusSender:
         return cast(ServiceBusSender, _OfflineQueueSender())
 
-    def _transmit(self, client: ServiceBusSender, batch: ServiceBusMessageBatch) -> None:
+    def _transmit(self, client: ServiceBusSender, prepared: Prepared) -> None:
         pass
 
 
@@ -183,7 +219,7 @@ class OfflineEventGridSender(EventGridSender):
     def _new_client(self, setting: str) -> Any:
         return None
 
-    def _transmit(self, client: Any, batch: list[Any]) -> None:
+    def _transmit(self, client: Any, prepared: Prepared) -> None:
         pass
 
 

@@ -1,34 +1,68 @@
 """The Event Grid sender: Event Grid schema or CloudEvents 1.0 (the envelope stage chose per endpoint),
-published with `EventGridPublisherClient`, in requests under Event Grid's 1 MB limit.
+published with the Event Grid publisher client, all of a batch's events in one request (more only
+above Event Grid's 1 MB limit).
 
-Event Grid keeps no order; each event carries its `eventTime`, and a key's events are published in
-order, one request after another.
+Event Grid keeps no order, across requests or within one; each event carries its `eventTime`. A key's
+events still go out in order, in one request or in requests sent one after another.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable
 from typing import Any
 
 import orjson
 from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
-from azure.eventgrid import EventGridPublisherClient
+
+# The publisher `azure.eventgrid.EventGridPublisherClient` uses for a topic (not a namespace): the public
+# client builds it without passing on its keyword arguments, so a retry setting given to the public
+# client is lost, and one given to `send` is also handed to each CloudEvent's model, which logs a warning
+# per event ("retry_total is not a known attribute of class CloudEvent"). Built directly, it takes
+# `retry_total` into its pipeline's RetryPolicy. Pinned with azure-eventgrid (constraints.txt).
+from azure.eventgrid._legacy import EventGridPublisherClient
 
 from routing.connections import resolve
 from routing.model import Outgoing
-from routing.senders import BatchFailed, ClientSender
+from routing.senders import ClientSender, Prepared
 
-# Event Grid refuses requests over 1 MB; the brackets and commas of the JSON array count too.
+# Event Grid refuses requests over 1 MB; the brackets and separators of the JSON array count too.
 MAX_REQUEST_BYTES = 1024 * 1024
+# What a request is filled to: room kept for what `serialized_size` cannot see (a float's exponent that
+# Python writes a character longer than orjson did, `1e-07` for `1e-7`).
+_FILL_BYTES = MAX_REQUEST_BYTES - 16 * 1024
 # Statuses no retry will cure: bad request, not found, too large.
 _PERMANENT_STATUSES = frozenset({400, 403, 404, 413})
+_ASCII = bytes(range(128))
 
 
 def topic_endpoint(path: str) -> str:
     """`path` as a publish URL: a topic host (the old service's form), or a full URL."""
     url = path if "://" in path else f"https://{path}"
     return url if url.rstrip("/").endswith("/api/events") else url.rstrip("/") + "/api/events"
+
+
+def serialized_size(body: bytes) -> int:
+    """At most the bytes the publisher writes for the event whose compact JSON is `body`.
+
+    It serialises with `json.dumps`: a space after each `:` and `,`, and non-ASCII characters escaped
+    (`\\uXXXX`: at most 2 more bytes per UTF-8 byte). Counting every `:` and `,` (those in strings too)
+    over-counts, which is the safe side.
+    """
+    size = len(body) + body.count(b":") + body.count(b",")
+    if not body.isascii():
+        size += 2 * len(body.translate(None, _ASCII))
+    return size
+
+
+class Request:
+    """The events of one publish request and the bytes they will take."""
+
+    __slots__ = ("events", "size")
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.size = 2  # []
 
 
 class EventGridSender(ClientSender[EventGridPublisherClient]):
@@ -47,27 +81,22 @@ class EventGridSender(ClientSender[EventGridPublisherClient]):
             retry_total=0,  # the sender retries itself, see ClientSender
         )
 
-    def _prepare(
-        self, client: EventGridPublisherClient, key: str, messages: Sequence[Outgoing]
-    ) -> tuple[list[Any], int]:
-        size = 2
-        count = 0
-        for message in messages:
-            size += len(message.body) + 1
-            if size > MAX_REQUEST_BYTES:
-                if count == 0:
-                    raise BatchFailed(
-                        f"event of {len(message.body)} bytes is larger than Event Grid's 1 MB limit",
-                        count=1,
-                        permanent=True,
-                    )
-                break
-            count += 1
-        return [orjson.loads(m.body) for m in messages[:count]], count
+    def _open(self, client: EventGridPublisherClient, route: Hashable) -> Request:
+        return Request()
 
-    def _transmit(self, client: EventGridPublisherClient, batch: list[Any]) -> None:
-        # The publisher ignores retry options given to its constructor: they must come with each send.
-        client.send(batch, retry_total=0)
+    def _add(self, request: Request, message: Outgoing) -> bool:
+        size = request.size + serialized_size(message.body) + (2 if request.events else 0)  # ", "
+        if size > _FILL_BYTES:
+            return False
+        request.events.append(orjson.loads(message.body))
+        request.size = size
+        return True
+
+    def _too_large(self, message: Outgoing, request: Request) -> str:
+        return f"event of {len(message.body)} bytes is larger than Event Grid's 1 MB limit"
+
+    def _transmit(self, client: EventGridPublisherClient, prepared: Prepared) -> None:
+        client.send(prepared.payload.events)
 
     def _is_refused(self, error: Exception) -> bool:
         return isinstance(error, ClientAuthenticationError)

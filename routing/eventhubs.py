@@ -1,17 +1,26 @@
-"""The Event Hubs sender: one `EventDataBatch` per order key (`partition_key=key`), sent in order and
-split when full, through `azure-eventhub`'s producer (output bindings cannot set a partition key).
+"""The Event Hubs sender, through `azure-eventhub`'s producer (output bindings cannot set a partition key).
+
+Keys are grouped by the partition the service would pick for them, and each partition gets one
+`EventDataBatch(partition_id=...)` per batch (split when full) with each key's events in order; every
+event still carries its key as the `x-opt-partition-key` annotation, so consumers see the same partition
+key as with a keyed send. This is what the SDKs' buffered producers do. `by_partition=False` sends one
+`EventDataBatch(partition_key=key)` per key instead, leaving the choice of partition to the service.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from functools import lru_cache
+from typing import cast
 
 from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
+from azure.eventhub._buffered_producer import _partition_resolver
 from azure.eventhub.exceptions import AuthenticationError
 
 from routing.connections import resolve
 from routing.model import Outgoing
-from routing.senders import BatchFailed, ClientSender
+from routing.routes import Endpoint
+from routing.senders import DEFAULT_LANES, ClientSender, Prepared, RetryOptions
 
 # AMQP conditions that no retry will cure.
 _PERMANENT_CONDITIONS = (
@@ -22,6 +31,27 @@ _PERMANENT_CONDITIONS = (
     "amqp:unauthorized-access",
     "entity-disabled",
 )
+
+# The annotation a keyed send stamps on each event (the SDK's PROP_PARTITION_KEY_AMQP_SYMBOL).
+PARTITION_KEY_ANNOTATION = b"x-opt-partition-key"
+
+# Jenkins' lookup3, as the buffered producer uses it (the SDK ships it untyped).
+_lookup3 = cast(Callable[[str], int], _partition_resolver.generate_hash_code)
+
+
+@lru_cache(maxsize=65536)
+def _partition_index(key: str, count: int) -> int:
+    # The service hashes the key's UTF-8 bytes (the .NET and Java resolvers, ports of the service's code,
+    # do so); the Python port walks characters, which differs for non-ASCII keys, so it gets the bytes as
+    # characters of the same value. The .NET and Java resolvers then take Math.Abs(hash % count) with a
+    # remainder that keeps the hash's sign; Python's % does not (the Python resolver picks another
+    # partition for negative hashes), so: abs first.
+    return abs(_lookup3(key.encode("utf-8").decode("latin-1"))) % count
+
+
+def partition_for(key: str, partition_ids: Sequence[str]) -> str:
+    """The partition Event Hubs assigns to events sent with partition key `key`."""
+    return partition_ids[_partition_index(key, len(partition_ids))]
 
 
 def _not_found(error: Exception) -> bool:
@@ -39,7 +69,34 @@ def event_data(message: Outgoing) -> EventData:
     return data
 
 
+def with_partition_key(data: EventData, key: str) -> EventData:
+    """`data` stamped with partition key `key` as a keyed send stamps it (the annotation and a durable
+    header), for a batch addressed to the partition the key maps to."""
+    raw = data.raw_amqp_message
+    annotations = raw.annotations
+    if annotations is None:
+        annotations = raw.annotations = {}
+    annotations[PARTITION_KEY_ANNOTATION] = key
+    if raw.header is not None:
+        raw.header.durable = True
+    return data
+
+
 class EventHubSender(ClientSender[EventHubProducerClient]):
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        retry: RetryOptions,
+        env: Mapping[str, str] | None = None,
+        lanes: int = DEFAULT_LANES,
+        by_partition: bool = True,
+    ) -> None:
+        super().__init__(endpoint, retry=retry, env=env, lanes=lanes)
+        self.by_partition = by_partition
+        self._partition_ids: tuple[str, ...] | None = None
+        self._lanes_of: dict[str, int] = {}
+
     def _new_client(self, setting: str) -> EventHubProducerClient:
         connection = resolve(setting, "fullyQualifiedNamespace", self.env)
         if connection.secret:
@@ -56,28 +113,44 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
             retry_total=0,  # the sender retries itself, see ClientSender
         )
 
-    def _prepare(
-        self, client: EventHubProducerClient, key: str, messages: Sequence[Outgoing]
-    ) -> tuple[EventDataBatch, int]:
-        batch = client.create_batch(partition_key=key)
-        count = 0
-        for message in messages:
-            try:
-                batch.add(event_data(message))
-            except ValueError:
-                if count == 0:
-                    raise BatchFailed(
-                        f"message of {len(message.body)} bytes is larger than event hub "
-                        f"'{self.endpoint.path}' allows ({batch.max_size_in_bytes} bytes per batch)",
-                        count=1,
-                        permanent=True,
-                    ) from None
-                break
-            count += 1
-        return batch, count
+    def partition_ids(self, client: EventHubProducerClient) -> tuple[str, ...]:
+        """The hub's partitions, asked once per process (a management call)."""
+        ids = self._partition_ids
+        if ids is None:
+            ids = tuple(client.get_partition_ids())
+            # Each partition always on the same lane: a producer client opens a connection per partition.
+            self._lanes_of = {pid: index % self.lanes for index, pid in enumerate(ids)}
+            self._partition_ids = ids
+        return ids
 
-    def _transmit(self, client: EventHubProducerClient, batch: EventDataBatch) -> None:
-        client.send_batch(batch)
+    def _route(self, client: EventHubProducerClient, key: str) -> Hashable:
+        return partition_for(key, self.partition_ids(client)) if self.by_partition else key
+
+    def _lane(self, route: Hashable) -> int:
+        lane = self._lanes_of.get(route) if isinstance(route, str) and self.by_partition else None
+        return super()._lane(route) if lane is None else lane
+
+    def _open(self, client: EventHubProducerClient, route: Hashable) -> EventDataBatch:
+        if self.by_partition:
+            return client.create_batch(partition_id=cast(str, route))
+        return client.create_batch(partition_key=cast(str, route))
+
+    def _add(self, batch: EventDataBatch, message: Outgoing) -> bool:
+        data = event_data(message)
+        try:
+            batch.add(with_partition_key(data, message.order_key) if self.by_partition else data)
+        except ValueError:
+            return False
+        return True
+
+    def _too_large(self, message: Outgoing, batch: EventDataBatch) -> str:
+        return (
+            f"message of {len(message.body)} bytes is larger than event hub '{self.endpoint.path}' allows "
+            f"({batch.max_size_in_bytes} bytes per batch)"
+        )
+
+    def _transmit(self, client: EventHubProducerClient, prepared: Prepared) -> None:
+        client.send_batch(prepared.payload)
 
     def _is_refused(self, error: Exception) -> bool:
         # Event Hubs answers an unknown hub with a 404 to the token request, raised as AuthenticationError.

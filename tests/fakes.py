@@ -1,7 +1,7 @@
 """Small in-project fakes for what cannot run here under test control: an endpoint whose faults a test
 scripts, and an in-memory dead-letter store that can be taken down.
 
-The fake endpoint plugs into the real `ClientSender`, so retries, failover and stop-the-line are the
+The fake endpoint plugs into the real `ClientSender`, so packing, retries, failover and stop-the-line are the
 production code; only the wire is fake.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 from routing.deadletters import blob_name, blob_record
 from routing.model import DeadLetter, Outgoing
 from routing.routes import Endpoint
-from routing.senders import ClientSender, RetryOptions
+from routing.senders import ClientSender, Prepared, RetryOptions
 
 
 class TransientFault(Exception):
@@ -34,13 +34,23 @@ class Refused(Exception):
 
 @dataclass
 class FakeWire:
-    """What every fake endpoint received, and the faults still to inject, per message id."""
+    """What every fake endpoint received, and the faults still to inject, per message id.
+
+    `batch_size` messages fit a batch; `mixed` says whether a batch may carry several keys (like a Service
+    Bus queue, an Event Hubs partition or an Event Grid topic) or one key only (a partitioned entity).
+    A batch with a message whose fault script says so fails whole, as a real batch does.
+    """
 
     delivered: dict[str, list[Outgoing]] = field(default_factory=lambda: defaultdict(list))
     # "<endpoint>/<message id>" -> faults to raise, one per attempt, in order ("transient", "permanent")
     faults: dict[str, list[str]] = field(default_factory=dict)
     refused_settings: set[str] = field(default_factory=set)
     batch_size: int = 3
+    mixed: bool = False
+    # "<endpoint>/<message id>" of messages too large for any batch.
+    too_large: set[str] = field(default_factory=set)
+    batches: list[list[Outgoing]] = field(default_factory=list)  # every batch that arrived, in order
+    threads: list[str] = field(default_factory=list)  # the thread that sent each batch (or try)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -58,22 +68,37 @@ class FakeEndpointSender(ClientSender[FakeClient]):
     def _new_client(self, setting: str) -> FakeClient:
         return FakeClient(setting, self.wire)
 
-    def _prepare(self, client: FakeClient, key: str, messages: Sequence[Outgoing]) -> tuple[list[Outgoing], int]:
+    def _route(self, client: FakeClient, key: str) -> Hashable:
+        return None if self.wire.mixed else key
+
+    def _open(self, client: FakeClient, route: Hashable) -> list[Outgoing]:
         if client.setting in self.wire.refused_settings:
             raise Refused(f"{client.setting} refused")
-        batch = list(messages[: self.wire.batch_size])
-        return batch, len(batch)
+        return []
 
-    def _transmit(self, client: FakeClient, batch: list[Outgoing]) -> None:
+    def _add(self, batch: list[Outgoing], message: Outgoing) -> bool:
+        if f"{self.endpoint.name}/{message.message_id}" in self.wire.too_large or len(batch) >= self.wire.batch_size:
+            return False
+        batch.append(message)
+        return True
+
+    def _too_large(self, message: Outgoing, batch: list[Outgoing]) -> str:
+        return "message too large"
+
+    def _transmit(self, client: FakeClient, prepared: Prepared) -> None:
         with self.wire.lock:
-            for message in batch:
+            self.wire.threads.append(threading.current_thread().name)
+            if client.setting in self.wire.refused_settings:
+                raise Refused(f"{client.setting} refused")
+            for message in prepared.payload:
                 script = self.wire.faults.get(f"{self.endpoint.name}/{message.message_id}")
                 if script:
                     fault = script.pop(0)
                     if fault == "transient":
                         raise TransientFault("server busy")
                     raise PermanentFault("message rejected")
-            self.wire.delivered[self.endpoint.name].extend(batch)
+            self.wire.delivered[self.endpoint.name].extend(prepared.payload)
+            self.wire.batches.append(list(prepared.payload))
 
     def _is_refused(self, error: Exception) -> bool:
         return isinstance(error, Refused)

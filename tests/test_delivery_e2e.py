@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from azure.storage.blob import ContainerClient
@@ -20,11 +21,13 @@ from routing.pool import SenderPool
 from routing.senders import RetryOptions
 from tests.azurite import Azurite
 from tests.conftest import WorkerEvent, sensor_data, worker_batch
-from tests.peers.amqp import AmqpPeer
+from tests.peers.amqp import MESSAGE_SIZE_EXCEEDED, NOT_ALLOWED, SERVER_BUSY, AmqpPeer
 from tests.peers.eventgrid import EventGridReceiver
+from tests.test_partitions import SERVICE_HASHES
 
 HUBS = {"raw-hub", "twins-hub", "alerts"}
 IOTHUB = {"iothub-message-source": "Telemetry", "iothub-enqueuedtime": "2026-11-26T09:00:00Z"}
+SENSOR = {"Type": "SensorChange"}
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +126,10 @@ def telemetry_batch(count: int, devices: int, *, start: int = 0, size: int = 40)
         )
         for i in range(start, start + count)
     ]
+
+
+def sensor_event(sensor: str, seq: int) -> WorkerEvent:
+    return WorkerEvent(body=json.dumps(sensor_data(sensor, str(seq))).encode(), properties=SENSOR, sequence_number=seq)
 
 
 def by_device(received: list[Any]) -> dict[str, list[bytes]]:
@@ -247,10 +254,13 @@ def test_an_oversized_message_is_dead_lettered_once_and_holds_its_device_only(
         # The hub advertises its limit, so the sender sees the message cannot fit before sending it.
         deployed.peer.max_message_size = 1500
     else:
-        # The hub takes the batch's size on trust and rejects it: the message alone is in its batch.
+        # The hub takes the batch's size on trust and rejects it: the batch fails whole.
         deployed.peer.reject_messages_larger_than(1500)
     try:
         events = telemetry_batch(5, devices=2)  # dev-0: 0, 2, 4; dev-1: 1, 3
+        for event in events[1::2]:
+            # Another partition than dev-0's (hash of the key), so never in dev-0's batch.
+            event.system_properties["iothub-connection-device-id"] = "dev-8"
         events[0] = WorkerEvent(
             body=b"x" * 2000, system_properties={**IOTHUB, "iothub-connection-device-id": "dev-0"}, sequence_number=0
         )
@@ -258,7 +268,7 @@ def test_an_oversized_message_is_dead_lettered_once_and_holds_its_device_only(
     finally:
         deployed.peer.max_message_size = 1024 * 1024
         deployed.peer.reject_messages_larger_than(None)
-    assert by_device(deployed.peer.received("raw-hub")) == {"dev-1": [events[1].body, events[3].body]}
+    assert by_device(deployed.peer.received("raw-hub")) == {"dev-8": [events[1].body, events[3].body]}
     letters = sorted(deployed.dead_letters(), key=lambda x: x["original"]["sequenceNumber"])
     assert [(x["orderKey"], x["original"]["sequenceNumber"]) for x in letters] == [
         ("dev-0", 0),
@@ -269,7 +279,7 @@ def test_an_oversized_message_is_dead_lettered_once_and_holds_its_device_only(
     assert len(oversized["attempts"]) == 1, "a permanent failure must not be retried"
     assert "size" in oversized["reason"].lower() or "larger" in oversized["reason"].lower()
     assert base64.b64decode(oversized["original"]["bodyBase64"]) == b"x" * 2000
-    # Held behind the oversized one; or, where the hub refused the whole batch, failed with it.
+    # Held behind the oversized one; or, where the hub refused dev-0's whole batch, failed with it.
     assert {x["code"] for x in letters[1:]} == ({"held-behind"} if where == "sender" else {"delivery-failed"})
 
 
@@ -317,3 +327,196 @@ def test_clients_are_reused_across_invocations(functions: dict[str, Any], deploy
     for start in range(100, 600, 100):
         run(worker_batch(telemetry_batch(40, devices=40, start=start)))
     assert deployed.peer.stats().connections == after_first
+
+
+# -- packing: many keys in few sends --------------------------------------------------------------------
+
+
+def device_event(device: str, seq: int, *, size: int = 40) -> WorkerEvent:
+    return WorkerEvent(
+        body=(f'{{"n":{seq},"pad":"' + "x" * size + '"}').encode(),
+        properties={"n": seq},
+        system_properties={**IOTHUB, "iothub-connection-device-id": device},
+        sequence_number=seq,
+        offset=1000 + seq,
+    )
+
+
+def test_a_batch_of_many_devices_is_one_send_per_partition_each_event_on_its_keys_partition(
+    functions: dict[str, Any], deployed: Deployed
+) -> None:
+    deployed.peer.partition_count = 4
+    try:
+        events = [device_event(key, seq) for seq, key in enumerate(list(SERVICE_HASHES) * 3)]
+        functions["route_telemetry"].get_user_function()(worker_batch(events))
+    finally:
+        deployed.peer.partition_count = 2
+    received = deployed.peer.received("raw-hub")
+    assert by_device(received) == expected_by_device(events)
+    # The service's partition for a key: |hash % count|, the remainder taking the hash's sign (C#).
+    for message in received:
+        assert message.partition_id == str(abs(SERVICE_HASHES[str(message.partition_key)]) % 4), message.partition_key
+    partitions = {str(abs(h) % 4) for h in SERVICE_HASHES.values()}
+    assert sorted(p or "" for p, _count in deployed.peer.transfers("raw-hub")) == sorted(partitions)
+    assert not deployed.dead_letters()
+
+
+def test_twin_events_of_many_objects_are_one_request_per_event_grid_endpoint_and_one_service_bus_batch(
+    functions: dict[str, Any], deployed: Deployed
+) -> None:
+    events = []
+    for i in range(40):
+        topology = {"Id": f"space-{i % 20}", "Type": "Spaces", "n": i}
+        events.append(WorkerEvent(body=json.dumps(topology).encode(), properties={"Type": "TopologyOperation"}))
+        events.append(WorkerEvent(body=json.dumps(sensor_data(f"s-{i % 20}", str(i))).encode(), properties=SENSOR))
+    for seq, event in enumerate(events):
+        event.sequence_number = seq
+    functions["route_twins"].get_user_function()(worker_batch(events))
+
+    assert [r.status for r in deployed.grid.requests()] == [200]
+    assert [r.status for r in deployed.cloud.requests()] == [200]
+    assert [count for _partition, count in deployed.peer.transfers("alerts")] == [40]
+    assert len(deployed.peer.transfers("twins-hub")) <= 2  # one per partition
+    sessions: dict[str, list[str]] = {}
+    for message in deployed.peer.received("alerts"):
+        sessions.setdefault(str(message.session_id), []).append(json.loads(message.body)["data"]["Value"])
+    assert sessions == {f"s-{k}": [str(k), str(k + 20)] for k in range(20)}
+    for receiver in (deployed.grid, deployed.cloud):
+        order: dict[str, list[int]] = {}
+        for published in receiver.events():
+            data = cast(dict[str, Any], published["data"])
+            order.setdefault(data["Id"], []).append(data["n"])
+        assert order == {f"space-{k}": [k, k + 20] for k in range(20)}
+    assert not deployed.dead_letters()
+
+
+def test_a_device_longer_than_a_batch_keeps_its_order_across_batches(
+    functions: dict[str, Any], deployed: Deployed
+) -> None:
+    deployed.peer.max_message_size = 2000
+    try:
+        events = [device_event(f"dev-{seq % 3}", seq, size=200) for seq in range(30)]
+        functions["route_telemetry"].get_user_function()(worker_batch(events))
+    finally:
+        deployed.peer.max_message_size = 1024 * 1024
+    assert by_device(deployed.peer.received("raw-hub")) == expected_by_device(events)
+    transfers = deployed.peer.transfers("raw-hub")
+    assert len(transfers) > 2 and any(count > 1 for _partition, count in transfers)  # split, and still packed
+    assert not deployed.dead_letters()
+
+
+def test_a_failed_batch_fails_its_devices_holds_their_rest_and_spares_the_others(
+    functions: dict[str, Any], deployed: Deployed
+) -> None:
+    # dev-0, dev-1 and dev-2 share partition 0 (two partitions); dev-8 is on partition 1. Batches of about
+    # four events: the first holds dev-0's two and dev-1's first; dev-2 comes in a later batch.
+    plan = ["dev-0", "dev-1", "dev-8", "dev-0", "dev-1", "dev-1", "dev-1", "dev-1", "dev-1", "dev-2", "dev-8", "dev-2"]
+    events = [device_event(device, seq, size=300) for seq, device in enumerate(plan)]
+    deployed.peer.max_message_size = 1800
+    # The hub refuses the first batch on partition 0 (a permanent fault: tried once).
+    deployed.peer.reject_next_sends(1, condition=MESSAGE_SIZE_EXCEEDED, entity="raw-hub", partition="0")
+    try:
+        functions["route_telemetry"].get_user_function()(worker_batch(events))
+    finally:
+        deployed.peer.max_message_size = 1024 * 1024
+    got = by_device(deployed.peer.received("raw-hub"))
+    want = expected_by_device(events)
+    assert got == {"dev-2": want["dev-2"], "dev-8": want["dev-8"]}
+    letters = sorted(deployed.dead_letters(), key=lambda x: x["original"]["sequenceNumber"])
+    codes = {key: [x["code"] for x in letters if x["orderKey"] == key] for key in ("dev-0", "dev-1")}
+    assert codes["dev-0"] == ["delivery-failed", "delivery-failed"]
+    assert codes["dev-1"][0] == "delivery-failed" and codes["dev-1"][-1] == "held-behind", codes
+    assert codes["dev-1"] == sorted(codes["dev-1"]) and len(codes["dev-1"]) == 6  # failed, then held
+    for letter in letters:
+        if letter["code"] == "delivery-failed":
+            assert len(letter["attempts"]) == 1 and "size" in letter["attempts"][0]["error"].lower()
+
+
+def test_a_transient_fault_retries_the_packed_batch_whole_without_duplicates(
+    functions: dict[str, Any], deployed: Deployed
+) -> None:
+    deployed.peer.server_busy(2, entity="raw-hub")
+    events = [device_event("dev-8", 0), *(device_event(f"dev-{seq % 8}", seq) for seq in range(1, 24))]
+    functions["route_telemetry"].get_user_function()(worker_batch(events))
+    assert by_device(deployed.peer.received("raw-hub")) == expected_by_device(events)
+    assert sorted(count for _partition, count in deployed.peer.transfers("raw-hub")) == [1, 23]
+    assert deployed.peer.stats().deliveries_rejected == (SERVER_BUSY, SERVER_BUSY)
+    assert not deployed.dead_letters()
+
+
+def test_service_bus_sends_one_batch_per_session_once_a_partitioned_entity_refuses_mixed_ones(
+    functions: dict[str, Any], deployed: Deployed
+) -> None:
+    deployed.peer.partition_entities({"alerts"})
+    run = functions["route_twins"].get_user_function()
+    first = [sensor_event(f"s-{i % 3}", i) for i in range(9)]
+    run(worker_batch(first))
+    run(worker_batch([sensor_event(f"s-{i % 2}", i) for i in range(20, 24)]))
+
+    print("STATS", deployed.peer.stats(), deployed.peer.transfers("alerts"), deployed.dead_letters())
+    assert deployed.peer.stats().deliveries_rejected == (NOT_ALLOWED,), "refused once, then remembered"
+    assert sorted(count for _partition, count in deployed.peer.transfers("alerts")) == [2, 2, 3, 3, 3]
+    sessions: dict[str, list[str]] = {}
+    for message in deployed.peer.received("alerts"):
+        sessions.setdefault(str(message.session_id), []).append(json.loads(message.body)["data"]["Value"])
+    assert sessions == {"s-0": ["0", "3", "6", "20", "22"], "s-1": ["1", "4", "7", "21", "23"], "s-2": ["2", "5", "8"]}
+    assert not deployed.dead_letters()
+
+
+def test_event_grid_requests_are_split_under_1_mb_and_keep_each_objects_order(
+    functions: dict[str, Any], deployed: Deployed
+) -> None:
+    deployed.grid.max_request_size = 1024 * 1024  # Event Grid answers 413 above it
+    try:
+        # Non-ASCII and separators: the publisher's JSON (escaped, spaced) is larger than the envelope's.
+        pad = "é, :" * 45_000
+        events = [
+            WorkerEvent(
+                body=json.dumps({"Id": f"space-{i % 2}", "Type": "Spaces", "n": i, "pad": pad}).encode(),
+                properties={"Type": "TopologyOperation"},
+                sequence_number=i,
+            )
+            for i in range(6)
+        ]
+        functions["route_twins"].get_user_function()(worker_batch(events))
+    finally:
+        deployed.grid.max_request_size = None
+    requests = deployed.grid.requests()
+    assert len(requests) >= 2 and all(r.status == 200 for r in requests), [(r.status, r.size) for r in requests]
+    order: dict[str, list[int]] = {}
+    for event in deployed.grid.events():
+        data = cast(dict[str, Any], event["data"])
+        order.setdefault(data["Id"], []).append(data["n"])
+    assert order == {"space-0": [0, 2, 4], "space-1": [1, 3, 5]}
+    assert not [x for x in deployed.dead_letters() if x["endpoint"] == "grid"]
+
+
+def test_cloud_events_are_published_without_a_warning_per_event(
+    functions: dict[str, Any], deployed: Deployed, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = [
+        WorkerEvent(
+            body=json.dumps({"Id": f"space-{i}", "Type": "Spaces"}).encode(),
+            properties={"Type": "TopologyOperation"},
+            sequence_number=i,
+        )
+        for i in range(3)
+    ]
+    with caplog.at_level(logging.DEBUG):
+        functions["route_twins"].get_user_function()(worker_batch(events))
+    assert len(deployed.cloud.events()) == 3
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("azure")]
+    assert not noisy
+
+
+def test_event_grid_sdk_retries_are_off_so_each_try_is_one_request(
+    functions: dict[str, Any], deployed: Deployed
+) -> None:
+    deployed.grid.fail_next(503, times=20)
+    event = WorkerEvent(
+        body=json.dumps({"Id": "d", "Type": "Devices"}).encode(), properties={"Type": "TopologyOperation"}
+    )
+    functions["route_twins"].get_user_function()(worker_batch([event]))
+    assert [r.status for r in deployed.grid.requests()] == [503, 503, 503]  # the sender's three tries, no more
+    [letter] = [x for x in deployed.dead_letters() if x["endpoint"] == "grid"]
+    assert len(letter["attempts"]) == 3

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections import defaultdict
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tenacity import Retrying
 
+from routing import senders as senders_module
 from routing.classify import classify
 from routing.model import Event, EventType, IngressMessage
 from routing.pipeline import Router, StaticRoutes
 from routing.replay import Letter, replay
 from routing.routes import RouteTable, parse_routes
+from routing.senders import DEFAULT_LANES
 from tests.conftest import sensor_data
 from tests.fakes import FakeSenders, FakeWire, MemoryDeadLetters, StoreDown
 
@@ -35,7 +39,7 @@ TABLE = parse_routes(
 
 KINDS = st.sampled_from(["telemetry", "sensor", "space", "garbage"])
 KEYS = st.sampled_from(["k0", "k1", "k2", "k3"])
-FAULTS = st.sampled_from([[], [], [], ["transient"], ["transient"] * 3, ["permanent"]])
+FAULTS = st.sampled_from([[], [], [], ["transient"], ["transient"] * 3, ["permanent"], ["too large"]])
 
 
 def message(kind: str, key: str, seq: int) -> IngressMessage:
@@ -66,33 +70,43 @@ def expected(messages: list[IngressMessage], table: RouteTable) -> dict[tuple[st
     return out
 
 
-def delivered(wire: FakeWire) -> dict[tuple[str, str], list[str]]:
-    """Per (endpoint, key): ids as delivered, redeliveries of the same id folded (ids are deterministic)."""
+def delivered(wire: FakeWire, since: dict[str, int] | None = None) -> dict[tuple[str, str], list[str]]:
+    """Per (endpoint, key): ids as delivered (after the first `since[endpoint]` messages), redeliveries of
+    the same id folded (ids are deterministic)."""
     out: dict[tuple[str, str], list[str]] = defaultdict(list)
     for endpoint, messages in wire.delivered.items():
-        for m in messages:
+        for m in messages[(since or {}).get(endpoint, 0) :]:
             ids = out[(endpoint, m.order_key)]
             if m.message_id not in ids:
                 ids.append(m.message_id)
     return out
 
 
+def script(wire: FakeWire, endpoint: str, message_id: str, faults: list[str]) -> None:
+    if faults == ["too large"]:
+        wire.too_large.add(f"{endpoint}/{message_id}")
+    else:
+        wire.faults[f"{endpoint}/{message_id}"] = list(faults)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     plan=st.lists(st.tuples(KINDS, KEYS, FAULTS, FAULTS), min_size=1, max_size=40),
-    batch_size=st.integers(min_value=1, max_value=4),
+    batch_size=st.integers(min_value=1, max_value=6),
+    mixed=st.booleans(),
     store_down_first=st.booleans(),
 )
 def test_every_event_is_accounted_for_and_each_key_stays_in_order(
-    plan: list[tuple[str, str, list[str], list[str]]], batch_size: int, store_down_first: bool
+    plan: list[tuple[str, str, list[str], list[str]]], batch_size: int, mixed: bool, store_down_first: bool
 ) -> None:
     messages = [message(kind, key, seq) for seq, (kind, key, _f1, _f2) in enumerate(plan)]
-    wire = FakeWire(batch_size=batch_size)
+    # Mixed: batches carry many keys, as Event Hubs partitions, Service Bus queues and Event Grid topics do.
+    wire = FakeWire(batch_size=batch_size, mixed=mixed)
     for msg, (_kind, _key, hub_faults, bus_faults) in zip(messages, plan, strict=True):
         for result in classify(msg):
             if isinstance(result, Event):
-                wire.faults[f"hub/{result.message_id}"] = list(hub_faults)
-                wire.faults[f"bus/{result.message_id}"] = list(bus_faults)
+                script(wire, "hub", result.message_id, hub_faults)
+                script(wire, "bus", result.message_id, bus_faults)
     store = MemoryDeadLetters(down=store_down_first)
     router = Router(routes=StaticRoutes(TABLE), senders=FakeSenders(wire), dead_letters=store)
 
@@ -103,10 +117,16 @@ def test_every_event_is_accounted_for_and_each_key_stays_in_order(
             router.route(messages)
         assert not store.blobs
         store.down = False
+    before = {endpoint: len(sent) for endpoint, sent in wire.delivered.items()}
     report = router.route(messages)
 
     want = expected(messages, TABLE)
-    got = delivered(wire)
+    # What the invocation that kept its letters delivered. (A message the failed invocation delivered can
+    # be dead-lettered by the retry, when a message packed with it fails then: at least once.)
+    got = delivered(wire, since=before)
+    everything = delivered(wire)
+    for pair, ids in everything.items():
+        assert ids == want[pair][: len(ids)], f"{pair}: delivered out of order or with a gap, over both tries"
     letters = dict(store.blobs)
     dead: dict[tuple[str, str], list[str]] = defaultdict(list)
     for record in letters.values():
@@ -118,13 +138,14 @@ def test_every_event_is_accounted_for_and_each_key_stays_in_order(
         # Delivered: an in-order prefix with no gaps; dead-lettered: exactly the rest.
         assert sent == ids[: len(sent)], f"{pair}: delivered out of order or with a gap"
         assert sorted(dead.get(pair, [])) == sorted(ids[len(sent) :]), f"{pair}: the tail is not dead-lettered"
-    assert set(got) <= set(want), "delivered something nobody wanted"
+    assert set(everything) <= set(want), "delivered something nobody wanted"
     garbage = sum(1 for kind, *_ in plan if kind == "garbage")
     assert sum(1 for r in letters.values() if r["endpoint"] is None) == garbage
     assert report.unrouted[EventType.SPACE_CHANGE] == sum(1 for kind, *_ in plan if kind == "space")
 
     # Replay once the endpoints are healthy: every key completes, in order; only garbage stays.
     wire.faults.clear()
+    wire.too_large.clear()
     outcome = replay(
         [Letter(name=name, record=record) for name, record in letters.items()],
         table=TABLE,
@@ -230,3 +251,95 @@ def test_replay_honours_the_filters_of_the_current_route_table() -> None:
     [kept] = outcome.kept.values()
     assert "filter of 'hub' no longer matches" in kept
     assert [r["orderKey"] for r in store.blobs.values()] == ["b"]
+
+
+# -- packing many keys into one batch -------------------------------------------------------------------
+
+
+def route_telemetry(
+    plan: list[str], wire: FakeWire, faults: dict[int, list[str]] | None = None
+) -> tuple[list[Event], MemoryDeadLetters, FakeSenders]:
+    """Telemetry from `plan[i]` (its device) to the hub; `faults[i]` scripts message i's tries there."""
+    messages = [message("telemetry", key, seq) for seq, key in enumerate(plan)]
+    events = [next(r for r in classify(m) if isinstance(r, Event)) for m in messages]
+    for index, script_ in (faults or {}).items():
+        script(wire, "hub", events[index].message_id, script_)
+    store = MemoryDeadLetters()
+    senders = FakeSenders(wire)
+    Router(routes=StaticRoutes(TABLE), senders=senders, dead_letters=store).route(messages)
+    return events, store, senders
+
+
+def sequences(batches: list[list[Any]]) -> list[list[int]]:
+    return [[json.loads(m.body)["seq"] for m in batch] for batch in batches]
+
+
+def test_many_keys_go_out_in_few_batches_each_key_in_order() -> None:
+    plan = [f"k{i % 30}" for i in range(60)]
+    wire = FakeWire(batch_size=25, mixed=True)
+    _events, store, _senders = route_telemetry(plan, wire)
+    assert len(wire.batches) == 3 and not store.blobs
+    assert delivered(wire) == {
+        ("hub", f"k{k}"): [e.message_id for e in _events if e.order_key == f"k{k}"] for k in range(30)
+    }
+
+
+def test_a_failed_packed_batch_fails_its_keys_holds_their_rest_and_the_other_keys_go_on() -> None:
+    # Keys in first-seen order, two messages to a batch: [a0 a1] [a2 b0] [b1 c0]; the second batch is refused.
+    plan = ["a", "b", "a", "c", "b", "a"]  # a: 0, 2, 5; b: 1, 4; c: 3
+    wire = FakeWire(batch_size=2, mixed=True)
+    _events, store, _senders = route_telemetry(plan, wire, {1: ["permanent"]})
+    # c's message waited behind the failed batch in its sequence, and went in the next round, alone.
+    assert sequences(wire.batches) == [[0, 2], [3]]
+    codes = {r["original"]["sequenceNumber"]: r["code"] for r in store.blobs.values()}
+    assert codes == {5: "delivery-failed", 1: "delivery-failed", 4: "held-behind"}
+    failed = [r for r in store.blobs.values() if r["code"] == "delivery-failed"]
+    assert all([a["error"] for a in r["attempts"]] == ["message rejected"] for r in failed)
+
+
+def test_a_transient_fault_retries_the_packed_batch_whole() -> None:
+    plan = ["a", "b", "c", "a"]
+    wire = FakeWire(batch_size=10, mixed=True)
+    _events, store, senders = route_telemetry(plan, wire, {1: ["transient"]})
+    assert sequences(wire.batches) == [[0, 3, 1, 2]]  # the same messages, once; a's in order
+    assert len(wire.threads) == 2 and senders.senders["hub"].retries == 1
+    assert not store.blobs
+
+
+def test_a_message_too_large_for_any_batch_fails_alone_and_holds_only_its_key() -> None:
+    plan = ["a", "b", "a", "b", "a"]  # a: 0, 2, 4; b: 1, 3
+    wire = FakeWire(batch_size=10, mixed=True)
+    _events, store, _senders = route_telemetry(plan, wire, {2: ["too large"]})
+    assert sequences(wire.batches) == [[0, 1, 3]]
+    codes = {r["original"]["sequenceNumber"]: r["code"] for r in store.blobs.values()}
+    assert codes == {2: "delivery-failed", 4: "held-behind"}
+    [too_large] = [r for r in store.blobs.values() if r["code"] == "delivery-failed"]
+    assert len(too_large["attempts"]) == 1 and "too large" in too_large["reason"]
+
+
+def test_the_first_try_is_a_plain_call_and_tenacity_only_comes_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[object] = []
+
+    class CountedRetrying(Retrying):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            built.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(senders_module, "Retrying", CountedRetrying)
+    route_telemetry(["a", "b", "a"], FakeWire(batch_size=10, mixed=True))
+    assert built == []
+    wire = FakeWire(batch_size=10, mixed=True)
+    _events, store, _senders = route_telemetry(["a", "b"], wire, {0: ["transient"]})
+    assert len(built) == 1 and not store.blobs and len(wire.batches) == 1
+
+
+def test_one_batch_goes_out_on_the_calling_thread_and_many_routes_over_at_most_the_lanes() -> None:
+    wire = FakeWire(batch_size=100, mixed=True)
+    route_telemetry([f"k{i}" for i in range(40)], wire)
+    assert wire.threads == [threading.current_thread().name]
+
+    wire = FakeWire(batch_size=100, mixed=False)  # a batch per key: 40 routes
+    route_telemetry([f"k{i}" for i in range(40)], wire)
+    assert len(wire.batches) == 40
+    assert threading.current_thread().name in wire.threads
+    assert 1 < len(set(wire.threads)) <= DEFAULT_LANES

@@ -22,10 +22,12 @@ from azure.servicebus.exceptions import (
     MessageSizeExceededError,
     ServiceBusAuthenticationError,
     ServiceBusConnectionError,
+    ServiceBusError,
     ServiceBusServerBusyError,
 )
 
-from tests.peers.amqp import MESSAGE_SIZE_EXCEEDED, SERVER_BUSY, AmqpPeer, pad_frame_body
+from routing.eventhubs import with_partition_key
+from tests.peers.amqp import MESSAGE_SIZE_EXCEEDED, NOT_ALLOWED, SERVER_BUSY, AmqpPeer, pad_frame_body
 from tests.peers.eventgrid import EventGridReceiver
 
 HUB = "hub1"
@@ -150,6 +152,38 @@ def test_event_hub_partition_id_send_reads_partitions_from_management(peer: Amqp
     assert ("com.microsoft:eventhub", HUB) in peer.stats().management_requests
 
 
+def test_a_partition_batch_keeps_each_events_partition_key_annotation(peer: AmqpPeer) -> None:
+    # What the buffered producers send: a batch addressed to a partition, each event stamped with its key.
+    with eh_client(peer.connection_string(HUB)) as client:
+        batch = client.create_batch(partition_id="0")
+        for key, body in [("device-1", "a"), ("device-2", "b"), ("device-1", "c")]:
+            batch.add(with_partition_key(EventData(body), key))
+        client.send_batch(batch)
+
+    received = peer.received(HUB)
+    assert [(m.partition_id, m.partition_key, m.text) for m in received] == [
+        ("0", "device-1", "a"),
+        ("0", "device-2", "b"),
+        ("0", "device-1", "c"),
+    ]
+    assert peer.stats().deliveries_accepted == 1
+
+
+def test_a_fault_can_target_one_partition(peer: AmqpPeer) -> None:
+    peer.server_busy(1, entity=HUB, partition="1")
+    with eh_client(peer.connection_string(HUB)) as client:
+        for partition in ("0", "1"):
+            batch = client.create_batch(partition_id=partition)
+            batch.add(EventData(f"to {partition}"))
+            if partition == "1":
+                with pytest.raises(EventDataSendError, match="server-busy"):
+                    client.send_batch(batch)
+            else:
+                client.send_batch(batch)
+
+    assert [(m.partition_id, m.text) for m in peer.received(HUB)] == [("0", "to 0")]
+
+
 # -- Service Bus ---------------------------------------------------------------------------------------
 
 
@@ -180,6 +214,35 @@ def test_service_bus_queue_message_carries_session_id_message_id_and_properties(
         ("msg-2", "device-7", True),
         ("msg-3", "device-7", True),
     ]
+
+
+def test_one_service_bus_batch_carries_many_sessions(peer: AmqpPeer, queue_sender: ServiceBusSender) -> None:
+    batch = queue_sender.create_message_batch()
+    for session in ("s-1", "s-2", "s-1"):
+        batch.add_message(ServiceBusMessage(session, session_id=session))
+    queue_sender.send_messages(batch)
+
+    assert [m.session_id for m in peer.received(QUEUE)] == ["s-1", "s-2", "s-1"]
+    assert peer.stats().deliveries_accepted == 1
+
+
+def test_a_partitioned_entity_refuses_a_batch_mixing_sessions_and_takes_one_session(
+    peer: AmqpPeer, queue_sender: ServiceBusSender
+) -> None:
+    peer.partition_entities({QUEUE})
+    mixed = queue_sender.create_message_batch()
+    for session in ("s-1", "s-2"):
+        mixed.add_message(ServiceBusMessage(session, session_id=session))
+    with pytest.raises(ServiceBusError, match="not-allowed") as refused:
+        queue_sender.send_messages(mixed)
+    assert "distinct SessionId" in str(refused.value)
+    single = queue_sender.create_message_batch()
+    for body in ("a", "b"):
+        single.add_message(ServiceBusMessage(body, session_id="s-1"))
+    queue_sender.send_messages(single)
+
+    assert [(m.session_id, m.text) for m in peer.received(QUEUE)] == [("s-1", "a"), ("s-1", "b")]
+    assert peer.stats().deliveries_rejected == (NOT_ALLOWED,)
 
 
 def test_service_bus_topic_send_arrives(peer: AmqpPeer, servicebus: ServiceBusClient) -> None:

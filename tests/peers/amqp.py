@@ -75,6 +75,7 @@ __all__ = [
     "BATCH_MESSAGE_FORMAT",
     "ENTITY_NOT_FOUND",
     "MESSAGE_SIZE_EXCEEDED",
+    "NOT_ALLOWED",
     "SERVER_BUSY",
     "TIMEOUT",
     "AmqpPeer",
@@ -87,6 +88,12 @@ SERVER_BUSY = "com.microsoft:server-busy"
 TIMEOUT = "com.microsoft:timeout"
 MESSAGE_SIZE_EXCEEDED = "amqp:link:message-size-exceeded"
 ENTITY_NOT_FOUND = "amqp:not-found"
+NOT_ALLOWED = "amqp:not-allowed"
+# What Service Bus answers a batch of several sessions on a partitioned entity.
+_MIXED_BATCH_REFUSAL = (
+    "Batching brokered messages with distinct SessionId or PartitionKey is not supported for an entity with "
+    "partitioning enabled. (test peer)"
+)
 CONNECTION_FORCED = "amqp:connection:forced"
 
 BATCH_MESSAGE_FORMAT = 0x80013700
@@ -566,6 +573,8 @@ class PeerStats:
     cbs_refused: int = 0
     management_requests: tuple[tuple[str, str], ...] = ()  # (type, name) per request
     deliveries_accepted: int = 0
+    # (entity, partition id, messages) of each accepted delivery: a batched send is one delivery.
+    accepted_transfers: tuple[tuple[str, str | None, int], ...] = ()
     deliveries_rejected: tuple[str, ...] = ()  # the condition of each rejected delivery
     connections_dropped: int = 0
     links_not_found: tuple[str, ...] = ()
@@ -579,6 +588,14 @@ class _Fault:
     condition: str = ""
     description: str = ""
     abrupt: bool = False
+    partition: str | None = None  # only transfers on this partition's link (`<hub>/Partitions/<id>`)
+
+    def matches(self, entity: str, partition: str | None) -> bool:
+        return (
+            self.remaining > 0
+            and self.entity in (None, entity)
+            and (self.partition is None or self.partition == partition)
+        )
 
 
 @dataclass
@@ -794,7 +811,7 @@ class _Driver:
 
     def _accept_send(self, delivery: Delivery, link: Receiver, payload: bytes, message_format: int) -> None:
         entity, partition_id = _entity_of(link.target.address or "")
-        action = self.peer._on_transfer(entity, len(payload), link.max_message_size)
+        action = self.peer._on_transfer(entity, partition_id, len(payload), link.max_message_size)
         if isinstance(action, _Fault):
             if action.kind == "drop":
                 self._drop(abrupt=action.abrupt)
@@ -802,7 +819,11 @@ class _Driver:
                 self._settle(delivery, Condition(action.condition, action.description or None))
             return
         messages = _decode_delivery(payload, message_format=message_format, entity=entity, partition_id=partition_id)
-        self.peer._record(messages)
+        refusal = self.peer._refuses_mixed_batch(entity, messages)
+        if refusal is not None:
+            self._settle(delivery, Condition(refusal.condition, refusal.description))
+            return
+        self.peer._record(entity, partition_id, messages)
         self._settle(delivery)
 
     def _drop(self, *, abrupt: bool) -> None:
@@ -909,8 +930,10 @@ class AmqpPeer:
     reports for every event hub.
 
     Faults, all switchable while running, each consumed in order by the next matching transfers:
-    `reject_next_sends`, `server_busy`, `throttle`, `drop_connection_on_next_sends`,
-    `reject_messages_larger_than`, `refuse_auth`. A transfer that is rejected or dropped is never recorded.
+    `reject_next_sends`, `server_busy` (both for one partition's link too), `throttle`,
+    `drop_connection_on_next_sends`, `reject_messages_larger_than`, `refuse_auth`; and
+    `partition_entities`, after which those entities refuse batches mixing sessions. A transfer that is
+    rejected or dropped is never recorded.
     """
 
     def __init__(
@@ -929,6 +952,7 @@ class AmqpPeer:
         self._entities = None if entities is None else set(entities)
         self._max_message_size = max_message_size
         self._size_limit: int | None = None
+        self._partitioned: set[str] = set()
         self._faults: list[_Fault] = []
         self._refusals: list[_Refusal] = []
         self._messages: list[ReceivedMessage] = []
@@ -1007,6 +1031,11 @@ class AmqpPeer:
         with self._lock:
             return [m for m in self._messages if entity is None or m.entity == entity]
 
+    def transfers(self, entity: str) -> list[tuple[str | None, int]]:
+        """(partition id, messages) of each accepted delivery to `entity`, in arrival order: one per send."""
+        with self._lock:
+            return [(partition, count) for name, partition, count in self._stats.accepted_transfers if name == entity]
+
     def stats(self) -> PeerStats:
         with self._lock:
             return self._stats
@@ -1019,6 +1048,7 @@ class AmqpPeer:
             self._faults.clear()
             self._refusals.clear()
             self._size_limit = None
+            self._partitioned = set()
 
     # -- configuration and faults ------------------------------------------------------------------
     @property
@@ -1037,18 +1067,26 @@ class AmqpPeer:
             self._entities = None if entities is None else set(entities)
 
     def reject_next_sends(
-        self, times: int = 1, *, condition: str, description: str = "", entity: str | None = None
+        self,
+        times: int = 1,
+        *,
+        condition: str,
+        description: str = "",
+        entity: str | None = None,
+        partition: str | None = None,
     ) -> None:
-        """Reject the next `times` transfers (to `entity`, or any) with an AMQP error `condition`."""
+        """Reject the next `times` transfers (to `entity`, or any; on `partition`'s link, or any) with an
+        AMQP error `condition`."""
         with self._lock:
-            self._faults.append(_Fault("reject", times, entity, condition, description))
+            self._faults.append(_Fault("reject", times, entity, condition, description, partition=partition))
 
-    def server_busy(self, times: int = 1, *, entity: str | None = None) -> None:
+    def server_busy(self, times: int = 1, *, entity: str | None = None, partition: str | None = None) -> None:
         self.reject_next_sends(
             times,
             condition=SERVER_BUSY,
             description="The server is busy. Please retry the operation. (test peer)",
             entity=entity,
+            partition=partition,
         )
 
     def throttle(self, times: int = 1, *, entity: str | None = None) -> None:
@@ -1064,6 +1102,13 @@ class AmqpPeer:
         """
         with self._lock:
             self._faults.append(_Fault("drop", times, entity, abrupt=abrupt))
+
+    def partition_entities(self, entities: Iterable[str]) -> None:
+        """Make `entities` behave as partitioned Service Bus queues or topics: a batched send whose messages
+        carry different session ids or partition keys is rejected whole with `amqp:not-allowed`, as Azure
+        rejects it (a single message, or a batch of one session, is accepted)."""
+        with self._lock:
+            self._partitioned = set(entities)
 
     def reject_messages_larger_than(self, size: int | None) -> None:
         """Reject transfers whose encoded size exceeds `size` with amqp:link:message-size-exceeded."""
@@ -1082,16 +1127,17 @@ class AmqpPeer:
             self._faults.clear()
             self._refusals.clear()
             self._size_limit = None
+            self._partitioned = set()
 
     # -- called from the loop thread ---------------------------------------------------------------
     def _entity_exists(self, name: str) -> bool:
         with self._lock:
             return self._entities is None or name in self._entities
 
-    def _on_transfer(self, entity: str, size: int, link_limit: int) -> _Fault | None:
+    def _on_transfer(self, entity: str, partition: str | None, size: int, link_limit: int) -> _Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.remaining > 0 and fault.entity in (None, entity):
+                if fault.matches(entity, partition):
                     fault.remaining -= 1
                     self._count_fault(fault)
                     return fault
@@ -1108,6 +1154,14 @@ class AmqpPeer:
                 return fault
             return None
 
+    def _refuses_mixed_batch(self, entity: str, messages: list[ReceivedMessage]) -> _Fault | None:
+        with self._lock:
+            if entity not in self._partitioned or len({(m.session_id, m.partition_key) for m in messages}) < 2:
+                return None
+            fault = _Fault("reject", 0, entity, NOT_ALLOWED, _MIXED_BATCH_REFUSAL)
+            self._count_fault(fault)
+            return fault
+
     def _count_fault(self, fault: _Fault) -> None:
         s = self._stats
         if fault.kind == "drop":
@@ -1115,10 +1169,15 @@ class AmqpPeer:
         else:
             self._stats = _replace(s, deliveries_rejected=(*s.deliveries_rejected, fault.condition))
 
-    def _record(self, messages: list[ReceivedMessage]) -> None:
+    def _record(self, entity: str, partition_id: str | None, messages: list[ReceivedMessage]) -> None:
         with self._lock:
             self._messages.extend(messages)
-            self._stats = _replace(self._stats, deliveries_accepted=self._stats.deliveries_accepted + 1)
+            s = self._stats
+            self._stats = _replace(
+                s,
+                deliveries_accepted=s.deliveries_accepted + 1,
+                accepted_transfers=(*s.accepted_transfers, (entity, partition_id, len(messages))),
+            )
 
     def _cbs_refuses(self, token: str) -> bool:
         fields = _parse_sas_token(token)
