@@ -41,6 +41,7 @@ def as_json(results: Results) -> dict[str, Any]:
             for t in results.stages
         ],
         "endpoints": results.endpoints,
+        "filtered": results.filtered,
         "devices": results.devices,
         "end_to_end": results.end_to_end,
         "memory": results.memory,
@@ -90,6 +91,22 @@ def print_results(results: Results) -> None:
                     f"{r['sdk_us_per_outgoing']:.2f}",
                 ]
                 for r in results.endpoints
+            ],
+        )
+    )
+    console.print(
+        _table(
+            "Route table size with filters (5 unfiltered endpoints + filtered ones; bench/filtered.py)",
+            ["filters", "endpoints", "sent/event", "core µs/event", "core µs/sent"],
+            [
+                [
+                    r["scenario"],
+                    str(r["endpoints"]),
+                    f"{r['fanout']:.2f}",
+                    f"{r['core_us_per_event']:.1f}",
+                    f"{r['core_us_per_outgoing']:.1f}",
+                ]
+                for r in results.filtered
             ],
         )
     )

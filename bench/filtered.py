@@ -50,7 +50,8 @@ def filtered_table(count: int, *, devices: int, thresholds: bool, seed: int = 5)
     extra = route_dicts(count)[5:]
     for i, raw in enumerate(extra, start=5):
         raw["name"] = f"filtered-{i:04d}"
-        raw["path"] = f"filtered-{i:04d}" if raw["type"] != "EventGrid" else raw["path"] + f"?{i}"
+        if raw["type"] != "EventGrid":
+            raw["path"] = f"filtered-{i:04d}"
         raw["filter"] = _filter(i % 5, i, rng, devices, thresholds)
     return parse_routes(base + extra, "benchmark routes with filters")
 

@@ -36,7 +36,8 @@ def route_dicts(count: int, *, grid_url: str = DEFAULT_GRID_URL) -> list[dict[st
                 "type": kind,
                 "eventTypes": event_types,
                 "connection": GRID_SETTING if kind == "EventGrid" else AMQP_SETTING,
-                "path": grid_url if kind == "EventGrid" else f"{kind.lower()}-{i:04d}",
+                # Each its own destination (endpoints alike in destination get an event once).
+                "path": f"{grid_url}?endpoint={i}" if kind == "EventGrid" else f"{kind.lower()}-{i:04d}",
                 "format": envelope_format,
             }
         )

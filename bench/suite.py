@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import corpus as corpora
-from bench import e2e, memory, stages
+from bench import e2e, filtered, memory, stages
 from bench.routes import route_table
 from bench.timing import Timing, interleaved
 
@@ -50,6 +50,7 @@ class Results:
     corpus: dict[str, Any] = field(default_factory=dict)
     stages: list[Timing] = field(default_factory=list)
     endpoints: list[dict[str, Any]] = field(default_factory=list)
+    filtered: list[dict[str, Any]] = field(default_factory=list)
     devices: list[dict[str, Any]] = field(default_factory=list)
     end_to_end: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
@@ -252,6 +253,9 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
     table = route_table(opts.routes)
     t = run_stages(results, c, table, log)
     run_endpoint_sweep(results, c, log)
+    results.filtered = filtered.run_filter_sweep(
+        _take(c.batches, min(c.messages, 2_000)), devices=opts.devices, duration=opts.duration / 4, log=log
+    )
     offline = run_device_sweep_offline(results, table, log)
     e2e_devices = run_end_to_end(results, c, log) if opts.e2e else None
     if opts.memory_events:
@@ -279,6 +283,17 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
     targets.append(
         Target(f"1,000 vs 10 endpoints, core, per event <= 1.5x (fan-out x{fanout:.0f})", f"{r:.1f}x", r, 1.5, False)
     )
+    for scenario in filtered.SCENARIOS:
+        per_event, per_sent = filtered.ratios(results.filtered, scenario)
+        targets.append(
+            Target(
+                f"1,000 vs 10 endpoints with {scenario} filters, core, per event <= 1.5x",
+                f"{per_event:.2f}x ({per_sent:.2f}x per message sent)",
+                per_event,
+                1.5,
+                False,
+            )
+        )
     size = opts.batch_size
     r = offline[size] / offline[1]
     targets.append(Target(f"{size} devices vs 1 per batch, core + SDK <= 2x", f"{r:.2f}x", r, 2.0, False))
