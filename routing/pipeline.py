@@ -162,10 +162,10 @@ class Router:
             return sent
 
         entries = list(plan.values())
-        # Endpoints are independent: a slow one must not hold the others back.
-        sent_reports = (
-            list(self._executor().map(deliver, entries)) if len(entries) > 1 else [deliver(e) for e in entries]
-        )
+        # Endpoints are independent: a slow one must not hold the others back. The first goes out on
+        # this thread while the others are on the pool's (no hand-off for a batch with one endpoint).
+        futures = [self._executor().submit(deliver, e) for e in entries[1:]]
+        sent_reports = [deliver(e) for e in entries[:1]] + [future.result() for future in futures]
         for (endpoint, _by_key), sent in zip(entries, sent_reports, strict=True):
             for message in sent.delivered:
                 report.delivered[(endpoint.name, message.event_type)] += 1
