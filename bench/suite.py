@@ -283,7 +283,7 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
     targets.append(
         Target(f"1,000 vs 10 endpoints, core, per event <= 1.5x (fan-out x{fanout:.0f})", f"{r:.1f}x", r, 1.5, False)
     )
-    for scenario in filtered.SCENARIOS:
+    for scenario in filtered.TARGETED:
         per_event, per_sent = filtered.ratios(results.filtered, scenario)
         targets.append(
             Target(

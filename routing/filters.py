@@ -91,11 +91,14 @@ Value = Callable[[_Scope], Any]
 
 @dataclass(frozen=True, slots=True)
 class IndexKey:
-    """A filter's top-level `path = 'literal'` conjunct: the filter can only pass for an event whose
-    `path` equals `key`, so a route table can look endpoints up by the path's value instead of testing
-    every filter (1,000 per-device routes cost one look-up per event, not 1,000 tests)."""
+    """A filter's top-level conjunct `path <op> literal` (op one of = < <= > >=, or STARTS_WITH(path,
+    'literal')): the filter can only pass for an event whose `path` value satisfies it, so a route table
+    can find the endpoints an event could reach by the path's value (a dictionary, a sorted list, its
+    prefixes) instead of testing every filter: 1,000 per-device routes cost one look-up, not 1,000 tests.
+    """
 
     path: str
+    op: str  # "=", "<", "<=", ">", ">=" (path on the left), or "starts_with"
     key: str | int | float
     _value: Value = field(compare=False, repr=False)
     needs_body: bool = field(compare=False)
@@ -132,7 +135,10 @@ def compile_filter(text: str) -> Filter:
         test = parser.parse()
     except RecursionError:  # thousands of nested parentheses: refuse it here, not per event
         raise FilterSyntaxError("is nested too deeply (parentheses, NOT, ANY/ALL)", 1) from None
-    index = parser.equalities[0] if parser.equalities and not parser.top_level_or else None
+    index = None
+    if parser.conjuncts and not parser.top_level_or:
+        # The most selective kind first: an equality, then a prefix, then a range.
+        index = min(parser.conjuncts, key=lambda k: _INDEX_PREFERENCE[k.op])
     return Filter(text=text, needs_body=parser.needs_body, _test=test, index=index)
 
 
@@ -325,6 +331,22 @@ class _Node:
     literal: bool = False
     needs_body: bool = False
     constant: Any = None  # a string or number literal's value
+    prefix: IndexKey | None = None  # STARTS_WITH(path, 'literal'), which an index can use
+
+
+_FLIPPED = {"=": "=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+_INDEX_PREFERENCE = {"=": 0, "starts_with": 1, "<": 2, "<=": 2, ">": 2, ">=": 2}
+
+
+def _index_key(op: str, path: _Node, literal: _Node) -> IndexKey | None:
+    """`path <op> literal` as an index key, when it is one: a path against a string or number."""
+    constant = literal.constant
+    if not (path.path and literal.literal and isinstance(constant, str | int | float)) or isinstance(constant, bool):
+        return None
+    if op == "starts_with" and not isinstance(constant, str):
+        return None
+    assert path.value is not None
+    return IndexKey(path.text, op, constant, path.value, path.needs_body)
 
 
 def _as_value(node: _Node) -> Value:
@@ -345,7 +367,7 @@ class _Parser:
         # Inside parentheses, NOT or a function, a comparison says nothing about the whole filter.
         self.nesting = 0
         self.top_level_or = False
-        self.equalities: list[IndexKey] = []
+        self.conjuncts: list[IndexKey] = []
 
     # -- token helpers
 
@@ -425,10 +447,12 @@ class _Parser:
             op = _OPERATORS[token.text]
             right = self.operand()
             lv, rv = _as_value(left), _as_value(right)
-            if op == "=" and self.nesting == 0:
-                self._note_equality(left, right)
+            if self.nesting == 0:
+                self._note_comparison(op, left, right)
             return lambda s: _compare(op, lv(s), rv(s))
         if left.test is not None:
+            if left.prefix is not None and self.nesting == 0:
+                self.conjuncts.append(left.prefix)
             return left.test
         if left.path:
             value = left.value
@@ -440,12 +464,14 @@ class _Parser:
             left.pos + 1,
         )
 
-    def _note_equality(self, left: _Node, right: _Node) -> None:
-        path, literal = (left, right) if left.path else (right, left)
-        constant = literal.constant
-        if path.path and literal.literal and isinstance(constant, str | int | float) and not isinstance(constant, bool):
-            assert path.value is not None
-            self.equalities.append(IndexKey(path.text, constant, path.value, path.needs_body))
+    def _note_comparison(self, op: str, left: _Node, right: _Node) -> None:
+        if op not in _FLIPPED:
+            return  # != says too little to index by
+        if not left.path:
+            left, right, op = right, left, _FLIPPED[op]  # 3 < $body.x is $body.x > 3
+        key = _index_key(op, left, right)
+        if key is not None:
+            self.conjuncts.append(key)
 
     def operand(self) -> _Node:
         token = self.take()
@@ -504,7 +530,8 @@ class _Parser:
                 x, y = a(s), b(s)
                 return isinstance(x, str) and isinstance(y, str) and check(x, y)
 
-            return _Node(pos, name.text, test=string_test)
+            prefix = _index_key("starts_with", first, second) if word == "starts_with" else None
+            return _Node(pos, name.text, test=string_test, prefix=prefix)
         if word == "is_defined":
             target = self.operand()
             if not target.path:

@@ -9,6 +9,7 @@ Pure values; reading files and tables is the stores' job.
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import re
 from collections.abc import Mapping, Sequence
@@ -177,60 +178,120 @@ class RouteTable:
         return next((e for e in self.endpoints if e.name.lower() == lowered), None)
 
 
+Placed = tuple[int, Endpoint]  # an endpoint and its position in the table
+
+
+class _PathIndex:
+    """The filtered endpoints indexed by one path: for a value of that path, the endpoints whose indexed
+    conjunct it satisfies (`=` a dictionary, STARTS_WITH the value's prefixes, `<`/`>` sorted literals).
+    It may offer more than pass (each is then tested whole) but never misses one that would."""
+
+    def __init__(self, key: IndexKey) -> None:
+        self.key = key
+        self.equal: dict[Any, list[Placed]] = {}
+        self.prefixes: dict[str, list[Placed]] = {}
+        self.longest_prefix = 0
+        # op -> ("number" | "text" -> literals with their endpoints); sorted into `sorted_ranges`
+        self.ranges: dict[str, dict[str, list[tuple[Any, Placed]]]] = {}
+        self.sorted_ranges: dict[str, dict[str, tuple[list[Any], list[Placed]]]] = {}
+
+    def add(self, key: IndexKey, placed: Placed) -> None:
+        if key.op == "=":
+            self.equal.setdefault(key.key, []).append(placed)
+        elif key.op == "starts_with":
+            assert isinstance(key.key, str)
+            self.prefixes.setdefault(key.key, []).append(placed)
+            self.longest_prefix = max(self.longest_prefix, len(key.key))
+        else:
+            kind = "text" if isinstance(key.key, str) else "number"
+            self.ranges.setdefault(key.op, {}).setdefault(kind, []).append((key.key, placed))
+
+    def freeze(self) -> None:
+        for op, by_kind in self.ranges.items():
+            for kind, items in by_kind.items():
+                items.sort(key=lambda item: item[0])
+                literals = [literal for literal, _placed in items]
+                self.sorted_ranges.setdefault(op, {})[kind] = (literals, [placed for _literal, placed in items])
+
+    def candidates(self, value: Any) -> list[Placed]:
+        # As the filters compare: strings with strings, numbers with numbers, and true is not 1.
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            return []
+        found = list(self.equal.get(value, ()))
+        if isinstance(value, str) and self.prefixes:
+            for end in range(min(len(value), self.longest_prefix) + 1):
+                found.extend(self.prefixes.get(value[:end], ()))
+        kind = "text" if isinstance(value, str) else "number"
+        for op, by_kind in self.sorted_ranges.items():
+            sorted_range = by_kind.get(kind)
+            if sorted_range is None:
+                continue
+            literals, placed = sorted_range
+            if op == ">":  # value > literal
+                found.extend(placed[: bisect.bisect_left(literals, value)])
+            elif op == ">=":
+                found.extend(placed[: bisect.bisect_right(literals, value)])
+            elif op == "<":
+                found.extend(placed[bisect.bisect_right(literals, value) :])
+            else:  # "<="
+                found.extend(placed[bisect.bisect_left(literals, value) :])
+        return found
+
+
 @dataclass(frozen=True, slots=True)
 class _Selector:
     """The endpoints of one event type that have filters, arranged so an event tests only those that
-    could pass: filters of the form `path = 'literal' AND ...` are looked up by the path's value (one
-    evaluation per distinct path, however many endpoints), the others are tested one by one."""
+    could pass: a filter with an indexable top-level conjunct (`path = 'x' AND ...`, `path > 3`,
+    `STARTS_WITH(path, 'x')`) is found through its path's index (one evaluation of the path per event,
+    however many endpoints), the others are tested one by one, each distinct filter text once."""
 
-    # (table position, endpoint): no filter (always taken) or a filter with nothing to index by.
-    tested: tuple[tuple[int, Endpoint], ...]
-    # Whether some of those filters are the same text (then each text is tested once per event).
+    # No filter (always taken) or a filter with nothing to index by.
+    tested: tuple[Placed, ...]
+    # Whether some filters are the same text (then each text is tested once per event).
     repeated: bool
-    # path text -> (its IndexKey, literal -> the endpoints whose filter requires path = literal)
-    indexed: tuple[tuple[IndexKey, Mapping[Any, tuple[tuple[int, Endpoint], ...]]], ...]
+    indexed: tuple[_PathIndex, ...]
 
     @classmethod
     def of(cls, endpoints: tuple[Endpoint, ...]) -> _Selector | None:
         if all(e.filter is None for e in endpoints):
             return None
-        tested: list[tuple[int, Endpoint]] = []
-        by_path: dict[str, tuple[IndexKey, dict[Any, list[tuple[int, Endpoint]]]]] = {}
+        tested: list[Placed] = []
+        by_path: dict[str, _PathIndex] = {}
         for position, endpoint in enumerate(endpoints):
             key = endpoint.filter.index if endpoint.filter is not None else None
             if key is None:
                 tested.append((position, endpoint))
             else:
-                by_path.setdefault(key.path, (key, {}))[1].setdefault(key.key, []).append((position, endpoint))
-        indexed = tuple((key, {k: tuple(v) for k, v in table.items()}) for key, table in by_path.values())
-        texts = [e.filter.text for _p, e in tested if e.filter is not None]
-        return cls(tuple(tested), len(set(texts)) < len(texts), indexed)
+                index = by_path.get(key.path)
+                if index is None:
+                    index = by_path[key.path] = _PathIndex(key)
+                index.add(key, (position, endpoint))
+        for index in by_path.values():
+            index.freeze()
+        texts = [e.filter.text for e in endpoints if e.filter is not None]
+        return cls(tuple(tested), len(set(texts)) < len(texts), tuple(by_path.values()))
 
     def select(self, event: Event, body: EventBody) -> tuple[Endpoint, ...]:
-        if self.repeated:
-            seen: dict[str, bool] = {}
-            chosen = []
-            for p, e in self.tested:
-                if e.filter is None:
-                    chosen.append((p, e))
-                    continue
-                passed = seen.get(e.filter.text)
-                if passed is None:
-                    passed = seen[e.filter.text] = e.filter.matches(event, body)
-                if passed:
-                    chosen.append((p, e))
-        else:
-            chosen = [(p, e) for p, e in self.tested if e.filter is None or e.filter.matches(event, body)]
+        seen: dict[str, bool] = {}
+
+        def passes(endpoint: Endpoint) -> bool:
+            test = endpoint.filter
+            if test is None:
+                return True
+            if not self.repeated:
+                return test.matches(event, body)
+            passed = seen.get(test.text)
+            if passed is None:
+                passed = seen[test.text] = test.matches(event, body)
+            return passed
+
+        chosen = [placed for placed in self.tested if passes(placed[1])]
         if not self.indexed:
             return tuple(e for _p, e in chosen)
-        for key, table in self.indexed:
-            value = key.value(event, body)
-            # Only a string or number can equal a literal (true is not 1 here, as in the filters).
-            if isinstance(value, str | int | float) and not isinstance(value, bool):
-                for position, endpoint in table.get(value, ()):
-                    assert endpoint.filter is not None
-                    if endpoint.filter.matches(event, body):  # the rest of the filter
-                        chosen.append((position, endpoint))
+        for index in self.indexed:
+            for position, endpoint in index.candidates(index.key.value(event, body)):
+                if passes(endpoint):  # the whole filter: its other conditions too
+                    chosen.append((position, endpoint))
         chosen.sort(key=lambda item: item[0])  # table order, as without the index
         return tuple(e for _p, e in chosen)
 

@@ -30,7 +30,21 @@ from tests.conftest import telemetry
 )
 def test_a_top_level_equality_with_a_literal_is_what_the_index_uses(text: str, path: str, key: Any) -> None:
     index = compile_filter(text).index
-    assert index is not None and (index.path, index.key) == (path, key)
+    assert index is not None and (index.path, index.op, index.key) == (path, "=", key)
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "op", "key"),
+    [
+        ("$body.co2 > 1100", "$body.co2", ">", 1100),
+        ("3 <= $body.n AND $body.x != 1", "$body.n", ">=", 3),  # written the other way round
+        ("$body.t < 'm' AND STARTS_WITH(subject, 'Sensor')", "subject", "starts_with", "Sensor"),  # prefix first
+        ("$body.t >= 2 AND $properties.site = 'a'", "$properties.site", "=", "a"),  # equality first
+    ],
+)
+def test_ranges_and_prefixes_are_indexed_when_there_is_no_equality(text: str, path: str, op: str, key: Any) -> None:
+    index = compile_filter(text).index
+    assert index is not None and (index.path, index.op, index.key) == (path, op, key)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +57,8 @@ def test_a_top_level_equality_with_a_literal_is_what_the_index_uses(text: str, p
         "subject = null",
         "$body.alarm = true",
         "$body.x = $body.y",
-        "STARTS_WITH(subject, 'a')",
+        "STARTS_WITH(subject, $body.x)",
+        "ENDS_WITH(subject, 'a')",
         "$body.x != 'a'",
     ],
 )
@@ -101,9 +116,17 @@ def test_an_indexed_filter_still_checks_the_rest_of_its_conditions_and_keeps_tab
     assert [e.name for e in table.targets(event_of("d", b'{"n": true}', SITE=1))] == []
 
 
-VALUES = st.sampled_from(["'a'", "'b'", "1", "2", "1.0", "-1"])
+VALUES = st.sampled_from(["'a'", "'b'", "'ab'", "''", "1", "2", "1.0", "-1", "2.5"])
 PATHS = st.sampled_from(["$properties.site", "$body.n", "$body.s", "subject", "$system['iothub-connection-device-id']"])
-CONDITIONS = st.builds(lambda p, v, op: f"{p} {op} {v}", PATHS, VALUES, st.sampled_from(["=", "=", "!=", ">"]))
+COMPARISONS = st.builds(
+    lambda p, v, op, flip: f"{v} {op} {p}" if flip else f"{p} {op} {v}",
+    PATHS,
+    VALUES,
+    st.sampled_from(["=", "=", "!=", ">", ">=", "<", "<="]),
+    st.booleans(),
+)
+PREFIXES = st.builds(lambda p, v: f"STARTS_WITH({p}, {v})", PATHS, st.sampled_from(["'a'", "'ab'", "''", "'b'", "1"]))
+CONDITIONS = st.one_of(COMPARISONS, PREFIXES)
 FILTERS = st.one_of(
     st.none(),
     CONDITIONS,
@@ -111,16 +134,16 @@ FILTERS = st.one_of(
     st.builds(lambda a, b: f"{a} OR {b}", CONDITIONS, CONDITIONS),
     st.builds(lambda a, b: f"NOT ({a}) AND {b}", CONDITIONS, CONDITIONS),
 )
-JSON_VALUES = st.one_of(st.sampled_from(["a", "b", 1, 2, 1.0, -1, True, None]), st.just([1]))
+JSON_VALUES = st.one_of(st.sampled_from(["a", "b", "ab", "abc", "", 1, 2, 1.0, 1.5, -1, 3, True, None]), st.just([1]))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     filters=st.lists(FILTERS, min_size=1, max_size=12),
     site=JSON_VALUES,
     n=JSON_VALUES,
     s=JSON_VALUES,
-    device=st.sampled_from(["a", "b", "1"]),
+    device=st.sampled_from(["a", "b", "ab", "1"]),
 )
 def test_the_index_chooses_exactly_what_testing_every_filter_chooses(
     filters: list[str | None], site: Any, n: Any, s: Any, device: str
@@ -145,4 +168,10 @@ def test_endpoints_with_the_same_filter_text_test_it_once_per_event(monkeypatch:
     monkeypatch.setattr(routing.filters, "_compare", counted)
     chosen = table.targets(event_of("d", b'{"co2": 700}'))
     assert [e.name for e in chosen] == [f"e{i}" for i in range(0, 100, 2)]
+    # 700 is below every `> 1000` literal (never candidates); the 50 `> 500` filters are one text, tested once.
+    assert len(comparisons) == 1
+
+    comparisons.clear()
+    unindexed = parse_routes([hub(f"e{i}", "$body.co2 != 1" if i % 2 else "$body.co2 != 2") for i in range(100)])
+    assert len(unindexed.targets(event_of("d", b'{"co2": 700}'))) == 100
     assert len(comparisons) == 2  # two distinct texts
