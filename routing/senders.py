@@ -25,6 +25,7 @@ import orjson
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from routing import observability as obs
+from routing.errors import SettingsError
 from routing.model import Attempt, EndpointType, Outgoing
 from routing.routes import Endpoint
 
@@ -407,6 +408,10 @@ class ClientSender(ABC, Generic[ClientT]):
                 return operation(self._client(index, lane))
             except (BatchFailed, PackingRefused):
                 raise
+            except SettingsError as error:
+                # A setting missing from the app's configuration: retrying in this invocation cannot
+                # help (a replay can, once it is set), and the reason names the setting to fix.
+                raise BatchFailed(f"endpoint '{self.endpoint.name}': {error}", permanent=True) from error
             except Exception as error:
                 refused = self._is_refused(error)
                 untried = [i for i in range(len(self.connections)) if i not in tried]

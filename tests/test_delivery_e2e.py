@@ -520,3 +520,15 @@ def test_event_grid_sdk_retries_are_off_so_each_try_is_one_request(
     assert [r.status for r in deployed.grid.requests()] == [503, 503, 503]  # the sender's three tries, no more
     [letter] = [x for x in deployed.dead_letters() if x["endpoint"] == "grid"]
     assert len(letter["attempts"]) == 3
+
+
+def test_a_connection_setting_missing_from_the_app_is_named_and_not_retried(
+    functions: dict[str, Any], deployed: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RAW")
+    wiring.reset()
+    functions["route_telemetry"].get_user_function()(worker_batch(telemetry_batch(2, devices=1)))
+    letters = sorted(deployed.dead_letters(), key=lambda x: x["original"]["sequenceNumber"])
+    assert [x["code"] for x in letters] == ["delivery-failed", "held-behind"]
+    assert "app setting RAW is not set" in letters[0]["reason"]
+    assert len(letters[0]["attempts"]) == 1  # no retries: the setting will not appear within the invocation
