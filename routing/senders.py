@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, Generic, Protocol, TypeVar
 
+import msgspec
 import orjson
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -32,8 +33,7 @@ from routing.routes import Endpoint
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class KeyGroup:
+class KeyGroup(msgspec.Struct, frozen=True):
     """One order key's messages for one endpoint, in the order they must arrive."""
 
     key: str
