@@ -90,10 +90,11 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
         retry: RetryOptions,
         env: Mapping[str, str] | None = None,
         lanes: int = DEFAULT_LANES,
-        by_partition: bool = True,
+        by_partition: bool | None = None,
     ) -> None:
         super().__init__(endpoint, retry=retry, env=env, lanes=lanes)
-        self.by_partition = by_partition
+        # The endpoint's `partitioning` decides unless the caller does.
+        self.by_partition = endpoint.partitioning == "router" if by_partition is None else by_partition
         self._partition_ids: tuple[str, ...] | None = None
         self._lanes_of: dict[str, int] = {}
 

@@ -29,7 +29,14 @@ class SenderPool:
 
     def __call__(self, endpoint: Endpoint) -> Sender:
         # Keyed by where messages go: an edit to an endpoint's event types or format keeps its connection.
-        key = (endpoint.name, endpoint.type, endpoint.connection, endpoint.secondary_connection or "", endpoint.path)
+        key = (
+            endpoint.name,
+            endpoint.type,
+            endpoint.connection,
+            endpoint.secondary_connection or "",
+            endpoint.path,
+            endpoint.partitioning,
+        )
         with self._lock:
             sender = self._senders.get(key)
             if sender is None:

@@ -33,6 +33,7 @@ FIELDS = (
     "filter",
     "orderKey",
     "enrichments",
+    "partitioning",
 )
 REQUIRED = ("name", "type", "eventTypes", "connection", "path")
 
@@ -53,6 +54,9 @@ _CLOUD_EVENT_ATTRIBUTES = frozenset(
     {"id", "source", "type", "subject", "time", "specversion", "datacontenttype", "dataschema", "data", "data_base64"}
 )
 MAX_ENRICHMENTS = 20
+# Event Hubs: the router picks each key's partition with the service's hash and sends a batch per
+# partition (default), or sends a batch per key and lets the service pick.
+PARTITIONING = ("router", "service")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +74,7 @@ class Endpoint:
     # What orders this endpoint's messages (None: the device or twin id), and properties added to each.
     order_key: ValueTemplate | None = None
     enrichments: tuple[tuple[str, ValueTemplate], ...] = ()
+    partitioning: str = PARTITIONING[0]
 
     @property
     def needs_body(self) -> bool:
@@ -110,6 +115,8 @@ class Endpoint:
             out["orderKey"] = self.order_key.raw
         if self.enrichments:
             out["enrichments"] = {name: template.raw for name, template in self.enrichments}
+        if self.partitioning != PARTITIONING[0]:
+            out["partitioning"] = self.partitioning
         return out
 
 
@@ -473,6 +480,16 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
             except ValueError as exc:
                 problem(label, str(exc))
 
+    partitioning = PARTITIONING[0]
+    if raw.get("partitioning") is not None:
+        value = raw["partitioning"]
+        if not isinstance(value, str) or value.strip().lower() not in PARTITIONING:
+            problem("partitioning", f"must be 'router' or 'service', got {value!r}")
+        elif endpoint_type is not None and endpoint_type is not EndpointType.EVENT_HUB:
+            problem("partitioning", "applies to EventHub endpoints only")
+        else:
+            partitioning = value.strip().lower()
+
     if problems or endpoint_type is None:
         return problems
     assert isinstance(name, str) and isinstance(connection, str) and isinstance(path, str)
@@ -488,6 +505,7 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
         filter=compiled,
         order_key=order_key,
         enrichments=tuple(enrichments),
+        partitioning=partitioning,
     )
 
 

@@ -210,6 +210,7 @@ def _options(
     filter_: str | None = None,
     order_key: str | None = None,
     enrich: list[str] | None = None,
+    partitioning: str | None = None,
 ) -> dict[str, Any]:
     """The fields the user gave, in the routes-file form (left out when not given)."""
     given: dict[str, Any] = {}
@@ -231,6 +232,8 @@ def _options(
         given["filter"] = filter_
     if order_key is not None:
         given["orderKey"] = order_key
+    if partitioning is not None:
+        given["partitioning"] = partitioning
     if enrich:
         enrichments: dict[str, str] = {}
         for item in enrich:
@@ -273,6 +276,14 @@ EnrichOption = Annotated[
         "--enrich",
         help="Property added to every message, NAME=VALUE (a fixed text, a path like $body.Site, or a template); "
         "repeat it; with update, NAME= removes one.",
+    ),
+]
+PartitioningOption = Annotated[
+    str | None,
+    typer.Option(
+        "--partitioning",
+        help="EventHub: 'router' (default) picks each key's partition with the service's hash and sends a batch "
+        "per partition; 'service' sends a batch per key and lets the service pick.",
     ),
 ]
 FilterOption = Annotated[
@@ -351,6 +362,7 @@ def add(
     filter_: FilterOption = None,
     order_key: OrderKeyOption = None,
     enrich: EnrichOption = None,
+    partitioning: PartitioningOption = None,
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
     output: OutputOption = OutputFormat.table,
@@ -367,6 +379,7 @@ def add(
         filter_=filter_ or None,
         order_key=order_key or None,
         enrich=enrich,
+        partitioning=partitioning,
     )
     try:
         endpoint = validated({"name": name, **given}, f"endpoint '{name}'")
@@ -392,6 +405,7 @@ def update(
     filter_: FilterOption = None,
     order_key: OrderKeyOption = None,
     enrich: EnrichOption = None,
+    partitioning: PartitioningOption = None,
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
     output: OutputOption = OutputFormat.table,
@@ -408,11 +422,13 @@ def update(
         filter_=filter_,
         order_key=order_key,
         enrich=enrich,
+        partitioning=partitioning,
     )
     if not given:
         raise fail(
             "nothing to change: pass one or more of --type, --event-types, --connection, "
-            "--secondary-connection, --path, --format, --enabled/--disabled, --filter, --order-key, --enrich"
+            "--secondary-connection, --path, --format, --enabled/--disabled, --filter, --order-key, --enrich, "
+            "--partitioning"
         )
 
     def change(raw: dict[str, Any]) -> dict[str, Any]:

@@ -298,3 +298,14 @@ def test_a_disabled_endpoint_does_not_take_the_place_of_an_enabled_one() -> None
         [endpoint("off", path="p", enabled=False), endpoint("on", path="p"), endpoint("again", path="p")]
     )
     assert table.same_as == {"again": "on"}
+
+
+def test_partitioning_is_an_event_hub_choice_of_two_and_round_trips() -> None:
+    [keyed] = parse_routes([endpoint("raw", partitioning="Service")]).endpoints
+    assert keyed.partitioning == "service" and keyed.to_dict()["partitioning"] == "service"
+    assert parse_row(to_entity(keyed)) == keyed
+    [default] = parse_routes([endpoint("raw")]).endpoints
+    assert default.partitioning == "router" and "partitioning" not in default.to_dict()
+    assert "must be 'router' or 'service'" in problems_of(endpoint("raw", partitioning="hash"))
+    bus = endpoint("bus", type="ServiceBus", eventTypes=["SensorChange"], partitioning="service")
+    assert "applies to EventHub endpoints only" in problems_of(bus)

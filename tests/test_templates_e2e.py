@@ -25,6 +25,8 @@ ROUTES = [
     {"name": "floors", "type": "ServiceBus", "eventTypes": ["SensorChange"], "connection": "BUS", "path": "floors",
      "orderKey": "{$body.Properties.Building}/{$body.Properties.Floor}",
      "enrichments": {"building": "$body.Properties.Building"}},
+    {"name": "keyed", "type": "EventHub", "eventTypes": ["DeviceMessages"], "connection": "HUB", "path": "keyed",
+     "orderKey": "$body.DeviceId", "partitioning": "service"},
     # The same queue, message shape and all, for warm sensors: an event matching both goes once.
     {"name": "floors-warm", "type": "ServiceBus", "eventTypes": ["SensorChange"], "connection": "BUS",
      "path": "floors", "filter": "$body.Value > '20'",
@@ -35,7 +37,7 @@ ROUTES = [
 
 @pytest.fixture(scope="module")
 def amqp() -> Iterator[AmqpPeer]:
-    with AmqpPeer(entities={"leaves", "floors"}) as peer:
+    with AmqpPeer(entities={"leaves", "floors", "keyed"}) as peer:
         yield peer
 
 
@@ -86,6 +88,14 @@ def test_a_gateways_leaves_are_keyed_and_enriched_on_the_event_hub(
         by_leaf.setdefault(message.partition_key, []).append(json.loads(message.body)["t"])
     # Keyed by the leaf in the body (not the gateway), each leaf's readings in order.
     assert by_leaf == {"leaf-a": [1, 3], "leaf-b": [2, 5], "leaf-c": [4]}
+    assert all(m.partition_id is not None for m in received)  # sent per partition, the router's choice
+    # With "partitioning": "service", one batch per key to the hub, and the service picks the partition.
+    keyed = amqp.received("keyed")
+    assert {m.partition_id for m in keyed} == {None}
+    per_key: dict[str | None, list[int]] = {}
+    for message in keyed:
+        per_key.setdefault(message.partition_key, []).append(json.loads(message.body)["t"])
+    assert per_key == {"leaf-a": [1, 3], "leaf-b": [2, 5], "leaf-c": [4]}
     first = next(m for m in received if json.loads(m.body)["t"] == 1)
     assert dict(first.application_properties) == {"site": "plant-7", "reading": 1, "gateway": "gateway-1"}
 
