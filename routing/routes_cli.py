@@ -168,7 +168,8 @@ def _endpoints_table(endpoints: tuple[Endpoint, ...], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("Name", no_wrap=True)
     table.add_column("Type", no_wrap=True)
-    table.add_column("Event types", no_wrap=True)
+    # Today's Digital Twins type names are long: they fold rather than squeeze the other columns.
+    table.add_column("Event types", overflow="fold")
     table.add_column("Path", overflow="fold")
     table.add_column("Enabled", no_wrap=True)
     for e in endpoints:
@@ -186,8 +187,15 @@ def _endpoint_table(endpoint: Endpoint, title: str) -> Table:
     table.add_column("Field", no_wrap=True)
     table.add_column("Value", overflow="fold")
     for field_name, value in endpoint.to_dict().items():
-        text = ", ".join(value) if isinstance(value, list) else str(value).lower() if isinstance(value, bool) else value
-        table.add_row(field_name, escape(str(text)))
+        if isinstance(value, list):
+            text = ", ".join(value)
+        elif isinstance(value, dict):
+            text = orjson.dumps(value).decode()  # enrichments, as the routes file writes them
+        elif isinstance(value, bool):
+            text = str(value).lower()
+        else:
+            text = str(value)
+        table.add_row(field_name, escape(text))
     return table
 
 

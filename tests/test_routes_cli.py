@@ -486,3 +486,11 @@ def test_a_dry_run_shows_the_order_key_the_enrichments_and_what_one_destination_
     assert first["enrichments"] == {"kind": "Sensor"}
     [second] = decision["notSent"]
     assert second["name"] == "second" and "'first' is the same destination: sent there once" in second["why"]
+
+
+def test_show_prints_enrichments_as_json(routes: Routes) -> None:
+    routes("add", "raw", *RAW, "--enrich", "site=plant-7", "--order-key", "$body.DeviceId")
+    shown = routes("show", "raw")
+    assert shown.exit_code == 0, shown.output
+    assert '{"site":"plant-7"}' in shown.output.replace(" ", "").replace("\n", "")
+    assert "$body.DeviceId" in shown.output
