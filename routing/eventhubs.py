@@ -3,8 +3,9 @@
 Keys are grouped by the partition the service would pick for them, and each partition gets one
 `EventDataBatch(partition_id=...)` per batch (split when full) with each key's events in order; every
 event still carries its key as the `x-opt-partition-key` annotation, so consumers see the same partition
-key as with a keyed send. This is what the SDKs' buffered producers do. `by_partition=False` sends one
-`EventDataBatch(partition_key=key)` per key instead, leaving the choice of partition to the service.
+key as with a keyed send. This is what the SDKs' buffered producers do. An endpoint with
+`"partitioning": "service"` (or `by_partition=False`) gets one `EventDataBatch(partition_key=key)` per
+key instead, leaving the choice of partition to the service.
 """
 
 from __future__ import annotations
