@@ -77,13 +77,6 @@ class Endpoint:
     partitioning: str = PARTITIONING[0]
 
     @property
-    def needs_body(self) -> bool:
-        """Whether building this endpoint's message reads the event's body (a telemetry body is parsed)."""
-        return (self.order_key is not None and self.order_key.needs_body) or any(
-            template.needs_body for _name, template in self.enrichments
-        )
-
-    @property
     def destination(self) -> tuple[str, ...]:
         """Where messages go and what they look like there: endpoints alike in this are one destination,
         and an event matching several of them is sent once."""
@@ -122,7 +115,8 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class RouteTable:
-    """Endpoints in table order, indexed by event type once so matching is one dict look-up."""
+    """Endpoints in table order, arranged once per load: per event type, the endpoints taking it (one
+    dict look-up per event), their filters indexed (`_Selector`), and endpoints sharing a destination."""
 
     endpoints: tuple[Endpoint, ...] = ()
     _by_type: Mapping[EventType, tuple[Endpoint, ...]] = field(init=False, repr=False, compare=False)
