@@ -144,6 +144,11 @@ class PackingRefused(Exception):
     """
 
 
+class Unsendable(Exception):
+    """This message can never be sent to the endpoint as it is (e.g. a session id the service would
+    refuse): it fails alone, permanently, and its key stops before it; the batch goes on without it."""
+
+
 HELD_BEHIND = "held behind an earlier failure for the same key"
 
 
@@ -302,14 +307,18 @@ class ClientSender(ABC, Generic[ClientT]):
                 sequence = sequences[route] = [Prepared(self._open(client, route))]
             current = sequence[-1]
             for offset, message in enumerate(messages):
-                if not self._add(current.payload, message):
-                    fresh = Prepared(self._open(client, route)) if current.messages else current
-                    if fresh is current or not self._add(fresh.payload, message):
-                        # Too large even alone; the batch in use keeps its room for the other keys.
-                        rejected.append((position, offset, self._too_large(message, fresh.payload)))
-                        break
-                    current = fresh  # the other was full: the rest of this route goes in the next batch
-                    sequence.append(current)
+                try:
+                    if not self._add(current.payload, message):
+                        fresh = Prepared(self._open(client, route)) if current.messages else current
+                        if fresh is current or not self._add(fresh.payload, message):
+                            # Too large even alone; the batch in use keeps its room for the other keys.
+                            rejected.append((position, offset, self._too_large(message, fresh.payload)))
+                            break
+                        current = fresh  # the other was full: the rest of this route goes in the next batch
+                        sequence.append(current)
+                except Unsendable as unsendable:
+                    rejected.append((position, offset, str(unsendable)))
+                    break
                 current.messages.append(message)
                 current.counts[key] = current.counts.get(key, 0) + 1
         batches = [(route, [p for p in sequence if p.messages]) for route, sequence in sequences.items()]

@@ -27,7 +27,7 @@ from azure.servicebus.exceptions import (
 from routing.connections import resolve
 from routing.model import Outgoing
 from routing.routes import Endpoint
-from routing.senders import DEFAULT_LANES, ClientSender, PackingRefused, Prepared, RetryOptions
+from routing.senders import DEFAULT_LANES, ClientSender, PackingRefused, Prepared, RetryOptions, Unsendable
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,11 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
 
     def _add(self, batch: ServiceBusMessageBatch, message: Outgoing) -> bool:
         try:
-            batch.add_message(service_bus_message(message))
+            built = service_bus_message(message)
+        except ValueError as error:  # the SDK checks what the service would refuse: a session id > 128 characters
+            raise Unsendable(f"message cannot be sent to '{self.endpoint.path}': {error}") from error
+        try:
+            batch.add_message(built)
         except MessageSizeExceededError:
             return False
         return True

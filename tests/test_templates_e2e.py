@@ -27,6 +27,9 @@ ROUTES = [
      "enrichments": {"building": "$body.Properties.Building"}},
     {"name": "keyed", "type": "EventHub", "eventTypes": ["DeviceMessages"], "connection": "HUB", "path": "keyed",
      "orderKey": "$body.DeviceId", "partitioning": "service"},
+    # A session id longer than Service Bus allows (128 characters) for one of the sensors.
+    {"name": "labels", "type": "ServiceBus", "eventTypes": ["SensorChange"], "connection": "BUS", "path": "labels",
+     "orderKey": "{$body.Properties.Label}"},
     # The same queue, message shape and all, for warm sensors: an event matching both goes once.
     {"name": "floors-warm", "type": "ServiceBus", "eventTypes": ["SensorChange"], "connection": "BUS",
      "path": "floors", "filter": "$body.Value > '20'",
@@ -37,12 +40,14 @@ ROUTES = [
 
 @pytest.fixture(scope="module")
 def amqp() -> Iterator[AmqpPeer]:
-    with AmqpPeer(entities={"leaves", "floors", "keyed"}) as peer:
+    with AmqpPeer(entities={"leaves", "floors", "keyed", "labels"}) as peer:
         yield peer
 
 
 @pytest.fixture
-def deployed(amqp: AmqpPeer, azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def deployed(
+    amqp: AmqpPeer, azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ContainerClient]:
     (tmp_path / "routes.json").write_text(json.dumps(ROUTES))
     container = f"dl{uuid.uuid4().hex[:12]}"
     for name, value in {
@@ -57,8 +62,9 @@ def deployed(amqp: AmqpPeer, azurite: Azurite, tmp_path: Path, monkeypatch: pyte
     monkeypatch.delenv("ROUTES_STORAGE", raising=False)
     amqp.clear()
     wiring.reset()
-    ContainerClient.from_connection_string(azurite.connection_string, container).create_container()
-    yield
+    letters = ContainerClient.from_connection_string(azurite.connection_string, container)
+    letters.create_container()
+    yield letters
     router = wiring._router
     if router is not None and isinstance(router.senders, SenderPool):
         router.senders.close()
@@ -70,13 +76,15 @@ def gateway(seq: int, body: dict[str, Any]) -> WorkerEvent:
     return WorkerEvent(body=json.dumps(body).encode(), system_properties=system, sequence_number=seq)
 
 
-def sensor(seq: int, sensor_id: str, floor: int, value: str) -> WorkerEvent:
-    data = sensor_data(sensor_id, value) | {"Properties": {"Building": "B7", "Floor": floor}}
+def sensor(seq: int, sensor_id: str, floor: int, value: str, label: str = "") -> WorkerEvent:
+    data = sensor_data(sensor_id, value) | {
+        "Properties": {"Building": "B7", "Floor": floor, "Label": label or sensor_id}
+    }
     return WorkerEvent(body=json.dumps(data).encode(), properties={"Type": "SensorChange"}, sequence_number=seq)
 
 
 def test_a_gateways_leaves_are_keyed_and_enriched_on_the_event_hub(
-    functions: dict[str, Any], amqp: AmqpPeer, deployed: None
+    functions: dict[str, Any], amqp: AmqpPeer, deployed: ContainerClient
 ) -> None:
     readings = [("leaf-a", 1), ("leaf-b", 2), ("leaf-a", 3), ("leaf-c", 4), ("leaf-b", 5)]
     batch = [gateway(i, {"DeviceId": leaf, "t": t}) for i, (leaf, t) in enumerate(readings)]
@@ -101,7 +109,7 @@ def test_a_gateways_leaves_are_keyed_and_enriched_on_the_event_hub(
 
 
 def test_sensor_events_are_sessioned_per_floor_and_sent_once_to_the_shared_queue(
-    functions: dict[str, Any], amqp: AmqpPeer, deployed: None
+    functions: dict[str, Any], amqp: AmqpPeer, deployed: ContainerClient
 ) -> None:
     events = [sensor(0, "s1", 3, "25.0"), sensor(1, "s2", 4, "10.0"), sensor(2, "s3", 3, "21.0")]
     functions["route_twins"].get_user_function()(worker_batch(events, partition_id="1"))
@@ -114,3 +122,23 @@ def test_sensor_events_are_sessioned_per_floor_and_sent_once_to_the_shared_queue
     for message in received:
         assert message.application_properties["building"] == "B7"
         assert message.application_properties["EventType"] == "SensorChange"
+
+
+def test_a_session_id_service_bus_would_refuse_fails_that_message_alone_and_at_once(
+    functions: dict[str, Any], amqp: AmqpPeer, deployed: ContainerClient
+) -> None:
+    events = [
+        sensor(0, "s1", 3, "25.0"),
+        sensor(1, "s2", 3, "25.0", label="x" * 129),
+        sensor(2, "s3", 3, "25.0"),
+        sensor(3, "s2", 3, "26.0", label="x" * 129),
+    ]
+    functions["route_twins"].get_user_function()(worker_batch(events, partition_id="2"))
+
+    assert sorted(str(m.session_id) for m in amqp.received("labels")) == ["s1", "s3"]
+    letters = [json.loads(deployed.download_blob(b.name).readall()) for b in deployed.list_blobs()]
+    by_seq = {x["original"]["sequenceNumber"]: x for x in letters if x["endpoint"] == "labels"}
+    assert sorted(by_seq) == [1, 3]
+    assert by_seq[1]["code"] == "delivery-failed" and "longer than 128 characters" in by_seq[1]["reason"]
+    assert len(by_seq[1]["attempts"]) == 1  # not retried: it would never pass
+    assert by_seq[3]["code"] == "held-behind"
