@@ -22,10 +22,25 @@ from tests.conftest import WorkerEvent, worker_batch
 
 TWIN_TYPES = ("TopologyOperation", "SpaceChange", "SensorChange", "UdfCustom")
 WIRE_FORMS = ("type-property", "event-grid", "event-grid-array", "cloudevents-binary", "cloudevents-structured")
+# Today's Digital Twins (v2) events, as the service puts them on an Event Hub (CloudEvents binary mode)
+# or as a structured CloudEvent; telemetry only in binary mode, its twin named in its source.
+V2_TYPES = (
+    "Microsoft.DigitalTwins.Twin.Create",
+    "Microsoft.DigitalTwins.Twin.Update",
+    "Microsoft.DigitalTwins.Twin.Delete",
+    "Microsoft.DigitalTwins.Relationship.Create",
+    "Microsoft.DigitalTwins.Relationship.Update",
+    "Microsoft.DigitalTwins.Relationship.Delete",
+    "microsoft.iot.telemetry",
+)
+V2_FORMS = ("v2-binary", "v2-structured")
+ADT_HOST = "contoso.api.weu.digitaltwins.azure.net"
+MODEL = "dtmi:contoso:Room;1"
 # Events per Event Grid array (as Event Grid delivers to an Event Hub).
 ARRAY_LENGTH = 2
 PARTITIONS = 4
-# Half telemetry, half Digital Twins events (spread evenly over the 4 types x 5 wire forms).
+# Half telemetry, half Digital Twins events (spread evenly over the 4 classic types x 5 wire forms and
+# the 7 v2 types x 2 forms).
 TELEMETRY_SHARE = 0.5
 BASE_TIME = "2026-11-26T09:00:00"
 
@@ -121,6 +136,51 @@ def _event_grid(rng: random.Random, event_type: str, n: int) -> dict[str, Any]:
     }
 
 
+def v2_data(rng: random.Random, event_type: str, twin: str) -> Any:
+    """The data of a v2 event (shapes from the Digital Twins event notification docs)."""
+    if event_type == "microsoft.iot.telemetry":
+        return {"Temperature": round(rng.uniform(15, 30), 2), "Humidity": round(rng.uniform(30, 60), 1)}
+    if event_type == "Microsoft.DigitalTwins.Twin.Update":
+        value = round(rng.uniform(15, 30), 2)
+        return {"modelId": MODEL, "patch": [{"value": value, "path": "/Temperature", "op": "replace"}]}
+    if event_type.startswith("Microsoft.DigitalTwins.Twin."):
+        return {"$dtId": twin, "$etag": f'W/"{_uuid(rng)}"', "Temperature": 21.0, "$metadata": {"$model": MODEL}}
+    return {
+        "$relationshipId": f"contains-{rng.randrange(1000)}",
+        "$etag": f'W/"{_uuid(rng)}"',
+        "$sourceId": twin,
+        "$targetId": f"room-{rng.randrange(1000)}",
+        "$relationshipName": "contains",
+    }
+
+
+def v2_event(rng: random.Random, event_type: str, form: str, seq: int) -> WorkerEvent:
+    """One v2 event in `form`: binary (attributes as `cloudEvents:*` properties) or structured."""
+    twin = f"floor-{rng.randrange(200):03d}"
+    relationship = "Relationship" in event_type
+    subject = f"{twin}/relationships/contains-{seq}" if relationship else twin
+    source = ADT_HOST
+    if event_type == "microsoft.iot.telemetry":
+        form, source, subject = "v2-binary", f"{ADT_HOST}/digitaltwins/{twin}", ""
+    attributes = {"id": _uuid(rng), "source": source, "type": event_type, "time": _time(seq)}
+    if subject:
+        attributes["subject"] = subject
+    data = v2_data(rng, event_type, twin)
+    if form == "v2-binary":
+        properties = {f"cloudEvents:{k}": v for k, v in {"specversion": "1.0", **attributes}.items()}
+        body: Any = data
+    else:
+        properties = {}
+        body = {"specversion": "1.0", **attributes, "datacontenttype": "application/json", "data": data}
+    return WorkerEvent(
+        body=orjson.dumps(body),
+        properties=properties,
+        sequence_number=seq,
+        offset=seq * 512,
+        enqueued_time=_time(seq),
+    )
+
+
 def twin_event(rng: random.Random, event_type: str, form: str, seq: int) -> WorkerEvent:
     """One Digital Twins event of `event_type` in wire form `form`, as it arrives on the twins hub."""
     properties: dict[str, Any] = {}
@@ -204,7 +264,7 @@ def generate(*, events: int, devices: int, batch_size: int, seed: int = 7) -> Co
     rng = random.Random(seed)
     telemetry: list[WorkerEvent] = []
     twins: list[WorkerEvent] = []
-    forms = [(t, f) for t in TWIN_TYPES for f in WIRE_FORMS]
+    forms = [(t, f) for t in TWIN_TYPES for f in WIRE_FORMS] + [(t, f) for t in V2_TYPES for f in V2_FORMS]
     for _ in range(events):
         if rng.random() < TELEMETRY_SHARE:
             seq = len(telemetry)
@@ -212,7 +272,8 @@ def generate(*, events: int, devices: int, batch_size: int, seed: int = 7) -> Co
         else:
             seq = len(twins)
             event_type, form = forms[seq % len(forms)]
-            twins.append(twin_event(rng, event_type, form, seq))
+            make = v2_event if form in V2_FORMS else twin_event
+            twins.append(make(rng, event_type, form, seq))
     tele_batches = [Batch("telemetry", str(i % PARTITIONS), c) for i, c in enumerate(_chunks(telemetry, batch_size))]
     twin_batches = [Batch("twins", str(i % PARTITIONS), c) for i, c in enumerate(_chunks(twins, batch_size))]
     # Interleave the two hubs' batches, as two functions running side by side would.

@@ -17,12 +17,17 @@ GRID_SETTING = "BENCH_GRID_KEY"
 # Event Grid endpoints need a topic; the offline stages never send, the end-to-end stage points at the receiver.
 DEFAULT_GRID_URL = "http://127.0.0.1:9/api/events"
 
+_TWIN = "Microsoft.DigitalTwins.Twin."
+_RELATIONSHIP = "Microsoft.DigitalTwins.Relationship."
+_V2_TWIN = [_TWIN + "Create", _TWIN + "Update", _TWIN + "Delete"]
+_V2_RELATIONSHIP = [_RELATIONSHIP + "Create", _RELATIONSHIP + "Update", _RELATIONSHIP + "Delete"]
+_CLASSIC = ["TopologyOperation", "SpaceChange", "SensorChange", "UdfCustom"]
 _KINDS: tuple[tuple[str, list[str], str], ...] = (
-    ("EventHub", ["DeviceMessages"], "EventGridSchema"),
-    ("EventHub", ["TopologyOperation", "SpaceChange", "SensorChange", "UdfCustom"], "EventGridSchema"),
-    ("ServiceBus", ["SensorChange", "SpaceChange"], "EventGridSchema"),
-    ("EventGrid", ["TopologyOperation", "UdfCustom"], "CloudEventSchemaV1_0"),
-    ("EventGrid", ["TopologyOperation", "SpaceChange", "SensorChange", "UdfCustom"], "EventGridSchema"),
+    ("EventHub", ["DeviceMessages", "microsoft.iot.telemetry"], "EventGridSchema"),
+    ("EventHub", [*_CLASSIC, *_V2_TWIN, *_V2_RELATIONSHIP], "EventGridSchema"),
+    ("ServiceBus", ["SensorChange", "SpaceChange", _TWIN + "Update"], "EventGridSchema"),
+    ("EventGrid", ["TopologyOperation", "UdfCustom", *_V2_TWIN, *_V2_RELATIONSHIP], "CloudEventSchemaV1_0"),
+    ("EventGrid", [*_CLASSIC, _TWIN + "Update"], "EventGridSchema"),
 )
 
 
