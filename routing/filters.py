@@ -97,16 +97,13 @@ class IndexKey:
     prefixes) instead of testing every filter: 1,000 per-device routes cost one look-up, not 1,000 tests.
     """
 
-    path: str
+    operand: Operand  # the path
     op: str  # "=", "<", "<=", ">", ">=" (path on the left), or "starts_with"
     key: str | int | float
-    _value: Value = field(compare=False, repr=False)
-    needs_body: bool = field(compare=False)
 
-    def value(self, event: Event, body: EventBody) -> Any:
-        if self.needs_body and body.get() is NOT_JSON:
-            return MISSING
-        return self._value(_Scope(event, body, {}))
+    @property
+    def path(self) -> str:
+        return self.operand.text
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +343,7 @@ def _index_key(op: str, path: _Node, literal: _Node) -> IndexKey | None:
     if op == "starts_with" and not isinstance(constant, str):
         return None
     assert path.value is not None
-    return IndexKey(path.text, op, constant, path.value, path.needs_body)
+    return IndexKey(Operand(path.text, path.needs_body, path.value), op, constant)
 
 
 def _as_value(node: _Node) -> Value:

@@ -290,7 +290,7 @@ class _Selector:
         if not self.indexed:
             return tuple(e for _p, e in chosen)
         for index in self.indexed:
-            for position, endpoint in index.candidates(index.key.value(event, body)):
+            for position, endpoint in index.candidates(index.key.operand.value(event, body)):
                 if passes(endpoint):  # the whole filter: its other conditions too
                     chosen.append((position, endpoint))
         chosen.sort(key=lambda item: item[0])  # table order, as without the index

@@ -43,10 +43,6 @@ class ValueTemplate:
             return self.operand.needs_body
         return any(isinstance(part, Operand) and part.needs_body for part in self.parts)
 
-    @property
-    def is_fixed(self) -> bool:
-        return self.operand is None and not self.parts
-
     def value(self, event: Event, body: EventBody | None = None) -> Any:
         """The value for `event`, typed as found (a path) or text (a template); `MISSING` if undefined."""
         if self.operand is not None:
@@ -164,6 +160,3 @@ def enrich(
         if value is not MISSING:
             out[name] = value
     return out
-
-
-__all__ = ["FilterSyntaxError", "ValueTemplate", "as_property", "as_text", "compile_value", "enrich"]

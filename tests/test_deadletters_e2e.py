@@ -20,7 +20,6 @@ from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from typer.testing import CliRunner
 
-from routing import app as wiring
 from routing import deadletters
 from routing.classify import classify
 from routing.cli import app as cli_app
@@ -32,6 +31,7 @@ from routing.routes import RouteTable, parse_routes
 from routing.senders import RetryOptions
 from tests.azurite import Azurite, running_azurite
 from tests.conftest import WorkerEvent, sensor_data, telemetry, twin_event, worker_batch
+from tests.deployment import fresh_router
 from tests.peers.amqp import SERVER_BUSY, AmqpPeer, ReceivedMessage
 
 RAW_HUB, ALERTS = "raw-hub", "alerts"
@@ -252,14 +252,6 @@ class QuickBlobService(BlobServiceClient):
     @classmethod
     def from_connection_string(cls, conn_str: str, credential: Any = None, **kwargs: Any) -> Any:
         return super().from_connection_string(conn_str, credential, **{**kwargs, "retry_total": 0})
-
-
-def fresh_router() -> None:
-    """Close the process's router's clients, and build the next one from the settings now."""
-    router = wiring._router
-    if router is not None and isinstance(router.senders, SenderPool):
-        router.senders.close()
-    wiring.reset()
 
 
 def test_the_function_raises_while_the_dead_letter_store_is_down_and_keeps_the_letter_on_retry(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -21,6 +20,7 @@ from routing.pool import SenderPool
 from routing.senders import RetryOptions
 from tests.azurite import Azurite
 from tests.conftest import WorkerEvent, sensor_data, worker_batch
+from tests.deployment import deployed_app
 from tests.peers.amqp import MESSAGE_SIZE_EXCEEDED, NOT_ALLOWED, SERVER_BUSY, AmqpPeer
 from tests.peers.eventgrid import EventGridReceiver
 from tests.test_partitions import SERVICE_HASHES
@@ -78,12 +78,7 @@ def deployed(  # noqa: PLR0917 - pytest passes fixtures positionally
         {"name": "cloud", "type": "EventGrid", "eventTypes": ["TopologyOperation"], "connection": "CLOUD_KEY",
          "path": cloud.endpoint, "format": "CloudEventSchemaV1_0"},
     ]  # fmt: skip
-    (tmp_path / "routes.json").write_text(json.dumps(routes))
-    container = f"dl{uuid.uuid4().hex[:12]}"
-    for name, value in {
-        "ROUTES_FILE": str(tmp_path / "routes.json"),
-        "DEADLETTER_STORAGE": azurite.connection_string,
-        "DEADLETTER_CONTAINER": container,
+    connections = {
         "RAW": amqp.connection_string(),
         "TWINS": amqp.connection_string(),
         # The primary key is refused, as after a key rotation: the router must fail over.
@@ -91,10 +86,7 @@ def deployed(  # noqa: PLR0917 - pytest passes fixtures positionally
         "BUS_SECONDARY": amqp.connection_string(),
         "GRID_KEY": grid.key,
         "CLOUD_KEY": cloud.key,
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("ROUTER_OUTPUT_DIR", raising=False)
-    monkeypatch.delenv("ROUTES_STORAGE", raising=False)
+    }
     # Short backoff so the retry tests stay quick; the production defaults are longer.
     monkeypatch.setattr(
         "routing.app.SenderPool",
@@ -104,14 +96,8 @@ def deployed(  # noqa: PLR0917 - pytest passes fixtures positionally
     amqp.refuse_auth(key="ROTATED_AWAY")
     grid.clear()
     cloud.clear()
-    wiring.reset()
-    letters = ContainerClient.from_connection_string(azurite.connection_string, container)
-    letters.create_container()
-    yield Deployed(amqp, grid, cloud, letters)
-    router = wiring._router
-    if router is not None and isinstance(router.senders, SenderPool):
-        router.senders.close()
-    wiring.reset()
+    with deployed_app(routes, connections, azurite=azurite, tmp_path=tmp_path, monkeypatch=monkeypatch) as letters:
+        yield Deployed(amqp, grid, cloud, letters)
     amqp.reset_faults()
 
 

@@ -77,7 +77,8 @@ def test_a_malformed_template_names_the_position(text: str, message: str) -> Non
 
 
 def test_fixed_values_paths_and_templates_are_told_apart() -> None:
-    assert compile_value("plant-7").is_fixed and compile_value("plant-7").fixed == "plant-7"
+    fixed = compile_value("plant-7")
+    assert (fixed.fixed, fixed.operand, fixed.parts) == ("plant-7", None, ())
     assert compile_value(3).fixed == 3 and compile_value(True).fixed is True
     assert compile_value("$$5 off").fixed == "$5 off"  # `$$` is a literal dollar
     assert compile_value("{{literal}}").fixed == "{literal}"

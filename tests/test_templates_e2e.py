@@ -4,7 +4,6 @@ through the unmodified Event Hubs and Service Bus SDKs to the local AMQP 1.0 pee
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,13 +11,12 @@ from typing import Any
 import pytest
 from azure.storage.blob import ContainerClient
 
-from routing import app as wiring
-from routing.pool import SenderPool
 from tests.azurite import Azurite
 from tests.conftest import WorkerEvent, sensor_data, worker_batch
+from tests.deployment import deployed_app
 from tests.peers.amqp import AmqpPeer
 
-ROUTES = [
+ROUTES: list[dict[str, Any]] = [
     {"name": "leaves", "type": "EventHub", "eventTypes": ["DeviceMessages"], "connection": "HUB",
      "path": "leaves", "orderKey": "$body.DeviceId",
      "enrichments": {"site": "plant-7", "reading": "$body.t", "gateway": "$system['iothub-connection-device-id']"}},
@@ -48,27 +46,10 @@ def amqp() -> Iterator[AmqpPeer]:
 def deployed(
     amqp: AmqpPeer, azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[ContainerClient]:
-    (tmp_path / "routes.json").write_text(json.dumps(ROUTES))
-    container = f"dl{uuid.uuid4().hex[:12]}"
-    for name, value in {
-        "ROUTES_FILE": str(tmp_path / "routes.json"),
-        "DEADLETTER_STORAGE": azurite.connection_string,
-        "DEADLETTER_CONTAINER": container,
-        "HUB": amqp.connection_string(),
-        "BUS": amqp.connection_string(),
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("ROUTER_OUTPUT_DIR", raising=False)
-    monkeypatch.delenv("ROUTES_STORAGE", raising=False)
     amqp.clear()
-    wiring.reset()
-    letters = ContainerClient.from_connection_string(azurite.connection_string, container)
-    letters.create_container()
-    yield letters
-    router = wiring._router
-    if router is not None and isinstance(router.senders, SenderPool):
-        router.senders.close()
-    wiring.reset()
+    connections = {"HUB": amqp.connection_string(), "BUS": amqp.connection_string()}
+    with deployed_app(ROUTES, connections, azurite=azurite, tmp_path=tmp_path, monkeypatch=monkeypatch) as letters:
+        yield letters
 
 
 def gateway(seq: int, body: dict[str, Any]) -> WorkerEvent:

@@ -6,7 +6,6 @@ id, subject, source and time, and telemetry forwarded byte for byte to Event Hub
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -15,10 +14,9 @@ from typing import Any
 import pytest
 from azure.storage.blob import ContainerClient
 
-from routing import app as wiring
-from routing.pool import SenderPool
 from tests.azurite import Azurite
 from tests.conftest import WorkerEvent, worker_batch
+from tests.deployment import deployed_app
 from tests.peers.amqp import AmqpPeer, ReceivedMessage
 from tests.peers.eventgrid import EventGridReceiver
 
@@ -58,29 +56,11 @@ def deployed(
         {"name": "cloud", "type": "EventGrid", "eventTypes": TWIN_TYPES, "connection": "CLOUD_KEY",
          "path": cloud.endpoint, "format": "CloudEventSchemaV1_0"},
     ]  # fmt: skip
-    (tmp_path / "routes.json").write_text(json.dumps(routes))
-    container = f"dl{uuid.uuid4().hex[:12]}"
-    for name, value in {
-        "ROUTES_FILE": str(tmp_path / "routes.json"),
-        "DEADLETTER_STORAGE": azurite.connection_string,
-        "DEADLETTER_CONTAINER": container,
-        "HUB": amqp.connection_string(),
-        "BUS": amqp.connection_string(),
-        "CLOUD_KEY": cloud.key,
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("ROUTER_OUTPUT_DIR", raising=False)
-    monkeypatch.delenv("ROUTES_STORAGE", raising=False)
+    connections = {"HUB": amqp.connection_string(), "BUS": amqp.connection_string(), "CLOUD_KEY": cloud.key}
     amqp.clear()
     cloud.clear()
-    wiring.reset()
-    letters = ContainerClient.from_connection_string(azurite.connection_string, container)
-    letters.create_container()
-    yield letters
-    router = wiring._router
-    if router is not None and isinstance(router.senders, SenderPool):
-        router.senders.close()
-    wiring.reset()
+    with deployed_app(routes, connections, azurite=azurite, tmp_path=tmp_path, monkeypatch=monkeypatch) as letters:
+        yield letters
 
 
 def binary(seq: int, event_type: str, body: bytes, **attributes: str) -> WorkerEvent:
