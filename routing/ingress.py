@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -73,6 +73,7 @@ def from_line_object(obj: Any, *, source: str, line_number: int) -> IngressMessa
     if sequence is not None and (not isinstance(sequence, int) or isinstance(sequence, bool)):
         raise IngressFormatError(f"{where}: sequenceNumber must be an integer")
     partition = obj.get("partition")
+    enqueued = obj.get("enqueuedTime")
     return IngressMessage(
         body=body,
         properties=obj.get("properties") or {},
@@ -81,8 +82,19 @@ def from_line_object(obj: Any, *, source: str, line_number: int) -> IngressMessa
         partition=str(partition) if partition is not None else "0",
         sequence_number=sequence if sequence is not None else line_number,
         offset=str(obj["offset"]) if obj.get("offset") is not None else None,
-        enqueued_time=str(obj["enqueuedTime"]) if obj.get("enqueuedTime") is not None else None,
+        enqueued_time=_line_time(enqueued, where) if enqueued is not None else None,
     )
+
+
+def _line_time(value: Any, where: str) -> str:
+    """An events file's `enqueuedTime`: kept as written when it has an offset; without one it is UTC."""
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise IngressFormatError(f"{where}: enqueuedTime {value!r} is not an ISO 8601 time (e.g. 2026-11-26T09:00:00Z)")
+    return value if moment.tzinfo is not None else _iso(moment)
 
 
 def to_line(msg: IngressMessage) -> dict[str, Any]:
@@ -156,5 +168,7 @@ def from_eventhub_events(events: Sequence[EventHubEventLike], *, source: str) ->
 
 
 def _iso(moment: datetime) -> str:
-    text = moment.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
+    """RFC 3339 in UTC. The host sends `EnqueuedTimeUtc` without a zone (`2026-11-26T09:00:00.15`, a .NET
+    DateTime of no kind) and the library parses it to a naive datetime: it is UTC, as its name says."""
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.isoformat().replace("+00:00", "Z")

@@ -4,16 +4,15 @@ the way the worker builds it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from azure.functions import EventHubEvent, meta
-from azure.functions.eventhub import EventHubTriggerConverter
 
 from routing.model import IngressMessage
+from tests.host import WorkerEvent, worker_batch
+from tests.worker import index_function_app
+
+__all__ = ["WorkerEvent", "worker_batch"]  # trigger input as the host builds it: tests/host.py
 
 pytest_plugins = ["tests.azurite"]  # the `azurite` session fixture: real Table/Blob/Queue storage
 
@@ -57,46 +56,11 @@ def sensor_data(sensor_id: str, value: str = "21.5") -> dict[str, Any]:
     }
 
 
-@dataclass
-class WorkerEvent:
-    """One event as the Functions host delivers it for `cardinality="many"`."""
-
-    body: bytes
-    properties: dict[str, Any] = field(default_factory=dict)
-    system_properties: dict[str, Any] = field(default_factory=dict)
-    sequence_number: int = 0
-    offset: int = 0
-    enqueued_time: str = "2026-11-26T09:00:00.000Z"
-
-
-def worker_batch(events: Sequence[WorkerEvent], *, partition_id: str = "0") -> list[EventHubEvent]:
-    """Decode a batch with the Functions library's own converter, as the Python worker does."""
-    system = [
-        {
-            **e.system_properties,
-            "SequenceNumber": e.sequence_number,
-            "Offset": e.offset,
-            "EnqueuedTimeUtc": e.enqueued_time,
-            "PartitionKey": None,
-        }
-        for e in events
-    ]
-    metadata = {
-        "SystemPropertiesArray": meta.Datum(json.dumps(system), "json"),
-        "PropertiesArray": meta.Datum(json.dumps([e.properties for e in events]), "json"),
-        "PartitionContext": meta.Datum(
-            json.dumps({"ConsumerGroup": "router", "EventHubName": "ingress", "PartitionId": partition_id}), "json"
-        ),
-    }
-    data = meta.Datum(SimpleNamespace(bytes=[e.body for e in events]), "collection_bytes")
-    decoded = EventHubTriggerConverter.decode(data, trigger_metadata=metadata)
-    assert isinstance(decoded, list)
-    return decoded
-
-
 @pytest.fixture(scope="session")
 def functions() -> dict[str, Any]:
-    """function_app's functions by name; `get_functions()` may be called once per process."""
+    """function_app's functions by name, indexed as the Python worker indexes them (tests/worker.py):
+    a function the worker would refuse fails every test that uses it. `get_functions()` may be called
+    once per process."""
     import function_app  # noqa: PLC0415 - importing it indexes the app; only the tests that need it pay
 
-    return {str(f.get_function_name()): f for f in function_app.app.get_functions()}
+    return {str(f.get_function_name()): f for f in index_function_app(function_app)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,50 @@ def test_without_valid_routes_the_invocation_raises_so_the_checkpoint_holds(
     wiring.reset()
     with pytest.raises(RoutingError, match="ROUTES_FILE is not set"):
         functions["route_telemetry"].get_user_function()(worker_batch([event]))
+
+
+def test_host_times_without_a_zone_are_utc_in_everything_the_router_emits(
+    functions: dict[str, Any], deployed: Path
+) -> None:
+    # The host sends EnqueuedTimeUtc as "2026-11-26T09:00:00.15" (no zone); a SensorChange without its
+    # own EventTimestamp takes the enqueued time as its eventTime.
+    enqueued = datetime(2026, 11, 26, 9, 0, 0, 150000, tzinfo=UTC)
+    data = {k: v for k, v in sensor_data("s-1").items() if k != "EventTimestamp"}
+    raw_events = [
+        WorkerEvent(body=json.dumps(data).encode(), properties={"Type": "SensorChange"}, enqueued_time=enqueued),
+        WorkerEvent(body=b"not json", properties={"Type": "SensorChange"}, sequence_number=1, enqueued_time=enqueued),
+    ]
+    batch = worker_batch(raw_events)
+    assert batch[0].enqueued_time is not None and batch[0].enqueued_time.tzinfo is None  # what the library makes
+    functions["route_twins"].get_user_function()(batch)
+    [bus] = read(deployed / "bus.jsonl")
+    [letter] = read(deployed / "deadletter.jsonl")
+    for emitted in (bus["body"]["eventTime"], letter["original"]["enqueuedTime"]):
+        assert datetime.fromisoformat(emitted) == enqueued  # an offset-less time would not compare
+
+
+def test_each_event_keeps_its_own_metadata_when_the_host_drops_null_partition_keys(
+    functions: dict[str, Any], deployed: Path
+) -> None:
+    # PartitionKeyArray leaves nulls out, so it is shorter than the batch: nothing may be read from it.
+    raw_events = [
+        WorkerEvent(
+            body=f"{i}".encode(),
+            properties={"n": str(i)},
+            system_properties={
+                "iothub-connection-device-id": f"dev-{i}",
+                "iothub-message-source": "Telemetry",
+                **({"content-type": "application/json"} if i == 0 else {}),
+            },
+            sequence_number=10 + i,
+            partition_key="pk" if i == 1 else None,
+        )
+        for i in range(3)
+    ]
+    functions["route_telemetry"].get_user_function()(worker_batch(raw_events))
+    lines = sorted(read(deployed / "raw.jsonl"), key=lambda x: x["partitionKey"])
+    assert [(x["partitionKey"], x["properties"], x["contentType"]) for x in lines] == [
+        ("dev-0", {"n": "0"}, "application/json"),
+        ("dev-1", {"n": "1"}, None),
+        ("dev-2", {"n": "2"}, None),
+    ]
