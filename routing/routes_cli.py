@@ -9,13 +9,15 @@ current folder. Touches the routes table only (through `routing.tables`).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import orjson
 import typer
@@ -356,39 +358,62 @@ def _jsonable(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, str | int | float | bool | list) or v is None else repr(v) for k, v in raw.items()}
 
 
+# The options `add` and `update` both take, one per routes-file field, declared once (endpoint_fields).
+ENDPOINT_OPTIONS: dict[str, Any] = {
+    "type_": TypeOption,
+    "event_types": EventTypesOption,
+    "connection": ConnectionOption,
+    "secondary_connection": SecondaryOption,
+    "path": PathOption,
+    "format_": FormatOption,
+    "enabled": EnabledOption,
+    "filter_": FilterOption,
+    "order_key": OrderKeyOption,
+    "enrich": EnrichOption,
+    "partitioning": PartitioningOption,
+}
+# Fields an empty value removes (with `update`; with `add`, an empty one is as if not given).
+REMOVABLE_FIELDS = ("secondaryConnection", "filter", "orderKey")
+
+
+def _flag(annotation: Any) -> str:
+    # In `Annotated`, typer.Option's first positional argument is the option's name, held as its default.
+    [info] = [m for m in annotation.__metadata__ if isinstance(m, typer.models.OptionInfo)]
+    return str(info.default)
+
+
+def endpoint_fields(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command` the endpoint options after its first argument; it receives them as `given`: the
+    fields the user gave, in the routes-file form (see `_options`)."""
+    hints = get_type_hints(command, include_extras=True)
+    own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(command).parameters.values()]
+    own = [p for p in own if p.name != "given"]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=None)
+        for name, annotation in ENDPOINT_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        fields = {name: kwargs.pop(name) for name in ENDPOINT_OPTIONS}
+        command(*args, given=_options(**fields), **kwargs)
+
+    run.__signature__ = inspect.Signature([own[0], *shared, *own[1:]])  # type: ignore[attr-defined]
+    return run
+
+
 @routes_app.command()
+@endpoint_fields
 def add(
     name: NameArgument,
     *,
-    type_: TypeOption = None,
-    event_types: EventTypesOption = None,
-    connection: ConnectionOption = None,
-    secondary_connection: SecondaryOption = None,
-    path: PathOption = None,
-    format_: FormatOption = None,
-    enabled: EnabledOption = None,
-    filter_: FilterOption = None,
-    order_key: OrderKeyOption = None,
-    enrich: EnrichOption = None,
-    partitioning: PartitioningOption = None,
+    given: dict[str, Any],
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
     """Add an endpoint (validated first; an existing name is refused)."""
-    given = _options(
-        type_=type_,
-        event_types=event_types,
-        connection=connection,
-        secondary_connection=secondary_connection or None,
-        path=path,
-        format_=format_,
-        enabled=enabled,
-        filter_=filter_ or None,
-        order_key=order_key or None,
-        enrich=enrich,
-        partitioning=partitioning,
-    )
+    given = {k: v for k, v in given.items() if not (k in REMOVABLE_FIELDS and v == "")}
     try:
         endpoint = validated({"name": name, **given}, f"endpoint '{name}'")
     except RoutingError as exc:
@@ -400,48 +425,23 @@ def add(
 
 
 @routes_app.command()
+@endpoint_fields
 def update(
     name: NameArgument,
     *,
-    type_: TypeOption = None,
-    event_types: EventTypesOption = None,
-    connection: ConnectionOption = None,
-    secondary_connection: SecondaryOption = None,
-    path: PathOption = None,
-    format_: FormatOption = None,
-    enabled: EnabledOption = None,
-    filter_: FilterOption = None,
-    order_key: OrderKeyOption = None,
-    enrich: EnrichOption = None,
-    partitioning: PartitioningOption = None,
+    given: dict[str, Any],
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
     """Change the given fields of an endpoint (validated; refused if someone changed it meanwhile)."""
-    given = _options(
-        type_=type_,
-        event_types=event_types,
-        connection=connection,
-        secondary_connection=secondary_connection,
-        path=path,
-        format_=format_,
-        enabled=enabled,
-        filter_=filter_,
-        order_key=order_key,
-        enrich=enrich,
-        partitioning=partitioning,
-    )
     if not given:
-        raise fail(
-            "nothing to change: pass one or more of --type, --event-types, --connection, "
-            "--secondary-connection, --path, --format, --enabled/--disabled, --filter, --order-key, --enrich, "
-            "--partitioning"
-        )
+        flags = ", ".join(_flag(annotation) for annotation in ENDPOINT_OPTIONS.values())
+        raise fail(f"nothing to change: pass one or more of {flags}")
 
     def change(raw: dict[str, Any]) -> dict[str, Any]:
         changed = {**raw, **given}
-        for optional in ("secondaryConnection", "filter", "orderKey"):
+        for optional in REMOVABLE_FIELDS:
             if changed.get(optional) == "":
                 del changed[optional]
         if "enrichments" in given:
