@@ -12,6 +12,7 @@ a `Relationship.*` one, the twin a `microsoft.iot.telemetry` event came from (na
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,12 @@ TWIN_PATH = "/digitaltwins/"
 # Publishing in the Event Grid schema, Digital Twins nests each event's data with the CloudEvents
 # attributes that schema has no field for: `"data": {"data": ..., "contenttype": ..., "traceparent": ...}`.
 _NESTED_DATA_KEYS = frozenset({"data", "contenttype", "datacontenttype", "dataschema", "traceparent", "tracestate"})
+# The only CloudEvents version there is a mapping for here; another version's attributes may mean
+# other things, so such an event is dead-lettered rather than relabelled 1.0 on the way out.
+SPEC_VERSION = "1.0"
+# An RFC 3339 date-time (the form Event Grid and CloudEvents require), its offset optional here: a
+# time without one is UTC (the Functions host hands enqueued times over without a zone) and gets `Z`.
+_DATE_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?P<offset>Z|[+-]\d\d:\d\d)?")
 
 
 class _Properties:
@@ -182,6 +189,9 @@ def _from_binary_cloud_event(msg: IngressMessage, props: _Properties, ce_type: s
             props.get(f"ce-{attribute}") or props.get(f"ce_{attribute}")
         )
 
+    version = ce("specversion")
+    if version is not None and version != SPEC_VERSION:
+        return _unsupported_version(version, "CloudEvents property 'specversion'")
     data = None
     if event_type is not EventType.TWIN_TELEMETRY:
         # Telemetry's key is in its properties and its body is forwarded as it came: never parsed here.
@@ -257,7 +267,18 @@ def _from_event_grid(msg: IngressMessage, body: dict[str, Any], index: int, coun
     )
 
 
+def _unsupported_version(version: Any, where: str, index: int = 0) -> Rejection:
+    return Rejection(
+        code="unsupported-specversion",
+        reason=f"CloudEvents specversion {version!r} in {where} is not supported: only '{SPEC_VERSION}' is "
+        "(the router forwards CloudEvents 1.0 and will not relabel another version as it)",
+        index=index,
+    )
+
+
 def _from_structured_cloud_event(msg: IngressMessage, body: dict[str, Any], index: int, count: int) -> Result:
+    if body["specversion"] != SPEC_VERSION:
+        return _unsupported_version(body["specversion"], "CloudEvents field 'specversion'", index)
     event_type = _structured_type(body.get("type"), "CloudEvents field 'type'", "a CloudEvent", index)
     if isinstance(event_type, Rejection):
         return event_type
@@ -371,7 +392,7 @@ def _twin_event(
         event_id=event_id or identity,
         subject=subject,
         data=data,
-        event_time=event_time or _text(_field(data, "EventTimestamp")) or msg.enqueued_time or _now(),
+        event_time=_timestamp(event_time, _text(_field(data, "EventTimestamp")), msg.enqueued_time),
         data_version=data_version or "1.0",
         topic=topic,
         source=source,
@@ -479,7 +500,7 @@ def _v2_event(
         event_id=event_id or identity,
         subject=subject or key,
         data=data,
-        event_time=event_time or msg.enqueued_time or _now(),
+        event_time=_timestamp(event_time, msg.enqueued_time),
         data_version=dataschema or "1.0",
         topic=topic,
         source=source,
@@ -489,6 +510,38 @@ def _v2_event(
 
 def _id(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _timestamp(*candidates: str | None) -> str:
+    """The first candidate that is a time, as RFC 3339 with an offset; else now.
+
+    Event Grid refuses an event whose time lacks an offset (and with it the whole request), and
+    CloudEvents' Timestamp is RFC 3339, so every time the router emits carries one. A payload's time
+    that is no time at all gives way to the next candidate (the enqueued time, then now) rather than
+    losing the event; the payload's own fields (`EventTimestamp` in data) are forwarded untouched.
+    """
+    for text in candidates:
+        if text:
+            stamp = _rfc3339(text)
+            if stamp is not None:
+                return stamp
+    return _now()
+
+
+def _rfc3339(text: str) -> str | None:
+    match = _DATE_TIME.fullmatch(text)
+    try:
+        parsed = datetime.fromisoformat(text)  # also what the pattern cannot see: month 13, hour 24
+    except ValueError:
+        return None
+    if match is not None:
+        # Kept as written (digits beyond microseconds too), the separator the one RFC 3339 requires.
+        text = text if text[10] == "T" else f"{text[:10]}T{text[11:]}"
+        return text if match["offset"] else text + "Z"
+    # Other ISO 8601 forms (a date alone, `+0100`, the basic format): rewritten, naive ones as UTC.
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.isoformat().replace("+00:00", "Z")
 
 
 def _now() -> str:

@@ -16,7 +16,7 @@ import orjson
 from routing.filters import EventBody
 from routing.model import TELEMETRY_TYPES, EndpointType, EnvelopeFormat, Event, Outgoing
 from routing.routes import Endpoint
-from routing.templates import enrich
+from routing.templates import as_extension, enrich
 
 JSON = "application/json"
 CLOUD_EVENT_JSON = "application/cloudevents+json; charset=utf-8"
@@ -24,7 +24,14 @@ CLOUD_EVENT_JSON = "application/cloudevents+json; charset=utf-8"
 CLOUD_EVENT_SOURCE_PREFIX = "/routing/"
 
 
-def event_grid_envelope(event: Event) -> dict[str, Any]:
+def event_grid_envelope(event: Event, *, topic: bool = True) -> dict[str, Any]:
+    """The event in the Event Grid schema; `topic` (when the event had one) only where asked for.
+
+    Event Grid refuses (400) an event whose `topic` is present and is not exactly the ARM id of the
+    topic it is published to, and stamps its own when the field is absent: an event that came in
+    through one topic must not carry that topic's id to another. Event Hubs and Service Bus consumers
+    get the topic the event came from, when it had one.
+    """
     envelope: dict[str, Any] = {
         "id": event.event_id,
         "subject": event.subject,
@@ -34,7 +41,7 @@ def event_grid_envelope(event: Event) -> dict[str, Any]:
         "dataVersion": event.data_version,
         "metadataVersion": "1",
     }
-    if event.topic is not None:
+    if topic and event.topic is not None:
         envelope["topic"] = event.topic
     return envelope
 
@@ -100,8 +107,10 @@ def build(event: Event, endpoint: Endpoint, body: bytes | None = None, event_bod
         properties = {}
         if endpoint.enrichments:
             # Event Grid carries no application properties: CloudEvents extension attributes instead.
-            extensions = enrich({}, endpoint.enrichments, event, event_body or EventBody(event))
+            extensions = enrich({}, endpoint.enrichments, event, event_body or EventBody(event), convert=as_extension)
             body = orjson.dumps({**cloud_event_envelope(event), **extensions})
+        elif endpoint.format is EnvelopeFormat.EVENT_GRID and event.topic is not None:
+            body = orjson.dumps(event_grid_envelope(event, topic=False))  # the service stamps its own
     else:
         properties = twin_properties(event)
         if endpoint.enrichments:

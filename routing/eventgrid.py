@@ -104,4 +104,8 @@ class EventGridSender(ClientSender[EventGridPublisherClient]):
     def _describe(self, error: Exception) -> tuple[str, bool]:
         status = getattr(error, "status_code", None)
         text = f"{type(error).__name__}: HTTP {status}" if status else f"{type(error).__name__}: {error}"
+        # The service says what it refused (a 400 names the event and the property); keep it in the letter.
+        said = getattr(getattr(error, "error", None), "message", None)
+        if status and said:
+            text += f" ({said})"
         return text, isinstance(error, HttpResponseError) and status in _PERMANENT_STATUSES

@@ -17,7 +17,7 @@ the value undefined: an enrichment is then left out, and an order key falls back
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +82,27 @@ def as_property(value: Any) -> Any:
     if value is MISSING or value is None:
         return MISSING
     if isinstance(value, str | bool | int | float):
+        return value
+    return orjson.dumps(value).decode()
+
+
+# CloudEvents 1.0's Integer: a 32-bit signed whole number. Its type system has no float.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def as_extension(value: Any) -> Any:
+    """A value as a CloudEvents 1.0 extension attribute: strings, booleans and 32-bit integers as
+    they are, anything else (a float, a larger integer, an object, an array) as its JSON text.
+
+    The CloudEvents type system has Boolean, Integer (32-bit), String, Binary, URI and Timestamp, but
+    no float: a consumer's SDK refuses an attribute of another type, and so may Event Grid. A null is
+    no value (the JSON format reads it as an absent attribute), so it is left out, as for properties.
+    """
+    if value is MISSING or value is None:
+        return MISSING
+    if isinstance(value, str | bool):
+        return value
+    if isinstance(value, int) and INT32_MIN <= value <= INT32_MAX:
         return value
     return orjson.dumps(value).decode()
 
@@ -151,12 +172,18 @@ def _template_parts(text: str) -> tuple[str | Operand, ...]:
 
 
 def enrich(
-    base: Mapping[str, Any], enrichments: tuple[tuple[str, ValueTemplate], ...], event: Event, body: EventBody
+    base: Mapping[str, Any],
+    enrichments: tuple[tuple[str, ValueTemplate], ...],
+    event: Event,
+    body: EventBody,
+    *,
+    convert: Callable[[Any], Any] = as_property,
 ) -> dict[str, Any]:
-    """`base` with each enrichment that is defined for `event` added (an enrichment wins a clash)."""
+    """`base` with each enrichment that is defined for `event` added (an enrichment wins a clash),
+    each value made what the carrier can hold (`as_property`, or `as_extension` for CloudEvents)."""
     out = dict(base)
     for name, template in enrichments:
-        value = as_property(template.value(event, body))
+        value = convert(template.value(event, body))
         if value is not MISSING:
             out[name] = value
     return out

@@ -198,6 +198,37 @@ def test_twin_events_reach_service_bus_sessions_after_failover_and_both_event_gr
     assert cloud_event["id"] == grid_event["id"]
 
 
+def test_an_event_from_an_event_grid_topic_reaches_another_topic_and_keeps_its_topic_on_event_hubs(
+    functions: dict[str, Any], deployed: Deployed
+) -> None:
+    # Event Grid delivers to an Event Hub as a JSON array of events, each stamped with its topic's id.
+    source_topic = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.EventGrid/topics/adt-classic"
+    topology = {"SpacesToNotify": [], "Id": "dev-7", "Type": "Devices", "AccessType": "Update"}
+    event = {
+        "id": "eg-1",
+        "topic": source_topic,
+        "subject": "Devices",
+        "eventType": "TopologyOperation",
+        "eventTime": "2026-11-26T09:00:00.15",  # no offset: emitted as UTC
+        "data": topology,
+        "dataVersion": "1.0",
+        "metadataVersion": "1",
+    }
+    batch = [WorkerEvent(body=json.dumps([event]).encode(), properties={}, sequence_number=1)]
+    functions["route_twins"].get_user_function()(worker_batch(batch))
+
+    assert deployed.dead_letters() == []
+    [grid] = deployed.grid.requests()
+    assert grid.accepted, grid.error
+    [delivered] = grid.events
+    assert "topic" not in delivered  # Event Grid stamps its own; another topic's id is refused
+    assert (delivered["id"], delivered["data"], delivered["eventTime"]) == ("eg-1", topology, "2026-11-26T09:00:00.15Z")
+    [cloud] = deployed.cloud.events()
+    assert (cloud["source"], cloud["time"]) == (source_topic, "2026-11-26T09:00:00.15Z")
+    [on_hub] = deployed.peer.received("twins-hub")
+    assert json.loads(on_hub.body)["topic"] == source_topic  # Event Hubs consumers still learn where it came from
+
+
 @pytest.mark.parametrize(
     "fault",
     ["server_busy", "drop_connection", "abrupt_drop", "throttle"],
@@ -452,21 +483,18 @@ def test_service_bus_sends_one_batch_per_session_once_a_partitioned_entity_refus
 def test_event_grid_requests_are_split_under_1_mb_and_keep_each_objects_order(
     functions: dict[str, Any], deployed: Deployed
 ) -> None:
-    deployed.grid.max_request_size = 1024 * 1024  # Event Grid answers 413 above it
-    try:
-        # Non-ASCII and separators: the publisher's JSON (escaped, spaced) is larger than the envelope's.
-        pad = "é, :" * 45_000
-        events = [
-            WorkerEvent(
-                body=json.dumps({"Id": f"space-{i % 2}", "Type": "Spaces", "n": i, "pad": pad}).encode(),
-                properties={"Type": "TopologyOperation"},
-                sequence_number=i,
-            )
-            for i in range(6)
-        ]
-        functions["route_twins"].get_user_function()(worker_batch(events))
-    finally:
-        deployed.grid.max_request_size = None
+    assert deployed.grid.max_request_size == 1024 * 1024  # Event Grid answers 413 above it
+    # Non-ASCII and separators: the publisher's JSON (escaped, spaced) is larger than the envelope's.
+    pad = "é, :" * 45_000
+    events = [
+        WorkerEvent(
+            body=json.dumps({"Id": f"space-{i % 2}", "Type": "Spaces", "n": i, "pad": pad}).encode(),
+            properties={"Type": "TopologyOperation"},
+            sequence_number=i,
+        )
+        for i in range(6)
+    ]
+    functions["route_twins"].get_user_function()(worker_batch(events))
     requests = deployed.grid.requests()
     assert len(requests) >= 2 and all(r.status == 200 for r in requests), [(r.status, r.size) for r in requests]
     order: dict[str, list[int]] = {}

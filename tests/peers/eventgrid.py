@@ -5,21 +5,52 @@ against the configured key as Event Grid does, and records every request: its st
 size and the parsed events (a JSON array of EventGridEvents with `application/json`, of CloudEvents
 with `application/cloudevents-batch+json`). Faults (429, 500, 413, ...) can be queued at runtime.
 It runs `http.server` in a background thread on 127.0.0.1 and touches nothing else.
+
+It refuses what the service refuses, so a sender that passes here passes there (Microsoft's "Post to
+custom topic", "Event Grid event schema" and "CloudEvents v1.0 schema" pages; the CloudEvents 1.0 spec):
+
+- 413 for a request, or one event in it, over 1 MB ("Array or event exceeds size limits");
+- 400 for an Event Grid schema event without `id`, `subject`, `eventType` or `eventTime` (`data`,
+  `dataVersion`, `metadataVersion` and `topic` are optional: the service stamps the last two),
+  `metadataVersion` other than "1", `topic` other than this topic's ARM id ("if included, must match
+  the Event Grid topic Azure Resource Manager ID exactly"), a time that is not RFC 3339 with an offset;
+- 400 for a CloudEvent whose `specversion` is not "1.0", without `id`, `source` or `type`, with a
+  `time` that is not RFC 3339, or with an extension attribute outside the CloudEvents type system
+  (string, boolean, 32-bit integer; no float, no object, no array) or named other than lower-case
+  a-z and 0-9 (a MUST; the spec's 20-character length is a SHOULD, so it is not refused here).
+
+Errors come back in the service's shape, `{"error": {"code", "message", "details": [{"code",
+"message"}]}}`; the wording of each message is this receiver's, not the service's.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType, TracebackType
 from typing import Self
 
-__all__ = ["DEFAULT_KEY", "EventGridReceiver", "ReceivedRequest"]
+__all__ = ["DEFAULT_KEY", "DEFAULT_TOPIC", "EventGridReceiver", "ReceivedRequest", "is_rfc3339", "problem_with"]
 
 DEFAULT_KEY = "EVENT_GRID_TEST_KEY"
+DEFAULT_TOPIC = (
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/routing-tests"
+    "/providers/Microsoft.EventGrid/topics/test-topic"
+)
+# Event Grid's limits: 1 MB per request and per event (the docs' "1 MB" is 1,048,576 bytes).
+MAX_BYTES = 1024 * 1024
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(?:\.\d+)?(?:[Zz]|[+-]\d\d:\d\d)")
+_EXTENSION_NAME = re.compile(r"[a-z0-9]+")
+_EVENT_GRID_REQUIRED = ("id", "subject", "eventType", "eventTime")
+_CLOUD_EVENT_REQUIRED = ("id", "source", "type")
+_CLOUD_EVENT_STRINGS = frozenset({"subject", "datacontenttype", "dataschema"})
+_CLOUD_EVENT_CONTEXT = frozenset({"specversion", "id", "source", "type", "time", "data", "data_base64"})
+_INT32 = range(-(2**31), 2**31)
 _ERROR_CODES: Mapping[int, str] = {
     400: "BadRequest",
     401: "Unauthorized",
@@ -41,6 +72,7 @@ class ReceivedRequest:
     content_type: str
     size: int  # bytes of the request body
     events: tuple[Mapping[str, object], ...] = ()
+    error: str | None = None  # why it was refused (400 and 413)
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
@@ -58,8 +90,9 @@ class _Fault:
 class EventGridReceiver:
     """Event Grid's publish endpoint on 127.0.0.1, recording what arrives.
 
-    `key` is the topic key expected in `aeg-sas-key` (401 otherwise). `max_request_size` answers 413
-    for larger bodies, as Event Grid does above 1 MB; None accepts any size.
+    `key` is the topic key expected in `aeg-sas-key` (401 otherwise); `topic` the topic's ARM id, the
+    only `topic` an Event Grid schema event may carry. `max_request_size` and `max_event_size` answer
+    413 above them, as Event Grid does above 1 MB; None accepts any size.
     """
 
     def __init__(
@@ -68,9 +101,13 @@ class EventGridReceiver:
         key: str = DEFAULT_KEY,
         path: str = "/api/events",
         host: str = "127.0.0.1",
-        max_request_size: int | None = None,
+        topic: str = DEFAULT_TOPIC,
+        max_request_size: int | None = MAX_BYTES,
+        max_event_size: int | None = MAX_BYTES,
     ) -> None:
         self.key = key
+        self.topic = topic
+        self.max_event_size = max_event_size
         self.path = path
         self.host = host
         self.port = 0
@@ -146,23 +183,106 @@ class EventGridReceiver:
             self._faults.clear()
 
     # -- called from the server threads ------------------------------------------------------------
-    def _decide(self, path: str, key: str | None, size: int) -> tuple[int, float | None]:
+    def _decide(
+        self, path: str, key: str | None, body: bytes, content_type: str
+    ) -> tuple[int, float | None, str | None]:
         if path != self.path:
-            return 404, None
+            return 404, None, None
         if key != self.key:
-            return 401, None
+            return 401, None, None
         with self._lock:
             for fault in self._faults:
                 if fault.remaining > 0:
                     fault.remaining -= 1
-                    return fault.status, fault.retry_after
-        if self.max_request_size is not None and size > self.max_request_size:
-            return 413, None
-        return 200, None
+                    return fault.status, fault.retry_after, None
+        if self.max_request_size is not None and len(body) > self.max_request_size:
+            return 413, None, f"The request of {len(body)} bytes exceeds the maximum of {self.max_request_size}."
+        status, error = problem_with(body, content_type, topic=self.topic, max_event_size=self.max_event_size)
+        return status, None, error
 
     def _record(self, request: ReceivedRequest) -> None:
         with self._lock:
             self._requests.append(request)
+
+
+def is_rfc3339(value: object) -> bool:
+    """An RFC 3339 date-time with its offset (what Event Grid's `eventTime` and CloudEvents' `time` are)."""
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        return False
+    try:
+        datetime.fromisoformat(value.upper())  # ranges: no month 13, no hour 24
+    except ValueError:
+        return False
+    return True
+
+
+def problem_with(
+    body: bytes, content_type: str, *, topic: str = DEFAULT_TOPIC, max_event_size: int | None = MAX_BYTES
+) -> tuple[int, str | None]:
+    """The status Event Grid answers a request with (200, 400 or 413) and, when refused, why."""
+    try:
+        parsed = json.loads(body)
+    except ValueError as exc:
+        return 400, f"The request body is not valid JSON: {exc}."
+    media = content_type.split(";", 1)[0].strip().lower()
+    cloud_events = media in {"application/cloudevents-batch+json", "application/cloudevents+json"}
+    if media == "application/cloudevents+json" and isinstance(parsed, dict):
+        parsed = [parsed]  # structured mode: one event
+    elif media not in {"application/json", "application/cloudevents-batch+json"}:
+        return 400, f"Content type '{content_type}' is not supported."
+    if not isinstance(parsed, list):
+        return 400, f"The request body must be a JSON array of events, not a JSON {type(parsed).__name__}."
+    for index, event in enumerate(parsed):
+        if max_event_size is not None and (size := len(json.dumps(event).encode())) > max_event_size:
+            return 413, f"Event {index} is {size} bytes, over the maximum of {max_event_size}."
+        if not isinstance(event, dict):
+            return 400, f"Event {index} is not a JSON object."
+        error = _cloud_event_problem(event) if cloud_events else _event_grid_problem(event, topic)
+        if error is not None:
+            return 400, f"Event {index}: {error}"
+    return 200, None
+
+
+def _event_grid_problem(event: Mapping[str, object], topic: str) -> str | None:
+    for name in _EVENT_GRID_REQUIRED:
+        if not isinstance(event.get(name), str) or not event[name]:
+            return f"Required property '{name}' was not set (or is not a string)."
+    if not is_rfc3339(event["eventTime"]):
+        return f"Property 'eventTime' ({event['eventTime']!r}) is not an RFC 3339 date-time with an offset."
+    version = event.get("metadataVersion")
+    if version is not None and version != "1":
+        return f"Property 'metadataVersion' was set to {version!r}, but must be absent or '1'."
+    if event.get("topic") is not None and event["topic"] != topic:
+        return f"Property 'topic' was set to {event['topic']!r}, but must be absent or this topic's id '{topic}'."
+    if event.get("dataVersion") is not None and not isinstance(event["dataVersion"], str):
+        return "Property 'dataVersion' must be a string."
+    return None
+
+
+def _cloud_event_problem(event: Mapping[str, object]) -> str | None:
+    if event.get("specversion") != "1.0":
+        return f"Attribute 'specversion' is {event.get('specversion')!r}; only '1.0' is supported."
+    for name in _CLOUD_EVENT_REQUIRED:
+        if not isinstance(event.get(name), str) or not event[name]:
+            return f"Required attribute '{name}' was not set (or is not a string)."
+    if event.get("time") is not None and not is_rfc3339(event["time"]):
+        return f"Attribute 'time' ({event['time']!r}) is not an RFC 3339 timestamp."
+    if "data" in event and "data_base64" in event:
+        return "An event may carry 'data' or 'data_base64', not both."
+    for name, value in event.items():
+        if name in _CLOUD_EVENT_CONTEXT or value is None:  # null: the attribute is absent
+            continue
+        if name in _CLOUD_EVENT_STRINGS:
+            if not isinstance(value, str):
+                return f"Attribute '{name}' must be a string."
+            continue
+        if not _EXTENSION_NAME.fullmatch(name):
+            return f"Extension attribute name '{name}' must consist of lower-case letters a-z and digits 0-9."
+        if isinstance(value, bool | str) or (isinstance(value, int) and value in _INT32):
+            continue
+        what = "an integer outside the 32-bit range" if isinstance(value, int) else f"a {type(value).__name__}"
+        return f"Extension attribute '{name}' is {what}: only strings, booleans and 32-bit integers are allowed."
+    return None
 
 
 def _parse_events(body: bytes) -> tuple[Mapping[str, object], ...]:
@@ -182,24 +302,28 @@ def _handler_for(receiver: EventGridReceiver) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
             path = self.path.split("?", 1)[0]
-            status, retry_after = receiver._decide(path, self.headers.get("aeg-sas-key"), len(body))
+            content_type = self.headers.get("Content-Type", "")
+            status, retry_after, error = receiver._decide(path, self.headers.get("aeg-sas-key"), body, content_type)
             receiver._record(
                 ReceivedRequest(
                     path=path,
                     status=status,
-                    content_type=self.headers.get("Content-Type", ""),
+                    content_type=content_type,
                     size=len(body),
                     events=_parse_events(body),
+                    error=error,
                     headers=MappingProxyType({k.lower(): v for k, v in self.headers.items()}),
                 )
             )
-            self._answer(status, retry_after)
+            self._answer(status, retry_after, error)
 
-        def _answer(self, status: int, retry_after: float | None) -> None:
+        def _answer(self, status: int, retry_after: float | None, message: str | None) -> None:
             payload = b""
             if status >= 400:
                 code = _ERROR_CODES.get(status, "Error")
-                error = {"error": {"code": code, "message": f"{code} (Event Grid test receiver)"}}
+                message = message or f"{code} (Event Grid test receiver)"
+                detail = {"400": "InputJsonInvalid", "413": "PayloadTooLarge"}.get(str(status), code)
+                error = {"error": {"code": code, "message": message, "details": [{"code": detail, "message": message}]}}
                 payload = json.dumps(error).encode()
             self.send_response(status)
             if payload:
