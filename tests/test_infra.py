@@ -435,6 +435,17 @@ def test_open_telemetry_mode_leaves_the_worker_logs_to_the_app_so_each_is_export
         assert "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY" not in values, where
 
 
+def test_a_partition_without_a_checkpoint_starts_from_the_oldest_retained_event() -> None:
+    # docs/DEPLOY.md "Where the router starts reading": Flex scales to zero, so the first instance often
+    # starts because events arrived; fromEnd would skip them. An operator who wants history skipped on a
+    # hub that has some sets fromEnqueuedTime by app setting, which the deployment must then not fight.
+    host = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))
+    assert host["extensions"]["eventHubs"]["initialOffsetOptions"] == {"type": "fromStart"}
+    assert not [name for name in app_settings() if name.startswith("AzureFunctionsJobHost__")]
+    deploy = (ROOT / "docs" / "DEPLOY.md").read_text(encoding="utf-8")
+    assert "AzureFunctionsJobHost__extensions__eventHubs__initialOffsetOptions__type=fromEnqueuedTime" in deploy
+
+
 def test_settings_name_the_resources_main_creates() -> None:
     settings = app_settings()
     for setting, router_param, module, module_param in [
