@@ -5,20 +5,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: run test lint typecheck unit infra-check bench clean
+.PHONY: run test lint typecheck unit infra-check bench clean python-version
 
-$(BIN)/python:
+# The pins need Python 3.11 or later, and azure-functions 1.26 installs only below 3.13: say so now,
+# rather than let pip fail halfway through resolving.
+python-version:
+	@$(PYTHON) -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 13)))' || { \
+	  echo "error: $(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(not found)');" \
+	       "this project needs Python 3.11 or 3.12 (make PYTHON=python3.11 ...)" >&2; exit 1; }
+
+$(BIN)/python: | python-version
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.runtime: requirements.txt constraints.txt | $(BIN)/python
-	$(PIP) -r requirements.txt
+# The command line (make run) on top of the runtime; requirements.txt alone is what the app deploys with.
+$(VENV)/.cli: requirements.txt requirements-cli.txt constraints.txt | $(BIN)/python
+	$(PIP) -r requirements-cli.txt
 	touch $@
 
-$(VENV)/.dev: requirements.txt requirements-dev.txt constraints.txt | $(BIN)/python
+$(VENV)/.dev: requirements.txt requirements-cli.txt requirements-dev.txt constraints.txt | $(BIN)/python
 	$(PIP) -r requirements-dev.txt
-	touch $@ $(VENV)/.runtime
+	touch $@ $(VENV)/.cli
 
-run: $(VENV)/.runtime
+run: $(VENV)/.cli
 	$(BIN)/python -m routing run --events samples/events.jsonl --routes samples/routes.json --out out
 
 lint: $(VENV)/.dev
@@ -39,7 +47,7 @@ unit: $(VENV)/.dev node_modules/.installed
 # checkov and azure-functions-doctor over infra/ and the project, in their own venv: checkov pins many
 # packages, so it stays out of .venv (pinned in requirements-infra.txt and constraints-infra.txt).
 VENV_INFRA := .venv-infra
-$(VENV_INFRA)/.installed: requirements-infra.txt constraints-infra.txt
+$(VENV_INFRA)/.installed: requirements-infra.txt constraints-infra.txt | python-version
 	$(PYTHON) -m venv $(VENV_INFRA)
 	$(VENV_INFRA)/bin/pip install --quiet --disable-pip-version-check -c constraints-infra.txt -r requirements-infra.txt
 	touch $@

@@ -2,7 +2,8 @@
 
 The protocol every dead-letter store keeps; the file store the local runner uses
 (`<dir>/deadletter.jsonl`, one `{"reason", "code", "original", ...}` line per dead letter); and the
-Blob Storage store deployments use (one blob per letter, `<endpoint>/<yyyy>/<mm>/<dd>/<hh>/<id>.json`).
+Blob Storage store deployments use (one blob per letter, `<endpoint>/<yyyy>/<mm>/<dd>/<hh>/<id>.json`,
+the hour the message was enqueued on its ingress hub, so that a retried write lands on the same name).
 """
 
 from __future__ import annotations
@@ -73,12 +74,47 @@ class FileDeadLetters:
 
 # Folder of the messages that never reached an endpoint (unclassifiable); no endpoint may take the name.
 UNCLASSIFIED_FOLDER = "_unclassified"
+# Hour folder of a message whose enqueued time is missing or unreadable: still one fixed name per letter.
+# It sorts after every dated hour ("u" > digits), so such letters list last in their endpoint's folder.
+UNDATED_FOLDER = "undated"
 
 
-def blob_name(letter: DeadLetter, when: datetime) -> str:
-    """`<endpoint>/<yyyy>/<mm>/<dd>/<hh>/<message-id>.json`: browsable by endpoint and hour."""
+def parse_time(value: str | None) -> datetime | None:
+    """An ISO 8601 time as UTC, or None if there is none or it cannot be read. A time without an offset
+    is UTC: the Functions host sends `EnqueuedTimeUtc` that way (`2026-11-26T09:00:00.15`)."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def rfc3339(moment: datetime) -> str:
+    """`2026-11-26T09:00:00Z`: always with an offset (a naive time is UTC)."""
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _rfc3339_text(value: str) -> str:
+    # A time we cannot read is kept as it was: the record must not lose what the sender reported.
+    moment = parse_time(value)
+    return rfc3339(moment) if moment is not None else value
+
+
+def hour_folder(ingress: IngressMessage | None) -> str:
+    """`<yyyy>/<mm>/<dd>/<hh>` of the message's enqueued time (UTC), else `undated`. Taken from the
+    message, never the clock: a batch retried after the hour turns must overwrite its letters."""
+    enqueued = parse_time(ingress.enqueued_time) if ingress is not None else None
+    return f"{enqueued:%Y/%m/%d/%H}" if enqueued is not None else UNDATED_FOLDER
+
+
+def blob_name(letter: DeadLetter) -> str:
+    """`<endpoint>/<yyyy>/<mm>/<dd>/<hh>/<message-id>.json`: browsable by endpoint and enqueued hour, and
+    the same for the same letter however often and whenever it is written."""
     folder = letter.endpoint or UNCLASSIFIED_FOLDER
-    return f"{folder}/{when:%Y/%m/%d/%H}/{letter_id(letter)}.json"
+    return f"{folder}/{hour_folder(letter.ingress)}/{letter_id(letter)}.json"
 
 
 def letter_id(letter: DeadLetter) -> str:
@@ -98,7 +134,7 @@ def blob_record(letter: DeadLetter, when: datetime) -> dict[str, Any]:
         "code": letter.code,
         "reason": letter.reason,
         "endpoint": letter.endpoint,
-        "deadLetteredAt": when.isoformat().replace("+00:00", "Z"),
+        "deadLetteredAt": rfc3339(when),
         "index": letter.index,
         "original": {
             "source": ingress.source,
@@ -108,9 +144,11 @@ def blob_record(letter: DeadLetter, when: datetime) -> dict[str, Any]:
             "partition": ingress.partition,
             "sequenceNumber": ingress.sequence_number,
             "offset": ingress.offset,
+            # As the ingress gave it, not normalised: message ids of partitionless messages derive from it,
+            # and a replay must reproduce them (routing/ingress.py gives it an offset).
             "enqueuedTime": ingress.enqueued_time,
         },
-        "attempts": [{"time": a.time, "error": a.error} for a in letter.attempts],
+        "attempts": [{"time": _rfc3339_text(a.time), "error": a.error} for a in letter.attempts],
     }
     if letter.message is not None:
         message = letter.message
@@ -183,9 +221,10 @@ class BlobDeadLetters:
         when = self.clock()
 
         def upload(letter: DeadLetter) -> None:
-            # Same id, same name: a batch retried after a partial write overwrites, never duplicates.
+            # Same letter, same name (message id and enqueued hour, not the clock): a batch retried after
+            # a partial write, or after the hour turned, overwrites rather than duplicates.
             self.container.upload_blob(
-                blob_name(letter, when),
+                blob_name(letter),
                 orjson.dumps(blob_record(letter, when), option=orjson.OPT_INDENT_2),
                 overwrite=True,
                 content_settings=ContentSettings(content_type="application/json"),
@@ -199,7 +238,8 @@ class BlobDeadLetters:
             list(pool.map(upload, letters))
 
     def names(self, prefix: str | None = None) -> Iterator[str]:
-        """Blob names, oldest hour first within each endpoint folder (the names sort by time)."""
+        """Blob names, oldest enqueued hour first within each endpoint folder (the names sort by time),
+        undated letters last."""
         try:
             yield from sorted(b.name for b in self.container.list_blobs(name_starts_with=prefix))
         except ResourceNotFoundError:

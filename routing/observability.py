@@ -3,6 +3,13 @@ they go (Application Insights when deployed, the console when asked, nowhere by 
 
 Instruments come from the global meter, so they work whichever provider is configured, and cost
 next to nothing when none is. Log records carry dimensions (`extra`) and never secrets or bodies.
+
+Each record and metric reaches Application Insights once. Deployed (infra/app/router.bicep), the app
+runs with `PYTHON_ENABLE_OPENTELEMETRY=true` and without `PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY`:
+the worker then tells the host it exports its own logs (capability `WorkerOpenTelemetryEnabled`, so
+the host stops exporting the worker's `Function.*` logs) and carries the host's trace context into
+each invocation, and this module calls `configure_azure_monitor` once for the `routing` logs and the
+metrics. Other combinations are handled so that nothing is exported twice (see `configure`).
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ def _entra_credential(env: Mapping[str, str]) -> dict[str, object]:
     """The identity to sign telemetry with when Application Insights accepts Entra tokens only.
 
     The Functions host reads APPLICATIONINSIGHTS_AUTHENTICATION_STRING (`ClientId=...;Authorization=AAD`)
-    itself; the Python exporter does not, so the same setting is turned into a credential here.
+    itself; older Python exporters did not (the pinned one does), so the same setting is turned into a
+    credential here rather than depending on the exporter's version.
     """
     parts = dict(
         part.split("=", 1)
@@ -51,13 +59,32 @@ def _entra_credential(env: Mapping[str, str]) -> dict[str, object]:
     return {"credential": ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()}
 
 
+# App settings the Python worker reads (azure-functions-python-worker, utils/constants.py).
+WORKER_EXPORTS_LOGS = "PYTHON_ENABLE_OPENTELEMETRY"
+WORKER_CONFIGURES_AZURE_MONITOR = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
+
+
+def _true(env: Mapping[str, str], name: str) -> bool:
+    # The worker's own test (is_envvar_true): "true" or "1", any case.
+    return env.get(name, "").strip().lower() in {"true", "1"}
+
+
 _configured = False
 _lock = threading.Lock()
 log = logging.getLogger(__name__)
 
 
 def configure(env: Mapping[str, str] | None = None) -> str:
-    """Send telemetry where the settings say, once per process; returns where it goes."""
+    """Send telemetry where the settings say, once per process; returns where it goes.
+
+    With an Application Insights connection string:
+    - in a Functions worker with `PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY` true: the worker has called
+      `configure_azure_monitor` (for every logger); a second call would export everything twice, so the
+      global providers it set are used as they are.
+    - in a Functions worker without `PYTHON_ENABLE_OPENTELEMETRY`: the host exports the worker's logs, so
+      only the metrics go from here.
+    - otherwise (the deployed configuration, or outside Functions): the `routing` logs and the metrics.
+    """
     global _configured
     env = os.environ if env is None else env
     with _lock:
@@ -65,10 +92,16 @@ def configure(env: Mapping[str, str] | None = None) -> str:
             return "already configured"
         _configured = True
         if env.get("APPLICATIONINSIGHTS_CONNECTION_STRING"):
+            # The worker settings mean something only in a Functions worker (not `python -m routing`).
+            in_functions = bool(env.get("FUNCTIONS_WORKER_RUNTIME"))
+            if in_functions and _true(env, WORKER_CONFIGURES_AZURE_MONITOR):
+                return "Application Insights (configured by the Functions worker)"
             from azure.monitor.opentelemetry import configure_azure_monitor  # noqa: PLC0415 - heavy, deployed only
 
-            # The Functions host forwards its own logs; ours go through OpenTelemetry with their dimensions.
-            configure_azure_monitor(logger_name="routing", **_entra_credential(env))
+            host_exports_logs = in_functions and not _true(env, WORKER_EXPORTS_LOGS)
+            configure_azure_monitor(logger_name="routing", disable_logging=host_exports_logs, **_entra_credential(env))
+            if host_exports_logs:
+                return "Application Insights (metrics; the host exports the logs)"
             return "Application Insights"
         if env.get("ROUTER_METRICS_CONSOLE"):
             from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415

@@ -136,7 +136,7 @@ class MemoryDeadLetters:
             raise StoreDown("dead-letter store unavailable")
         when = datetime(2026, 11, 26, 9, tzinfo=UTC)
         for letter in letters:
-            self.blobs[blob_name(letter, when)] = blob_record(letter, when)
+            self.blobs[blob_name(letter)] = blob_record(letter, when)
 
     def delete(self, name: str) -> None:
         del self.blobs[name]

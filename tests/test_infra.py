@@ -36,8 +36,8 @@ ROLES = {
 # Identity-based connection settings: `<NAME>__<property>` naming the service, plus these two.
 SERVICE_PROPERTIES = ("fullyQualifiedNamespace", "tableServiceUri", "blobServiceUri", "topicEndpointUri")
 IDENTITY_PROPERTIES = ("credential", "clientId")
-# App settings the platform reads, not the code: set by the Bicep without a SETTINGS_LIST entry.
-PLATFORM_PREFIXES = ("AzureWebJobsStorage__", "APPLICATIONINSIGHTS_", "FUNCTIONS_")
+# App settings the platform (host, Python worker) reads, not the code: set by the Bicep without a SETTINGS_LIST entry.
+PLATFORM_PREFIXES = ("AzureWebJobsStorage__", "APPLICATIONINSIGHTS_", "FUNCTIONS_", "PYTHON_")
 
 # Which service each known connection reaches, and the router.bicep parameter that carries its address.
 CONNECTION_TARGETS = {
@@ -419,6 +419,31 @@ def test_platform_settings_run_the_host_and_telemetry_with_the_identity() -> Non
     assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "ClientId=${identityClientId};Authorization=AAD"
     # Flex Consumption takes the runtime from functionAppConfig and refuses these.
     assert not {"FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "WEBSITE_RUN_FROM_PACKAGE"} & set(settings)
+
+
+def test_open_telemetry_mode_leaves_the_worker_logs_to_the_app_so_each_is_exported_once() -> None:
+    # host.json telemetryMode OpenTelemetry: the host exports the worker's logs unless the worker opts in.
+    # PYTHON_ENABLE_OPENTELEMETRY opts in; routing/observability.py then exports them with the metrics
+    # (tests/test_observability.py counts the exports). PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY would
+    # make the worker configure Azure Monitor as well.
+    host = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))
+    assert host["telemetryMode"] == "OpenTelemetry"
+    settings = app_settings()
+    sample = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
+    for where, values in (("infra/app/router.bicep", settings), ("local.settings.sample.json", sample)):
+        assert values.get("PYTHON_ENABLE_OPENTELEMETRY") == "true", where
+        assert "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY" not in values, where
+
+
+def test_a_partition_without_a_checkpoint_starts_from_the_oldest_retained_event() -> None:
+    # docs/DEPLOY.md "Where the router starts reading": Flex scales to zero, so the first instance often
+    # starts because events arrived; fromEnd would skip them. An operator who wants history skipped on a
+    # hub that has some sets fromEnqueuedTime by app setting, which the deployment must then not fight.
+    host = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))
+    assert host["extensions"]["eventHubs"]["initialOffsetOptions"] == {"type": "fromStart"}
+    assert not [name for name in app_settings() if name.startswith("AzureFunctionsJobHost__")]
+    deploy = (ROOT / "docs" / "DEPLOY.md").read_text(encoding="utf-8")
+    assert "AzureFunctionsJobHost__extensions__eventHubs__initialOffsetOptions__type=fromEnqueuedTime" in deploy
 
 
 def test_settings_name_the_resources_main_creates() -> None:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import azure.monitor.opentelemetry
 import pytest
 from azure.data.tables import TableClient
 from opentelemetry import metrics
@@ -18,6 +19,7 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogR
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from routing import observability
 from routing.classify import classify
 from routing.model import Event, IngressMessage
 from routing.pipeline import Router, StaticRoutes
@@ -26,6 +28,7 @@ from routing.tables import TableRoutes, to_entity
 from tests.azurite import Azurite
 from tests.conftest import sensor_data
 from tests.fakes import FakeSenders, FakeWire, MemoryDeadLetters
+from tests.test_infra import app_settings
 
 READER = InMemoryMetricReader()
 
@@ -162,3 +165,70 @@ def test_route_table_loads_and_invalid_rows_are_counted(reader: InMemoryMetricRe
         == total(before, "router.routes.refreshes", outcome="loaded") + 1
     )
     assert total(after, "router.routes.invalid_rows") == total(before, "router.routes.invalid_rows") + 1
+
+
+# --- where telemetry goes: each log record and metric exported once ----------------------------------------
+
+WORKER_EXPORTS_LOGS = "PYTHON_ENABLE_OPENTELEMETRY"
+WORKER_CONFIGURES = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
+
+
+def exports(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """How many times a `routing` log record and a router metric reach Application Insights, by what the
+    host and the Python worker do with these settings (their sources: the host drops the worker's
+    `Function.*` logs from its OpenTelemetry export only when the worker reports WorkerOpenTelemetryEnabled,
+    which it does for either setting; PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY also makes it call
+    configure_azure_monitor for the root logger) plus what routing.observability.configure does."""
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(azure.monitor.opentelemetry, "configure_azure_monitor", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(observability, "_configured", False)
+    observability.configure(env)
+    assert len(calls) <= 1, "configure_azure_monitor called twice"
+
+    def on(name: str) -> bool:
+        return env.get(name, "").lower() == "true"
+
+    in_functions = bool(env.get("FUNCTIONS_WORKER_RUNTIME"))  # else no host and no worker: a local run
+    host_logs = in_functions and not (on(WORKER_EXPORTS_LOGS) or on(WORKER_CONFIGURES))
+    worker = in_functions and on(WORKER_CONFIGURES)
+    app_logs = sum(1 for kw in calls if kw.get("logger_name") == "routing" and not kw.get("disable_logging"))
+    return int(host_logs) + int(worker) + app_logs, int(worker) + len(calls)
+
+
+def deployed_env() -> dict[str, str]:
+    # What the function app's process sees: the Bicep's settings (values as written), and the platform's.
+    env = {name: str(value) for name, value in app_settings().items()}
+    return {**env, "FUNCTIONS_WORKER_RUNTIME": "python"}
+
+
+def test_the_deployed_settings_export_every_log_and_metric_once_signed_with_the_identity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = deployed_env()
+    assert exports(env, monkeypatch) == (1, 1)
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(azure.monitor.opentelemetry, "configure_azure_monitor", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(observability, "_configured", False)
+    assert observability.configure(env) == "Application Insights"
+    [call] = calls
+    assert call["logger_name"] == "routing" and not call["disable_logging"]
+    assert call["credential"] is not None  # Application Insights takes Entra tokens only
+
+
+@pytest.mark.parametrize("exports_logs", ["true", "false", None])
+@pytest.mark.parametrize("configures", ["true", "false", None])
+@pytest.mark.parametrize("runtime", ["python", None])
+def test_no_combination_of_the_worker_settings_exports_anything_twice(
+    exports_logs: str | None, configures: str | None, runtime: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-0000-0000-000000000000"}
+    if runtime is not None:
+        env["FUNCTIONS_WORKER_RUNTIME"] = runtime
+    for name, value in ((WORKER_EXPORTS_LOGS, exports_logs), (WORKER_CONFIGURES, configures)):
+        if value is not None:
+            env[name] = value
+    assert exports(env, monkeypatch) == (1, 1)
+
+
+def test_without_application_insights_nothing_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert exports({"FUNCTIONS_WORKER_RUNTIME": "python", WORKER_EXPORTS_LOGS: "true"}, monkeypatch) == (0, 0)

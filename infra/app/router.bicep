@@ -88,6 +88,14 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
           value: 'ClientId=${identityClientId};Authorization=AAD'
         }
+        // Each log and metric exported once: in telemetryMode OpenTelemetry the host exports the worker's
+        // logs unless the worker opts in; this opts in, and routing/observability.py exports the routing
+        // logs and the metrics itself. Not PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: the worker would
+        // then call configure_azure_monitor too (pycep parses at most four comment lines here).
+        {
+          name: 'PYTHON_ENABLE_OPENTELEMETRY'
+          value: 'true'
+        }
 
         // Ingress: the triggers' connections, hubs and consumer groups (function_app.py).
         {
