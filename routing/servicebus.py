@@ -49,14 +49,14 @@ def _not_allowed(error: Exception) -> bool:
 def _distinct_ids_refused(error: Exception) -> bool:
     # With duplicate detection too: "Batching brokered messages with distinct SessionId, PartitionKey, or
     # MessageId  is not supported for an entity with partitioning and duplicate detection enabled"
-    # (azure-sdk-for-python 21955, 36333; the service team: do not batch there).
-    text = str(error).lower()
-    return "messageid" in text or "duplicate detection" in text
+    # (azure-sdk-for-python 21955, 36333; the service team: do not batch there). Not "MessageId" alone: the
+    # service appends "...::SessionId:::MessageId:<id>::..." tracking text to its refusals.
+    return "duplicate detection" in str(error).lower()
 
 
 class Packing(IntEnum):
-    """How much one send may carry; it only ever goes down, for the process' life (an entity's partitioning
-    and duplicate detection are fixed when it is created)."""
+    """How much one send may carry. A sender only ever packs less, for the process' life: an entity's
+    partitioning and duplicate detection are fixed when it is created."""
 
     SESSIONS = 0  # many sessions per batch: what entities without partitioning take
     SESSION = 1  # one session per batch: partitioned entities
