@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from routing.filters import EventBody
-from routing.model import TELEMETRY_TYPES, EndpointType, EnvelopeFormat, Event, Outgoing
+from routing.model import TELEMETRY_TYPES, EndpointType, EnvelopeFormat, Event, Outgoing, shaped_message_id
 from routing.routes import Endpoint
 from routing.templates import as_extension, enrich
 
@@ -102,6 +102,7 @@ def build(event: Event, endpoint: Endpoint, body: bytes | None = None, event_bod
             content_type=str(content_type) if content_type is not None else None,
             properties=properties,
             order_key=order_key,
+            message_id=shaped_message_id(event.message_id, endpoint.id_seed),
         )
     if endpoint.type is EndpointType.EVENT_GRID:
         properties = {}
@@ -124,4 +125,5 @@ def build(event: Event, endpoint: Endpoint, body: bytes | None = None, event_bod
         content_type=content_type_of(endpoint.format),
         properties=properties,
         order_key=order_key,
+        message_id=shaped_message_id(event.message_id, endpoint.id_seed),
     )

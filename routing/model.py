@@ -7,8 +7,9 @@ Plain immutable values; nothing here does I/O.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -142,12 +143,49 @@ def message_id(ingress: IngressMessage, index: int) -> str:
         seed += f"|{ingress.offset}|{ingress.enqueued_time}"
     digest = _NAMESPACE_SHA1.copy()
     digest.update(seed.encode())
-    h = digest.hexdigest()
+    return _uuid5_text(digest.hexdigest())
+
+
+def _uuid5_text(h: str) -> str:
     # The version nibble is 5; the variant's top two bits are 10 (RFC 4122), looked up per hex digit.
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 _VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
+
+# The namespace of the ids of an event's other shapes (see `shape_seed`).
+_SHAPE_NAMESPACE = uuid.UUID("0b7a4f2e-93c1-4d6a-8e25-c4f1a9d3e760")
+
+
+def shape_seed(
+    envelope_format: EnvelopeFormat, order_key: str | None, enrichments: Sequence[tuple[str, Any]]
+) -> bytes | None:
+    """What an endpoint's message ids are derived from, computed once per endpoint: None for the default
+    shape (Event Grid schema, the event's own order key, nothing added), whose ids are the event's own.
+
+    Service Bus duplicate detection compares MessageId only (+ PartitionKey on partitioned entities), and
+    takes a repeat as sent, then drops it: two shapes of one event sent to one entity need two ids, each
+    the same on every redelivery and replay. The shape is its canonical text (format, the order key
+    template and the enrichments as written, enrichments sorted by name, as `Endpoint.destination`
+    compares them); JSON escapes newlines, so the newline after it cannot be part of it.
+    """
+    if envelope_format is EnvelopeFormat.EVENT_GRID and order_key is None and not enrichments:
+        return None
+    spec = [envelope_format.value, order_key, sorted(([name, value] for name, value in enrichments), key=_name)]
+    text = json.dumps(spec, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=repr)
+    return _SHAPE_NAMESPACE.bytes + text.encode() + b"\n"
+
+
+def _name(pair: list[Any]) -> str:
+    return str(pair[0])
+
+
+def shaped_message_id(event_message_id: str, seed: bytes | None) -> str:
+    """The id of an event in an endpoint's shape: `uuid5(shape namespace, shape text + "\\n" + event id)`,
+    or the event's own id for the default shape."""
+    if seed is None:
+        return event_message_id
+    return _uuid5_text(hashlib.sha1(seed + event_message_id.encode(), usedforsecurity=False).hexdigest())
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -190,10 +228,8 @@ class Outgoing(msgspec.Struct, frozen=True, kw_only=True):
     properties: Mapping[str, Any]
     # The event's own key (device or twin id) unless the endpoint has an order key template.
     order_key: str
-
-    @property
-    def message_id(self) -> str:
-        return self.event.message_id
+    # The event's id in this endpoint's shape (`shaped_message_id`): what Service Bus deduplicates on.
+    message_id: str
 
     @property
     def event_type(self) -> EventType:

@@ -18,7 +18,7 @@ from typing import Any
 
 from routing.errors import Problem, RouteTableError
 from routing.filters import EventBody, Filter, FilterSyntaxError, IndexKey, compile_filter
-from routing.model import KNOWN_EVENT_TYPES, EndpointType, EnvelopeFormat, Event, EventType
+from routing.model import KNOWN_EVENT_TYPES, EndpointType, EnvelopeFormat, Event, EventType, shape_seed
 from routing.templates import ValueTemplate, compile_value
 
 FIELDS = (
@@ -75,6 +75,14 @@ class Endpoint:
     order_key: ValueTemplate | None = None
     enrichments: tuple[tuple[str, ValueTemplate], ...] = ()
     partitioning: str = PARTITIONING[0]
+    # What sets this endpoint's message ids apart from other shapes of an event, once per load (None: the
+    # default shape, which keeps the event's ids); see `routing.model.shape_seed`.
+    id_seed: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        order_key = None if self.order_key is None else self.order_key.raw
+        seed = shape_seed(self.format, order_key, [(name, value.raw) for name, value in self.enrichments])
+        object.__setattr__(self, "id_seed", seed)
 
     @property
     def destination(self) -> tuple[str, ...]:

@@ -138,9 +138,10 @@ class BatchFailed(Exception):
 
 
 class PackingRefused(Exception):
-    """The destination refused a batch because it mixes order keys, and took none of its messages.
+    """The destination refused a batch for what it mixes (order keys, message ids), and took none of it.
 
-    The sender that raises it has switched to batches of one key each; the messages are packed again.
+    The sender that raises it packs less from now on (e.g. one key, or one message, per batch); the
+    messages are packed again.
     """
 
 

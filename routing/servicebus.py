@@ -1,17 +1,19 @@
 """The Service Bus sender: queues and topics, `session_id` = order key, `message_id` = the
-deterministic id, application properties and content type set.
+deterministic id of the event in the endpoint's shape, application properties and content type set.
 
 One `ServiceBusMessageBatch` carries many sessions (each message its own `session_id`), split when
-full: Service Bus takes such batches on entities without partitioning. A partitioned entity refuses a
-batch whose messages have distinct session ids (or partition keys) with `amqp:not-allowed`, taking none
-of it; the sender then sends one batch per session to that endpoint from then on, starting with the
-refused batch's messages.
+full: Service Bus takes such batches on entities without partitioning. What a partitioned entity
+refuses it refuses whole, with `amqp:not-allowed`, taking none of it, and the sender packs less from
+then on (`Packing`), starting with the refused batch's messages: a batch mixing sessions (or partition
+keys) gets one batch per session; with duplicate detection on too, a batch of distinct MessageIds is
+refused as well, so one message per send.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Mapping
+from enum import IntEnum
 from typing import Any, cast
 
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusMessageBatch, ServiceBusSender
@@ -38,10 +40,27 @@ def _not_found(error: Exception) -> bool:
 
 
 def _not_allowed(error: Exception) -> bool:
-    # The service's words: "Batching brokered messages with distinct SessionId, PartitionKey, or MessageId
-    # is not supported for an entity with partitioning ...", condition amqp:not-allowed.
+    # The service's words: "Batching brokered messages with distinct SessionId or PartitionKey is not supported
+    # for an entity with partitioning enabled", condition amqp:not-allowed.
     text = str(error).lower()
     return "not-allowed" in text or "batching brokered messages with distinct" in text
+
+
+def _distinct_ids_refused(error: Exception) -> bool:
+    # With duplicate detection too: "Batching brokered messages with distinct SessionId, PartitionKey, or
+    # MessageId  is not supported for an entity with partitioning and duplicate detection enabled"
+    # (azure-sdk-for-python 21955, 36333; the service team: do not batch there). Not "MessageId" alone: the
+    # service appends "...::SessionId:::MessageId:<id>::..." tracking text to its refusals.
+    return "duplicate detection" in str(error).lower()
+
+
+class Packing(IntEnum):
+    """How much one send may carry. A sender only ever packs less, for the process' life: an entity's
+    partitioning and duplicate detection are fixed when it is created."""
+
+    SESSIONS = 0  # many sessions per batch: what entities without partitioning take
+    SESSION = 1  # one session per batch: partitioned entities
+    MESSAGE = 2  # one message per send: partitioned entities with duplicate detection
 
 
 def service_bus_message(message: Outgoing) -> ServiceBusMessage:
@@ -62,11 +81,11 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
         retry: RetryOptions,
         env: Mapping[str, str] | None = None,
         lanes: int = DEFAULT_LANES,
-        mixed_sessions: bool = True,
+        packing: Packing = Packing.SESSIONS,
     ) -> None:
         super().__init__(endpoint, retry=retry, env=env, lanes=lanes)
-        # Whether one batch may carry several sessions; False once the entity refused it (partitioned).
-        self.mixed_sessions = mixed_sessions
+        # Lowered when the entity refuses a batch for what it mixes.
+        self.packing = packing
 
     def _new_client(self, setting: str) -> ServiceBusSender:
         connection = resolve(setting, "fullyQualifiedNamespace", self.env)
@@ -86,12 +105,15 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
         return client.get_queue_sender(queue_name=self.endpoint.path)
 
     def _route(self, client: ServiceBusSender, key: str) -> Hashable:
-        return None if self.mixed_sessions else key
+        # A key's batches stay in one sequence (its order); one message per send still spreads keys over lanes.
+        return None if self.packing is Packing.SESSIONS else key
 
     def _open(self, client: ServiceBusSender, route: Hashable) -> ServiceBusMessageBatch:
         return client.create_message_batch()
 
     def _add(self, batch: ServiceBusMessageBatch, message: Outgoing) -> bool:
+        if self.packing is Packing.MESSAGE and len(batch):
+            return False  # a batch of one: the SDK stamps its envelope with the message's own ids
         try:
             built = service_bus_message(message)
         except ValueError as error:  # the SDK checks what the service would refuse: a session id > 128 characters
@@ -112,17 +134,22 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
         try:
             client.send_messages(prepared.payload)
         except ServiceBusError as error:
-            if len(prepared.counts) < 2 or not _not_allowed(error):
+            if len(prepared.messages) < 2 or not _not_allowed(error):
                 raise
+            needed = Packing.SESSION
+            if len(prepared.counts) < 2 or _distinct_ids_refused(error):
+                needed = Packing.MESSAGE
             # Not on the first refusal only: another invocation may have packed its batch before the switch.
-            if self.mixed_sessions:
-                self.mixed_sessions = False
+            if needed > self.packing:
+                self.packing = needed
                 log.warning(
-                    "endpoint '%s': '%s' refused a batch of %d sessions (%s); one batch per session from now on",
+                    "endpoint '%s': '%s' refused a batch of %d messages of %d sessions (%s); %s from now on",
                     self.endpoint.name,
                     self.endpoint.path,
+                    len(prepared.messages),
                     len(prepared.counts),
                     error,
+                    "one batch per session" if needed is Packing.SESSION else "one message per send",
                     extra={"endpoint": self.endpoint.name},
                 )
             raise PackingRefused(str(error)) from error

@@ -470,7 +470,6 @@ def test_service_bus_sends_one_batch_per_session_once_a_partitioned_entity_refus
     run(worker_batch(first))
     run(worker_batch([sensor_event(f"s-{i % 2}", i) for i in range(20, 24)]))
 
-    print("STATS", deployed.peer.stats(), deployed.peer.transfers("alerts"), deployed.dead_letters())
     assert deployed.peer.stats().deliveries_rejected == (NOT_ALLOWED,), "refused once, then remembered"
     assert sorted(count for _partition, count in deployed.peer.transfers("alerts")) == [2, 2, 3, 3, 3]
     sessions: dict[str, list[str]] = {}

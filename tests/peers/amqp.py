@@ -94,6 +94,14 @@ _MIXED_BATCH_REFUSAL = (
     "Batching brokered messages with distinct SessionId or PartitionKey is not supported for an entity with "
     "partitioning enabled. (test peer)"
 )
+# ... and what it answers a batch of distinct message ids too (or sessions, or partition keys) on a partitioned
+# entity with duplicate detection (azure-sdk-for-python 21955, 36333; the double space is the service's).
+_DISTINCT_IDS_REFUSAL = (
+    "Batching brokered messages with distinct SessionId, PartitionKey, or MessageId  is not supported for an "
+    "entity with partitioning and duplicate detection enabled. (test peer)"
+)
+# Service Bus' default duplicate detection history window.
+DEFAULT_DUPLICATE_WINDOW = 600.0
 CONNECTION_FORCED = "amqp:connection:forced"
 
 BATCH_MESSAGE_FORMAT = 0x80013700
@@ -578,6 +586,8 @@ class PeerStats:
     deliveries_rejected: tuple[str, ...] = ()  # the condition of each rejected delivery
     connections_dropped: int = 0
     links_not_found: tuple[str, ...] = ()
+    # (entity, message id) of each message accepted as a duplicate and dropped, as duplicate detection does.
+    duplicates_dropped: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass
@@ -933,7 +943,8 @@ class AmqpPeer:
     `reject_next_sends`, `server_busy` (both for one partition's link too), `throttle`,
     `drop_connection_on_next_sends`, `reject_messages_larger_than`, `refuse_auth`; and
     `partition_entities`, after which those entities refuse batches mixing sessions. A transfer that is
-    rejected or dropped is never recorded.
+    rejected or dropped is never recorded. `detect_duplicates` gives entities Service Bus duplicate
+    detection: a repeat is settled as accepted and dropped (counted in `PeerStats.duplicates_dropped`).
     """
 
     def __init__(
@@ -953,6 +964,9 @@ class AmqpPeer:
         self._max_message_size = max_message_size
         self._size_limit: int | None = None
         self._partitioned: set[str] = set()
+        # entity -> duplicate detection window (seconds); entity -> dedup key -> when it was last accepted
+        self._deduplicated: dict[str, float] = {}
+        self._seen: dict[str, dict[tuple[object, ...], float]] = {}
         self._faults: list[_Fault] = []
         self._refusals: list[_Refusal] = []
         self._messages: list[ReceivedMessage] = []
@@ -1049,6 +1063,8 @@ class AmqpPeer:
             self._refusals.clear()
             self._size_limit = None
             self._partitioned = set()
+            self._deduplicated = {}
+            self._seen = {}
 
     # -- configuration and faults ------------------------------------------------------------------
     @property
@@ -1110,6 +1126,14 @@ class AmqpPeer:
         with self._lock:
             self._partitioned = set(entities)
 
+    def detect_duplicates(self, entities: Iterable[str], *, window: float = DEFAULT_DUPLICATE_WINDOW) -> None:
+        """Give `entities` Service Bus duplicate detection: a message whose MessageId (MessageId and
+        PartitionKey -- the session id when it has none -- on a partitioned entity) was accepted within the
+        last `window` seconds is settled as accepted and dropped, as the service does. A partitioned one
+        then also refuses batches of distinct MessageIds."""
+        with self._lock:
+            self._deduplicated = dict.fromkeys(entities, window)
+
     def reject_messages_larger_than(self, size: int | None) -> None:
         """Reject transfers whose encoded size exceeds `size` with amqp:link:message-size-exceeded."""
         with self._lock:
@@ -1128,6 +1152,7 @@ class AmqpPeer:
             self._refusals.clear()
             self._size_limit = None
             self._partitioned = set()
+            self._deduplicated = {}
 
     # -- called from the loop thread ---------------------------------------------------------------
     def _entity_exists(self, name: str) -> bool:
@@ -1156,11 +1181,41 @@ class AmqpPeer:
 
     def _refuses_mixed_batch(self, entity: str, messages: list[ReceivedMessage]) -> _Fault | None:
         with self._lock:
-            if entity not in self._partitioned or len({(m.session_id, m.partition_key) for m in messages}) < 2:
+            if entity not in self._partitioned:
                 return None
-            fault = _Fault("reject", 0, entity, NOT_ALLOWED, _MIXED_BATCH_REFUSAL)
+            if entity in self._deduplicated:
+                distinct = {(m.session_id, m.partition_key, m.message_id) for m in messages}
+                description = _DISTINCT_IDS_REFUSAL
+            else:
+                distinct = {(m.session_id, m.partition_key, None) for m in messages}
+                description = _MIXED_BATCH_REFUSAL
+            if len(distinct) < 2:
+                return None
+            fault = _Fault("reject", 0, entity, NOT_ALLOWED, description)
             self._count_fault(fault)
             return fault
+
+    def _new_messages(self, entity: str, messages: list[ReceivedMessage]) -> list[ReceivedMessage]:
+        """`messages` without the repeats duplicate detection drops; under the lock."""
+        window = self._deduplicated.get(entity)
+        if window is None:
+            return messages
+        seen = self._seen.setdefault(entity, {})
+        now = time.monotonic()
+        partitioned = entity in self._partitioned
+        kept = []
+        for message in messages:
+            key: tuple[object, ...] = (message.message_id,)
+            if partitioned:
+                key = (message.message_id, message.partition_key or message.session_id)
+            first = seen.get(key)
+            if message.message_id is not None and first is not None and now - first < window:
+                s = self._stats
+                self._stats = _replace(s, duplicates_dropped=(*s.duplicates_dropped, (entity, message.message_id)))
+                continue
+            seen[key] = now
+            kept.append(message)
+        return kept
 
     def _count_fault(self, fault: _Fault) -> None:
         s = self._stats
@@ -1171,7 +1226,7 @@ class AmqpPeer:
 
     def _record(self, entity: str, partition_id: str | None, messages: list[ReceivedMessage]) -> None:
         with self._lock:
-            self._messages.extend(messages)
+            self._messages.extend(self._new_messages(entity, messages))
             s = self._stats
             self._stats = _replace(
                 s,
