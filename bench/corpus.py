@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from routing.ingress import from_eventhub_events
+from routing.ingest.ingress import from_eventhub_events
 from routing.model import IngressMessage
 from tests.conftest import WorkerEvent, worker_batch
 

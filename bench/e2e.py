@@ -1,5 +1,5 @@
 """End to end: worker-shaped batches through function_app's own functions, delivered by the production
-senders (`routing.pool.SenderPool`) to the local AMQP 1.0 peer and the Event Grid receiver.
+senders (`routing.deliver.pool.SenderPool`) to the local AMQP 1.0 peer and the Event Grid receiver.
 
 The router is built by `routing.app.build_router` from app settings as deployed (`ROUTES_FILE`,
 connections in settings, `ROUTER_OUTPUT_DIR` unset); only its dead-letter store is swapped for one in
@@ -22,8 +22,8 @@ from bench.routes import AMQP_SETTING, GRID_SETTING, write_routes
 from bench.stages import MemoryDeadLetters
 from bench.timing import percentile
 from routing import app as wiring
+from routing.deliver.pool import SenderPool
 from routing.pipeline import Router
-from routing.pool import SenderPool
 from tests.peers import AmqpPeer, EventGridReceiver
 
 Function = Callable[[list[Any]], None]

@@ -8,7 +8,7 @@ to their own destinations would have:
 - `selective`: each filtered endpoint is `<path> = '<one device or object>' AND ...` — telemetry by
   device id (`$system['iothub-connection-device-id']`, devices of the corpus, so some match), twin
   events by object id (`$body.Id`, objects outside this corpus). These are indexed by value when the
-  table loads (routing/routes.py `_Selector`).
+  table loads (routing/routes/table.py `_Selector`).
 - `thresholds`: the same, but one filtered endpoint in ten is a threshold or a prefix instead
   (`$body.co2 > 1109`, `STARTS_WITH($body.Value, '29.19')`, each text different), which the table
   indexes as sorted literals and prefixes.
@@ -29,7 +29,7 @@ from bench import corpus as corpora
 from bench import stages
 from bench.routes import route_dicts
 from bench.timing import interleaved
-from routing.routes import RouteTable, parse_routes
+from routing.routes.table import RouteTable, parse_routes
 
 SIZES = (10, 100, 1000)
 SCENARIOS = ("selective", "thresholds", "unindexed")

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from routing.routes import RouteTable, parse_routes
+from routing.routes.table import RouteTable, parse_routes
 
 AMQP_SETTING = "BENCH_AMQP_CONNECTION"
 GRID_SETTING = "BENCH_GRID_KEY"

@@ -23,13 +23,13 @@ from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusSender
 from azure.servicebus.exceptions import MessageSizeExceededError
 
-from routing.eventgrid import EventGridSender
-from routing.eventhubs import EventHubSender, partition_for, with_partition_key
+from routing.deliver.eventgrid import EventGridSender
+from routing.deliver.eventhubs import EventHubSender, partition_for, with_partition_key
+from routing.deliver.senders import ClientSender, KeyGroup, Prepared, RetryOptions, Sender, SendReport
+from routing.deliver.servicebus import ServiceBusEndpointSender
 from routing.model import DeadLetter, EndpointType, IngressMessage, Outgoing
 from routing.pipeline import Router, StaticRoutes
-from routing.routes import Endpoint, RouteTable
-from routing.senders import ClientSender, KeyGroup, Prepared, RetryOptions, Sender, SendReport
-from routing.servicebus import ServiceBusEndpointSender
+from routing.routes.table import Endpoint, RouteTable
 
 # What the peer (and Azure's standard tier) advertises; the SDKs size batches by it.
 MAX_MESSAGE_SIZE = 1024 * 1024
@@ -231,11 +231,11 @@ _OFFLINE: dict[EndpointType, type[ClientSender[Any]]] = {
 
 
 class OfflinePool:
-    """Like `routing.pool.SenderPool`: one production sender per endpoint, reused, but on offline clients."""
+    """Like `routing.deliver.pool.SenderPool`: one production sender per endpoint, reused, but on offline clients."""
 
     def __init__(self, lanes: int | None = None) -> None:
         self._senders: dict[str, Sender] = {}
-        # None: the production default (`routing.senders.DEFAULT_LANES`).
+        # None: the production default (`routing.deliver.senders.DEFAULT_LANES`).
         self._options: dict[str, Any] = {} if lanes is None else {"lanes": lanes}
 
     def __call__(self, endpoint: Endpoint) -> Sender:

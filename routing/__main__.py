@@ -1,3 +1,3 @@
-from routing.cli import main
+from routing.cli.main import main
 
 main()

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 
 from routing import observability
 from routing.deadletters import BlobDeadLetters, FileDeadLetters
-from routing.ingress import EventHubEventLike, from_eventhub_events
+from routing.deliver.pool import SenderPool
+from routing.deliver.senders import FileSender
+from routing.ingest.ingress import EventHubEventLike, from_eventhub_events
 from routing.pipeline import BatchReport, Router, RouteSource
-from routing.pool import SenderPool
-from routing.senders import FileSender
+from routing.routes.files import FileRoutes
+from routing.routes.tables import TableRoutes
 from routing.settings import DEADLETTER_STORAGE, RouterSettings
-from routing.stores import FileRoutes
-from routing.tables import TableRoutes
 
 log = logging.getLogger(__name__)
 

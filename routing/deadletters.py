@@ -22,7 +22,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 
 from routing.connections import resolve
-from routing.ingress import to_line
+from routing.ingest.ingress import to_line
 from routing.model import DeadLetter, IngressMessage, message_id
 
 FILE_NAME = "deadletter.jsonl"
@@ -145,7 +145,7 @@ def blob_record(letter: DeadLetter, when: datetime) -> dict[str, Any]:
             "sequenceNumber": ingress.sequence_number,
             "offset": ingress.offset,
             # As the ingress gave it, not normalised: message ids of partitionless messages derive from it,
-            # and a replay must reproduce them (routing/ingress.py gives it an offset).
+            # and a replay must reproduce them (routing/ingest/ingress.py gives it an offset).
             "enqueuedTime": ingress.enqueued_time,
         },
         "attempts": [{"time": _rfc3339_text(a.time), "error": a.error} for a in letter.attempts],

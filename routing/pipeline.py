@@ -13,17 +13,17 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from routing import envelope
 from routing import observability as obs
-from routing.classify import classify
 from routing.deadletters import DeadLetterStore
-from routing.filters import EventBody
+from routing.deliver import envelope
+from routing.deliver.senders import HELD_BEHIND, KeyGroup, SenderFor, SendReport
+from routing.ingest.classify import classify
 from routing.model import (
     TELEMETRY_TYPES,
     DeadLetter,
@@ -35,8 +35,8 @@ from routing.model import (
     Rejection,
     message_id,
 )
-from routing.routes import Endpoint, RouteTable
-from routing.senders import HELD_BEHIND, KeyGroup, Sender, SendReport
+from routing.routes.filters import EventBody
+from routing.routes.table import Endpoint, RouteTable
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,6 @@ class BatchReport:
         self.dead_letters[letter.code] += 1
         self.dead_letter_examples.setdefault(letter.code, letter.reason)
 
-
-SenderFor = Callable[[Endpoint], Sender]
 
 # Endpoints delivered to at once (each sender then spreads its keys over lanes of its own).
 ENDPOINT_CONCURRENCY = 8

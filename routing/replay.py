@@ -11,13 +11,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from routing import envelope
-from routing.classify import classify
 from routing.deadletters import ingress_of
+from routing.deliver import envelope
+from routing.deliver.senders import KeyGroup, SenderFor
+from routing.ingest.classify import classify
 from routing.model import Event, Outgoing
-from routing.pipeline import SenderFor
-from routing.routes import Endpoint, RouteTable, matching
-from routing.senders import KeyGroup
+from routing.routes.table import Endpoint, RouteTable, matching
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,7 +15,7 @@ import pytest
 from azure.storage.blob import ContainerClient
 
 from routing import app as wiring
-from routing.pool import SenderPool
+from routing.deliver.pool import SenderPool
 from tests.azurite import Azurite
 
 

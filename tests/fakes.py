@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from routing.deadletters import blob_name, blob_record
+from routing.deliver.senders import ClientSender, Prepared, RetryOptions
 from routing.model import DeadLetter, Outgoing
-from routing.routes import Endpoint
-from routing.senders import ClientSender, Prepared, RetryOptions
+from routing.routes.table import Endpoint
 
 
 class TransientFault(Exception):

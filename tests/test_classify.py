@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from routing.classify import classify
+from routing.ingest.classify import classify
 from routing.model import Event, EventType, IngressMessage, Rejection
 from tests.conftest import sensor_data, telemetry, twin_event
 

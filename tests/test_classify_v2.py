@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from routing.classify import classify
 from routing.errors import RouteTableError
-from routing.filters import FilterSyntaxError, compile_filter
+from routing.ingest.classify import classify
 from routing.model import KNOWN_EVENT_TYPES, TELEMETRY_TYPES, Event, EventType, IngressMessage, Rejection
-from routing.routes import parse_routes
+from routing.routes.filters import FilterSyntaxError, compile_filter
+from routing.routes.table import parse_routes
 from tests.conftest import twin_event
 
 HOST = "my-example-digital-twin.api.sea.digitaltwins.azure.net"

@@ -17,10 +17,10 @@ import pytest
 from azure.storage.blob import ContainerClient
 from typer.testing import CliRunner
 
-from routing.cli import app
+from routing.cli.main import app
 from routing.deadletters import UNCLASSIFIED_FOLDER, BlobDeadLetters
 from routing.pipeline import Router, StaticRoutes
-from routing.routes import parse_routes
+from routing.routes.table import parse_routes
 from tests.azurite import Azurite
 from tests.conftest import sensor_data, telemetry, twin_event
 from tests.fakes import FakeSenders, FakeWire

@@ -21,14 +21,14 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from typer.testing import CliRunner
 
 from routing import deadletters
-from routing.classify import classify
-from routing.cli import app as cli_app
+from routing.cli.main import app as cli_app
 from routing.deadletters import UNCLASSIFIED_FOLDER, BlobDeadLetters
+from routing.deliver.pool import SenderPool
+from routing.deliver.senders import RetryOptions
+from routing.ingest.classify import classify
 from routing.model import Event, EventType, IngressMessage
 from routing.pipeline import Router, StaticRoutes
-from routing.pool import SenderPool
-from routing.routes import RouteTable, parse_routes
-from routing.senders import RetryOptions
+from routing.routes.table import RouteTable, parse_routes
 from tests.azurite import Azurite, running_azurite
 from tests.conftest import WorkerEvent, sensor_data, telemetry, twin_event, worker_batch
 from tests.deployment import fresh_router

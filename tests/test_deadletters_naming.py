@@ -17,7 +17,7 @@ from azure.storage.blob import ContainerClient
 from routing.deadletters import UNDATED_FOLDER, BlobDeadLetters, blob_record, hour_folder
 from routing.model import Attempt, DeadLetter, IngressMessage
 from routing.pipeline import Router, StaticRoutes
-from routing.routes import parse_routes
+from routing.routes.table import parse_routes
 from tests.azurite import Azurite
 from tests.conftest import sensor_data, telemetry, twin_event
 from tests.fakes import FakeSenders, FakeWire

@@ -15,9 +15,9 @@ import pytest
 from azure.storage.blob import ContainerClient
 
 from routing import app as wiring
+from routing.deliver.pool import SenderPool
+from routing.deliver.senders import RetryOptions
 from routing.model import IngressMessage, message_id
-from routing.pool import SenderPool
-from routing.senders import RetryOptions
 from tests.azurite import Azurite
 from tests.conftest import WorkerEvent, sensor_data, worker_batch
 from tests.deployment import deployed_app

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from routing import envelope
-from routing.classify import classify
+from routing.deliver import envelope
+from routing.ingest.classify import classify
 from routing.model import EnvelopeFormat, Event, IngressMessage, Rejection
-from routing.routes import parse_routes
+from routing.routes.table import parse_routes
 from tests.conftest import sensor_data, twin_event
 from tests.peers.eventgrid import is_rfc3339, problem_with
 from tests.test_templates import endpoint, route, sent

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import routing.filters
-from routing.classify import classify
-from routing.filters import compile_filter
+import routing.routes.filters
+from routing.ingest.classify import classify
 from routing.model import Event
-from routing.routes import matching, parse_routes
+from routing.routes.filters import compile_filter
+from routing.routes.table import matching, parse_routes
 from tests.conftest import telemetry
 
 
@@ -84,13 +84,13 @@ def test_a_thousand_per_device_routes_cost_one_comparison_per_event(monkeypatch:
     routes = [hub(f"d{i}", f"$system['iothub-connection-device-id'] = 'device-{i}'") for i in range(1000)]
     table = parse_routes([*routes, hub("everything", None)])
     comparisons: list[tuple[Any, Any]] = []
-    real = routing.filters._compare
+    real = routing.routes.filters._compare
 
     def counted(op: str, left: Any, right: Any) -> bool:
         comparisons.append((left, right))
         return real(op, left, right)
 
-    monkeypatch.setattr(routing.filters, "_compare", counted)
+    monkeypatch.setattr(routing.routes.filters, "_compare", counted)
     event = event_of("device-637", b"{}")
     assert [e.name for e in table.targets(event)] == ["d637", "everything"]
     assert comparisons == [("device-637", "device-637")]  # the matched endpoint's own filter, once
@@ -159,13 +159,13 @@ def test_the_index_chooses_exactly_what_testing_every_filter_chooses(
 def test_endpoints_with_the_same_filter_text_test_it_once_per_event(monkeypatch: pytest.MonkeyPatch) -> None:
     table = parse_routes([hub(f"e{i}", "$body.co2 > 1000" if i % 2 else "$body.co2 > 500") for i in range(100)])
     comparisons: list[str] = []
-    real = routing.filters._compare
+    real = routing.routes.filters._compare
 
     def counted(op: str, left: Any, right: Any) -> bool:
         comparisons.append(op)
         return real(op, left, right)
 
-    monkeypatch.setattr(routing.filters, "_compare", counted)
+    monkeypatch.setattr(routing.routes.filters, "_compare", counted)
     chosen = table.targets(event_of("d", b'{"co2": 700}'))
     assert [e.name for e in chosen] == [f"e{i}" for i in range(0, 100, 2)]
     # 700 is below every `> 1000` literal (never candidates); the 50 `> 500` filters are one text, tested once.

@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from routing.classify import classify
-from routing.cli import app
+from routing.cli.main import app
 from routing.deadletters import FileDeadLetters
+from routing.deliver.senders import FileSender
 from routing.errors import RouteTableError
-from routing.filters import FilterSyntaxError, compile_filter
+from routing.ingest.classify import classify
 from routing.model import Event, EventType, IngressMessage
 from routing.pipeline import Router, StaticRoutes
-from routing.routes import Endpoint, parse_endpoint, parse_routes
-from routing.senders import FileSender
-from routing.tables import parse_row, to_entity, to_raw
+from routing.routes.filters import FilterSyntaxError, compile_filter
+from routing.routes.table import Endpoint, parse_endpoint, parse_routes
+from routing.routes.tables import parse_row, to_entity, to_raw
 from tests.azurite import Azurite
 from tests.conftest import telemetry, twin_event
 
@@ -280,16 +280,16 @@ def test_malformed_filters_name_the_position(text: str, message: str | None, pos
 
 
 def counting_loader(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    import routing.filters  # noqa: PLC0415 - the module attribute is what gets patched
+    import routing.routes.filters  # noqa: PLC0415 - the module attribute is what gets patched
 
     calls: list[bytes] = []
-    real = routing.filters.load_json
+    real = routing.routes.filters.load_json
 
     def loader(data: bytes) -> Any:
         calls.append(data)
         return real(data)
 
-    monkeypatch.setattr(routing.filters, "load_json", loader)
+    monkeypatch.setattr(routing.routes.filters, "load_json", loader)
     return calls
 
 
@@ -367,7 +367,7 @@ def test_filters_are_compiled_when_the_table_loads_never_per_event(
     def no_parsing(text: str) -> Any:
         raise AssertionError("a filter was parsed while routing")
 
-    monkeypatch.setattr("routing.filters._tokenize", no_parsing)
+    monkeypatch.setattr("routing.routes.filters._tokenize", no_parsing)
     report = router.route([telemetry("d", f'{{"t": {t}}}'.encode(), seq=t) for t in range(20, 31)])
     assert report.delivered[("hot", EventType.DEVICE_MESSAGES)] == 5
 

@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 
 import function_app
 from routing import app as wiring
-from routing.classify import classify
-from routing.ingress import from_eventhub_events
+from routing.ingest.classify import classify
+from routing.ingest.ingress import from_eventhub_events
 from routing.model import Event, EventType, Rejection, shaped_message_id
 from routing.pipeline import BatchReport
-from routing.routes import parse_routes
+from routing.routes.table import parse_routes
 from tests.conftest import WorkerEvent, worker_batch
 
 # Each event type goes to one endpoint, except SpaceChange, which goes nowhere (unrouted).

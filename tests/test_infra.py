@@ -16,7 +16,7 @@ import pytest
 from pycep import BicepParser
 
 from routing.model import EndpointType
-from routing.routes import parse_routes
+from routing.routes.table import parse_routes
 from routing.settings import SETTINGS_LIST
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 
 from routing.errors import IngressFormatError
-from routing.ingress import from_eventhub_events, parse_line
+from routing.ingest.ingress import from_eventhub_events, parse_line
 from tests.host import WorkerEvent, worker_batch
 
 

@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tenacity import Retrying
 
-from routing import senders as senders_module
-from routing.classify import classify
+from routing.deliver import senders as senders_module
+from routing.deliver.senders import DEFAULT_LANES
+from routing.ingest.classify import classify
 from routing.model import Event, EventType, IngressMessage
 from routing.pipeline import Router, StaticRoutes
 from routing.replay import Letter, replay
-from routing.routes import RouteTable, parse_routes
-from routing.senders import DEFAULT_LANES
+from routing.routes.table import RouteTable, parse_routes
 from tests.conftest import sensor_data
 from tests.fakes import FakeSenders, FakeWire, MemoryDeadLetters, StoreDown
 

@@ -20,11 +20,11 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from routing import observability
-from routing.classify import classify
+from routing.ingest.classify import classify
 from routing.model import Event, IngressMessage
 from routing.pipeline import Router, StaticRoutes
-from routing.routes import parse_routes
-from routing.tables import TableRoutes, to_entity
+from routing.routes.table import parse_routes
+from routing.routes.tables import TableRoutes, to_entity
 from tests.azurite import Azurite
 from tests.conftest import sensor_data
 from tests.fakes import FakeSenders, FakeWire, MemoryDeadLetters

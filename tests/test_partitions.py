@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from azure.eventhub._buffered_producer._partition_resolver import PartitionResolver, generate_hash_code
 
-from routing.eventhubs import partition_for
+from routing.deliver.eventhubs import partition_for
 
 # Partition keys and the hash Event Hubs gives them: the test vectors of the .NET SDK's PartitionResolver,
 # a port of the service's code (Azure.Messaging.EventHubs PartitionResolverTests.PartitionHashTestCases).

@@ -26,7 +26,7 @@ from azure.servicebus.exceptions import (
     ServiceBusServerBusyError,
 )
 
-from routing.eventhubs import with_partition_key
+from routing.deliver.eventhubs import with_partition_key
 from tests.peers.amqp import MESSAGE_SIZE_EXCEEDED, NOT_ALLOWED, SERVER_BUSY, AmqpPeer, pad_frame_body
 from tests.peers.eventgrid import EventGridReceiver
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from routing.classify import classify
 from routing.deadletters import FileDeadLetters
+from routing.deliver.senders import Failure, FileSender, KeyGroup, SendReport
+from routing.ingest.classify import classify
 from routing.model import EventType, IngressMessage
 from routing.pipeline import Router, StaticRoutes
-from routing.routes import Endpoint, parse_routes
-from routing.senders import Failure, FileSender, KeyGroup, SendReport
+from routing.routes.table import Endpoint, parse_routes
 from tests.conftest import sensor_data, telemetry, twin_event
 
 ROUTES = [

@@ -163,6 +163,8 @@ def test_funcignore_keeps_tests_bench_node_modules_and_development_files_out() -
         "package.json",
         "pyproject.toml",
         ".ci/run",
+        "routing/__main__.py",
+        "routing/cli/main.py",
     ]
     assert not [p for p in kept_out if not spec.match_file(p)], "would be deployed"
     shipped = shipped_files()

@@ -9,7 +9,7 @@ import pytest
 
 from routing.errors import RouteTableError
 from routing.model import EndpointType, EnvelopeFormat, EventType
-from routing.routes import Endpoint, parse_endpoint, parse_routes
+from routing.routes.table import Endpoint, parse_endpoint, parse_routes
 
 ALL_TYPES = ["DeviceMessages", "TopologyOperation", "SpaceChange", "SensorChange", "UdfCustom"]
 # The contract, written out rather than derived from the code: Event Hubs takes everything,

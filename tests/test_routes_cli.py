@@ -15,9 +15,9 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
 from typer.testing import CliRunner
 
-from routing.cli import app
-from routing.routes import parse_routes
-from routing.tables import PARTITION_KEY, RouteRows, Row
+from routing.cli.main import app
+from routing.routes.table import parse_routes
+from routing.routes.tables import PARTITION_KEY, RouteRows, Row
 from tests.azurite import Azurite
 
 cli = CliRunner()

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from azure.storage.blob import ContainerClient
 
+from routing.deliver.pool import SenderPool
+from routing.deliver.senders import RetryOptions
 from routing.model import EnvelopeFormat, shape_seed, shaped_message_id
-from routing.pool import SenderPool
 from routing.replay import Letter, replay
-from routing.routes import parse_routes
-from routing.senders import RetryOptions
+from routing.routes.table import parse_routes
 from tests.azurite import Azurite
 from tests.conftest import WorkerEvent, sensor_data, worker_batch
 from tests.deployment import deployed_app

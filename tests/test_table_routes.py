@@ -18,14 +18,13 @@ from azure.data.tables import TableClient
 from routing import app as wiring
 from routing.connections import Connection
 from routing.deadletters import FileDeadLetters
+from routing.deliver.senders import FileSender
 from routing.errors import RoutingError, SettingsError
 from routing.model import EventType, IngressMessage
 from routing.pipeline import BatchReport, Router
-from routing.routes import Endpoint, parse_endpoint
-from routing.senders import FileSender
-from routing.settings import RouterSettings
-from routing.stores import FileRoutes
-from routing.tables import (
+from routing.routes.files import FileRoutes
+from routing.routes.table import Endpoint, parse_endpoint
+from routing.routes.tables import (
     PARTITION_KEY,
     EndpointNotFoundError,
     RouteRows,
@@ -35,6 +34,7 @@ from routing.tables import (
     table_client,
     to_entity,
 )
+from routing.settings import RouterSettings
 from tests.azurite import Azurite, running_azurite
 from tests.conftest import sensor_data, telemetry, twin_event
 
@@ -191,7 +191,7 @@ def test_an_invalid_row_written_around_the_cli_is_skipped_logged_and_counted_and
     storage.client(counted=False).create_entity(bad)
 
     store = TableRoutes(storage.client(), refresh_seconds=REFRESH, clock=Clock())
-    with caplog.at_level(logging.WARNING, logger="routing.tables"):
+    with caplog.at_level(logging.WARNING, logger="routing.routes.tables"):
         report = router_for(store, tmp_path).route([*sensor_batch(3), telemetry("dev-1", b"{}", seq=99)])
 
     assert delivered_to(report) == {"alerts": 3, "raw": 1}
@@ -200,7 +200,7 @@ def test_an_invalid_row_written_around_the_cli_is_skipped_logged_and_counted_and
         "endpoint 'leaky', field 'connection'",
         "endpoint 'leaky', field 'eventTypes'",
     }
-    [record] = [r for r in caplog.records if r.name == "routing.tables"]
+    [record] = [r for r in caplog.records if r.name == "routing.routes.tables"]
     assert "leaky" in record.getMessage() and "Weather" in record.getMessage()
     assert "NAME of an app setting" in record.getMessage()
 
@@ -244,11 +244,11 @@ def test_a_storage_outage_after_the_first_load_keeps_routing_on_the_last_good_ta
         assert delivered_to(router.route(sensor_batch(5))) == {"alerts": 5}
     # Azurite is stopped now.
     clock.advance(REFRESH)
-    with caplog.at_level(logging.ERROR, logger="routing.tables"):
+    with caplog.at_level(logging.ERROR, logger="routing.routes.tables"):
         assert delivered_to(router.route(sensor_batch(5, start=5))) == {"alerts": 5}
     assert store.last_error is not None
     assert len(storage.requests) == 2
-    assert any("last good table" in r.getMessage() for r in caplog.records if r.name == "routing.tables")
+    assert any("last good table" in r.getMessage() for r in caplog.records if r.name == "routing.routes.tables")
 
     # The next attempt waits for the next interval: an outage costs one failed read per interval.
     assert delivered_to(router.route(sensor_batch(5, start=10))) == {"alerts": 5}

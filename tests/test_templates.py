@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from routing.deadletters import FileDeadLetters
+from routing.deliver.senders import FileSender
 from routing.errors import RouteTableError
-from routing.filters import FilterSyntaxError
 from routing.model import EventType, IngressMessage
 from routing.pipeline import Router, StaticRoutes
-from routing.routes import parse_routes
-from routing.senders import FileSender
-from routing.tables import parse_row, to_entity
-from routing.templates import compile_value
+from routing.routes.filters import FilterSyntaxError
+from routing.routes.table import parse_routes
+from routing.routes.tables import parse_row, to_entity
+from routing.routes.templates import compile_value
 from tests.conftest import sensor_data, telemetry, twin_event
 from tests.test_filters import counting_loader
 

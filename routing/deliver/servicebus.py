@@ -27,9 +27,9 @@ from azure.servicebus.exceptions import (
 )
 
 from routing.connections import resolve
+from routing.deliver.senders import DEFAULT_LANES, ClientSender, PackingRefused, Prepared, RetryOptions, Unsendable
 from routing.model import Outgoing
-from routing.routes import Endpoint
-from routing.senders import DEFAULT_LANES, ClientSender, PackingRefused, Prepared, RetryOptions, Unsendable
+from routing.routes.table import Endpoint
 
 log = logging.getLogger(__name__)
 

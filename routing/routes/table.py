@@ -3,7 +3,7 @@
 Route tables come from a routes file (a JSON list of endpoints, fields as in the first Digital Twins
 service's Endpoints API) or, row by row, from Table Storage. Both go through `parse_endpoint`, which
 reports every problem of an endpoint at once (a bad filter among them: filters are compiled here,
-once, by `routing.filters`); `parse_routes` adds the checks across endpoints.
+once, by `routing.routes.filters`); `parse_routes` adds the checks across endpoints.
 Pure values; reading files and tables is the stores' job.
 """
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from routing.errors import Problem, RouteTableError
-from routing.filters import EventBody, Filter, FilterSyntaxError, IndexKey, compile_filter
 from routing.model import KNOWN_EVENT_TYPES, EndpointType, EnvelopeFormat, Event, EventType, shape_seed
-from routing.templates import ValueTemplate, compile_value
+from routing.routes.filters import EventBody, Filter, FilterSyntaxError, IndexKey, compile_filter
+from routing.routes.templates import ValueTemplate, compile_value
 
 FIELDS = (
     "name",

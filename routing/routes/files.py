@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 
 from routing.errors import Problem, RouteTableError
-from routing.routes import RouteTable, parse_routes
+from routing.routes.table import RouteTable, parse_routes
 
 
 def load_routes_file(path: Path) -> RouteTable:

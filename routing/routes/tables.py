@@ -7,7 +7,7 @@ lower-cased so names stay unique case-insensitively; the display name is in `Nam
 properties are the routes-file fields with a capital first letter; `EventTypes` is comma-separated,
 `Filter` the route filter's text and `OrderKey` the order key template (both compiled when the rows
 load, so a bad one makes the row invalid), `Enrichments` a JSON object of property name -> value.
-Every row goes through `routing.routes.parse_endpoint`, the one validator. Touches Table Storage only.
+Every row goes through `routing.routes.table.parse_endpoint`, the one validator. Touches Table Storage only.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from azure.data.tables import TableClient, TableEntity, UpdateMode
 from routing import observability as obs
 from routing.connections import Connection, resolve
 from routing.errors import Problem, RouteTableError, RoutingError
-from routing.routes import Endpoint, RouteTable, parse_endpoint
+from routing.routes.table import Endpoint, RouteTable, parse_endpoint
 from routing.settings import DEFAULT_ROUTES_REFRESH_SECONDS, ROUTES_STORAGE
 
 log = logging.getLogger(__name__)

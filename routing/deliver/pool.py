@@ -6,12 +6,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 
-from routing.eventgrid import EventGridSender
-from routing.eventhubs import EventHubSender
+from routing.deliver.eventgrid import EventGridSender
+from routing.deliver.eventhubs import EventHubSender
+from routing.deliver.senders import ClientSender, RetryOptions, Sender
+from routing.deliver.servicebus import ServiceBusEndpointSender
 from routing.model import EndpointType
-from routing.routes import Endpoint
-from routing.senders import ClientSender, RetryOptions, Sender
-from routing.servicebus import ServiceBusEndpointSender
+from routing.routes.table import Endpoint
 
 _KINDS: dict[EndpointType, type[ClientSender[object]]] = {
     EndpointType.EVENT_HUB: EventHubSender,  # type: ignore[dict-item]

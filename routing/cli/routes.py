@@ -4,7 +4,7 @@ export the routes in Table Storage, and `test` an event against them (a dry run,
 Every write goes through the routes-file validator first and is guarded by the row's ETag, so two
 people editing at once cannot overwrite each other silently. The storage comes from `--connection-string`,
 else the environment (`ROUTES_STORAGE`, `ROUTES_TABLE`), else `local.settings.json` `Values` in the
-current folder. Touches the routes table only (through `routing.tables`).
+current folder. Touches the routes table only (through `routing.routes.tables`).
 """
 
 from __future__ import annotations
@@ -26,21 +26,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from routing import envelope
-from routing.classify import Result, classify
 from routing.connections import Connection, resolve
 from routing.errors import RoutingError
-from routing.filters import EventBody
-from routing.ingress import parse_line
-from routing.model import Event, EventType
-from routing.routes import Endpoint, RouteTable
+from routing.explain import explain
+from routing.ingest.classify import classify
+from routing.ingest.ingress import parse_line
+from routing.routes.files import load_routes_file
+from routing.routes.table import Endpoint
+from routing.routes.tables import RouteRows, Row, TableLoad, describe, short_reason, table_client, validated
 from routing.settings import DEFAULT_ROUTES_TABLE, ROUTES_STORAGE, connection_is_set, table_name_problem
-from routing.stores import load_routes_file
-from routing.tables import RouteRows, Row, TableLoad, describe, short_reason, table_client, validated
-from routing.templates import enrich
 
-# Its own consoles and `fail`, in the style of routing/cli.py: importing that module here would make
-# the two import each other (cli.py registers this sub-app).
+# Its own consoles and `fail`, in the style of routing/cli/main.py: importing that module here would make
+# the two import each other (main.py registers this sub-app).
 console = Console()
 errors = Console(stderr=True)
 
@@ -594,82 +591,6 @@ def export(
             raise fail(f"--file {file}: {exc.strerror or exc}") from None
         errors.print(f"Wrote {len(loaded.table.endpoints)} endpoints to {escape(str(file))}", highlight=False)
     _warn_invalid(loaded)
-
-
-def explain(results: list[Result], table: RouteTable) -> list[dict[str, Any]]:
-    """Where each event of an ingress message would go, and why (what the pipeline would decide): for
-    every endpoint, whether it takes the type, is enabled, and whether its filter matched."""
-    out: list[dict[str, Any]] = []
-    for result in results:
-        if not isinstance(result, Event):
-            out.append({"index": result.index, "result": "rejected", "code": result.code, "reason": result.reason})
-            continue
-        event_type: EventType = result.event_type
-        takes = event_type.value
-        body = EventBody(result)  # shared, as in the pipeline: parsed at most once, only if a filter asks
-        sent: list[dict[str, Any]] = []
-        not_sent: list[dict[str, Any]] = []
-        other_types: list[dict[str, Any]] = []
-        filtered_out: list[str] = []
-        for e in table.endpoints:
-            item: dict[str, Any] = {"name": e.name, "type": e.type.value}
-            if e.filter is not None:
-                item["filter"] = e.filter.text
-            if event_type not in e.event_types:
-                types = ", ".join(t.value for t in e.event_types)
-                other_types.append({**item, "why": f"does not take {takes} (takes {types})"})
-            elif not e.enabled:
-                not_sent.append({**item, "why": f"takes {takes} but is disabled"})
-            elif e.filter is None:
-                sent.append({**item, "why": f"takes {takes}"})
-            elif e.filter.matches(result, body):
-                sent.append({**item, "filterMatched": True, "why": f"takes {takes} and its filter matched"})
-            else:
-                filtered_out.append(e.name)
-                not_sent.append({**item, "filterMatched": False, "why": f"takes {takes} but its filter did not match"})
-        decision: dict[str, Any] = {
-            "index": result.index,
-            "result": "routed" if sent else "unrouted",
-            "eventType": takes,
-            "orderKey": result.order_key,
-            "messageId": result.message_id,
-            "endpoints": sent,
-            "notSent": not_sent,
-            "otherTypes": other_types,
-        }
-        _once(sent, not_sent, table, result, body)
-        if not sent:
-            decision["reason"] = (
-                f"the filters of {', '.join(repr(n) for n in filtered_out)} did not match"
-                if filtered_out
-                else f"no enabled endpoint takes {takes}"
-            )
-        out.append(decision)
-    return out
-
-
-def _once(
-    sent: list[dict[str, Any]], not_sent: list[dict[str, Any]], table: RouteTable, event: Event, body: EventBody
-) -> None:
-    """As the pipeline does: one message per destination; each message's order key and enrichments."""
-    first_at: dict[str, str] = {}
-    for item in list(sent):
-        endpoint = table.get(item["name"])
-        assert endpoint is not None
-        destination = table.same_as.get(endpoint.name, endpoint.name)
-        first = first_at.setdefault(destination, endpoint.name)
-        if first != endpoint.name:
-            sent.remove(item)
-            not_sent.append({**item, "why": f"{item['why']}, but '{first}' is the same destination: sent there once"})
-            continue
-        message = envelope.build(event, endpoint, event_body=body)
-        item["orderKey"] = message.order_key
-        if endpoint.enrichments:
-            added = enrich({}, endpoint.enrichments, event, body)
-            item["enrichments"] = added
-            item["why"] += "; adds " + (", ".join(f"{k}={v!r}" for k, v in added.items()) or "nothing (undefined)")
-        if endpoint.order_key is not None:
-            item["why"] += f"; order key {message.order_key!r} from {endpoint.order_key.raw!r}"
 
 
 @routes_app.command("test")

@@ -2,7 +2,7 @@
 
 An endpoint may say what orders its messages (`orderKey`) and which application properties to add to
 every message it gets (`enrichments`, like IoT Hub's message enrichments). Both are written the same
-way, and compiled once when the route table loads (paths with `routing.filters`' parser, so a typo is
+way, and compiled once when the route table loads (paths with `routing.routes.filters`' parser, so a typo is
 a validation error with its position, never a per-event failure):
 
 - `$body.DeviceId`, `$subject`, `$properties.site`: one path; its value, typed as in the event;
@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
-from routing.filters import MISSING, EventBody, FilterSyntaxError, Operand, compile_operand
 from routing.model import Event
+from routing.routes.filters import MISSING, EventBody, FilterSyntaxError, Operand, compile_operand
 
 
 @dataclass(frozen=True, slots=True)

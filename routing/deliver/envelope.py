@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from routing.filters import EventBody
 from routing.model import TELEMETRY_TYPES, EndpointType, EnvelopeFormat, Event, Outgoing, shaped_message_id
-from routing.routes import Endpoint
-from routing.templates import as_extension, enrich
+from routing.routes.filters import EventBody
+from routing.routes.table import Endpoint
+from routing.routes.templates import as_extension, enrich
 
 JSON = "application/json"
 CLOUD_EVENT_JSON = "application/cloudevents+json; charset=utf-8"

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from routing.deadletters import FILE_NAME as DEAD_LETTER_FILE
 from routing.deadletters import FileDeadLetters
+from routing.deliver.senders import FileSender
 from routing.errors import IngressFormatError
-from routing.ingress import parse_line
+from routing.ingest.ingress import parse_line
 from routing.model import DeadLetter, IngressMessage
 from routing.pipeline import BatchReport, Router, StaticRoutes
-from routing.routes import RouteTable
-from routing.senders import FileSender
+from routing.routes.table import RouteTable
 
 SOURCE = "local"
 DEFAULT_BATCH_SIZE = 100

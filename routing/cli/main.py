@@ -16,12 +16,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from routing import runner
-from routing.deadletters_cli import deadletters_app
+from routing.cli import runner
+from routing.cli.deadletters import deadletters_app
+from routing.cli.routes import routes_app
 from routing.errors import RoutingError
 from routing.pipeline import BatchReport
-from routing.routes_cli import routes_app
-from routing.stores import load_routes_file
+from routing.routes.files import load_routes_file
 
 app = typer.Typer(
     help="Route Digital Twins events and device telemetry to Event Hubs, Service Bus and Event Grid.",

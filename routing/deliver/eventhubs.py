@@ -19,9 +19,9 @@ from azure.eventhub._buffered_producer import _partition_resolver
 from azure.eventhub.exceptions import AuthenticationError
 
 from routing.connections import resolve
+from routing.deliver.senders import DEFAULT_LANES, ClientSender, Prepared, RetryOptions
 from routing.model import Outgoing
-from routing.routes import Endpoint
-from routing.senders import DEFAULT_LANES, ClientSender, Prepared, RetryOptions
+from routing.routes.table import Endpoint
 
 # AMQP conditions that no retry will cure.
 _PERMANENT_CONDITIONS = (

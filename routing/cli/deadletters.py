@@ -28,25 +28,25 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from routing.cli.routes import LOCAL_SETTINGS, OutputFormat, OutputOption, _local_settings, fail, warn, write_json
+from routing.cli.routes import open_rows as open_route_rows
+from routing.cli.routes import reported as route_rows_reported
 from routing.connections import Connection, resolve
 from routing.deadletters import UNCLASSIFIED_FOLDER, BlobDeadLetters
+from routing.deliver.pool import SenderPool
+from routing.deliver.senders import KeyGroup, SendReport
 from routing.errors import RoutingError
 from routing.model import Outgoing
-from routing.pool import SenderPool
 from routing.replay import Letter, ReplayReport, replay
-from routing.routes import Endpoint, RouteTable
-from routing.routes_cli import LOCAL_SETTINGS, OutputFormat, OutputOption, _local_settings, fail, warn, write_json
-from routing.routes_cli import open_rows as open_route_rows
-from routing.routes_cli import reported as route_rows_reported
-from routing.senders import KeyGroup, SendReport
+from routing.routes.files import load_routes_file
+from routing.routes.table import Endpoint, RouteTable
+from routing.routes.tables import short_reason
 from routing.settings import (
     DEADLETTER_STORAGE,
     DEFAULT_DEADLETTER_CONTAINER,
     ROUTES_STORAGE,
     connection_is_set,
 )
-from routing.stores import load_routes_file
-from routing.tables import short_reason
 
 console = Console()
 errors = Console(stderr=True)

@@ -23,8 +23,8 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 from azure.eventgrid._legacy import EventGridPublisherClient
 
 from routing.connections import resolve
+from routing.deliver.senders import ClientSender, Prepared
 from routing.model import Outgoing
-from routing.senders import ClientSender, Prepared
 
 # Event Grid refuses requests over 1 MB; the brackets and separators of the JSON array count too.
 MAX_REQUEST_BYTES = 1024 * 1024

@@ -28,7 +28,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from routing import observability as obs
 from routing.errors import SettingsError
 from routing.model import Attempt, EndpointType, Outgoing
-from routing.routes import Endpoint
+from routing.routes.table import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ class Sender(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# Which sender delivers an endpoint's messages (a `SenderPool`, or one sender for every endpoint).
+SenderFor = Callable[[Endpoint], Sender]
 
 
 def output_record(endpoint: Endpoint, message: Outgoing) -> dict[str, Any]:
