@@ -5,7 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: run test lint typecheck unit infra-check bench clean python-version
+.PHONY: help run test lint typecheck unit infra-check bench clean python-version azurite
+.DEFAULT_GOAL := help
+
+# `make` alone: what each target does (the `## ` comment after a target's name).
+help:
+	@echo "usage: make TARGET   (each installs what it needs into .venv first; Python 3.11 or 3.12)"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  \1\t/' | expand -t 16
 
 # The pins need Python 3.11 or later, and azure-functions 1.26 installs only below 3.13: say so now,
 # rather than let pip fail halfway through resolving.
@@ -18,23 +24,26 @@ $(BIN)/python: | python-version
 	$(PYTHON) -m venv $(VENV)
 
 # The command line (make run) on top of the runtime; requirements.txt alone is what the app deploys with.
-$(VENV)/.cli: requirements.txt requirements-cli.txt constraints.txt | $(BIN)/python
+# `routing` is installed editable (pyproject [project]), so the command runs from any folder.
+$(VENV)/.cli: requirements.txt requirements-cli.txt constraints.txt pyproject.toml | $(BIN)/python
 	$(PIP) -r requirements-cli.txt
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.dev: requirements.txt requirements-cli.txt requirements-dev.txt constraints.txt | $(BIN)/python
+$(VENV)/.dev: requirements.txt requirements-cli.txt requirements-dev.txt constraints.txt pyproject.toml | $(BIN)/python
 	$(PIP) -r requirements-dev.txt
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@ $(VENV)/.cli
 
-run: $(VENV)/.cli
-	$(BIN)/python -m routing run --events samples/events.jsonl --routes samples/routes.json --out out
+run: $(VENV)/.cli ## route samples/events.jsonl with samples/routes.json into out/, no Azure at all
+	$(BIN)/routing run --events samples/events.jsonl --routes samples/routes.json --out out
 
-lint: $(VENV)/.dev
+lint: $(VENV)/.dev ## ruff, ruff format and the layers contract (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-typecheck: $(VENV)/.dev
+typecheck: $(VENV)/.dev ## mypy, strict
 	$(BIN)/mypy
 
 # Azurite (the local Table/Blob server the storage tests run against), pinned in package-lock.json.
@@ -42,7 +51,7 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-unit: $(VENV)/.dev node_modules/.installed
+unit: $(VENV)/.dev node_modules/.installed ## the tests (Azurite, the local AMQP peer and Event Grid receiver)
 	$(BIN)/python -m pytest
 
 # checkov and azure-functions-doctor over infra/ and the project, in their own venv: checkov pins many
@@ -53,16 +62,24 @@ $(VENV_INFRA)/.installed: requirements-infra.txt constraints-infra.txt | python-
 	$(VENV_INFRA)/bin/pip install --quiet --disable-pip-version-check -c constraints-infra.txt -r requirements-infra.txt
 	touch $@
 
-infra-check: $(VENV_INFRA)/.installed
+infra-check: $(VENV_INFRA)/.installed ## checkov over infra/ and the Functions doctor
 	$(VENV_INFRA)/bin/checkov -d infra --framework bicep --skip-download --compact --quiet
 	$(VENV_INFRA)/bin/azure-functions-doctor doctor --path .
 
-test: lint typecheck unit infra-check
+# Local storage for `routing routes ...` and dead letters, started the way the tests start it: Azurite's
+# default ports, its data in .azurite/. Stop it with Ctrl-C.
+azurite: node_modules/.installed ## run Azurite (local Table/Blob storage) and print its connection string
+	@echo "Azurite on 127.0.0.1:10000-10002; connection string: UseDevelopmentStorage=true"
+	@echo "e.g.  export ROUTES_STORAGE=UseDevelopmentStorage=true DEADLETTER_STORAGE=UseDevelopmentStorage=true"
+	node node_modules/azurite/dist/src/azurite.js --silent --disableTelemetry --location .azurite \
+	  --blobHost 127.0.0.1 --queueHost 127.0.0.1 --tableHost 127.0.0.1 --skipApiVersionCheck --loose
+
+test: lint typecheck unit infra-check ## everything CI runs
 
 # The benchmark of issue #7 (docs/PERFORMANCE.md): stages against floors measured in the same run, the
 # end-to-end path into the local peers, and `routing run` memory over 1,000,000 events. About 6 minutes.
-bench: $(VENV)/.dev node_modules/.installed
+bench: $(VENV)/.dev node_modules/.installed ## the benchmark (docs/PERFORMANCE.md), about 6 minutes
 	$(BIN)/python -m bench --events 5000 --duration 4 --memory-events 1000000
 
-clean:
+clean: ## remove the venvs, node_modules and outputs
 	rm -rf $(VENV) $(VENV_INFRA) out .mypy_cache .ruff_cache node_modules

@@ -154,4 +154,4 @@ def run(
 
 
 def main() -> None:
-    app(prog_name="python -m routing")
+    app(prog_name="routing")
