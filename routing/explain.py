@@ -83,6 +83,9 @@ def _once(
             continue
         message = envelope.build(event, endpoint, event_body=body)
         item["orderKey"] = message.order_key
+        item["messageId"] = message.message_id  # what this endpoint is sent: the event's id in its shape
+        if message.message_id != event.message_id:
+            item["why"] += f"; message id {message.message_id} (the event's id in this endpoint's shape)"
         if endpoint.enrichments:
             added = enrich({}, endpoint.enrichments, event, body)
             item["enrichments"] = added

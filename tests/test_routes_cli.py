@@ -16,6 +16,9 @@ from azure.data.tables import TableClient
 from typer.testing import CliRunner
 
 from routing.cli.main import app
+from routing.ingest.classify import classify
+from routing.ingest.ingress import parse_line
+from routing.model import Event
 from routing.routes.table import parse_routes
 from routing.routes.tables import PARTITION_KEY, RouteRows, Row
 from tests.azurite import Azurite
@@ -35,9 +38,9 @@ class Routes:
         target = ["--connection-string", self.connection_string, "--table", self.table] if connect else []
         return cli.invoke(app, ["routes", *args, *target])
 
-    def json(self, *args: str) -> Any:
+    def json(self, *args: str, exit_code: int = 0) -> Any:
         result = self(*args, "-o", "json")
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == exit_code, result.output
         return json.loads(result.stdout)
 
     @property
@@ -357,15 +360,58 @@ def test_a_dry_run_gives_the_rejection_reason_or_says_no_endpoint_takes_the_type
 ) -> None:
     add_alerts(routes)
     not_json = event_file(tmp_path / "bad.json", {"bodyText": "hello"})
-    [decision] = routes.json("test", "--event", str(not_json))
+    [decision] = routes.json("test", "--event", str(not_json), exit_code=1)
     assert decision["result"] == "rejected" and decision["code"] == "not-json" and decision["reason"]
 
     telemetry = event_file(
         tmp_path / "t.json", {"body": {"t": 1}, "systemProperties": {"iothub-connection-device-id": "d"}}
     )
-    [decision] = routes.json("test", "--event", str(telemetry))
+    [decision] = routes.json("test", "--event", str(telemetry), exit_code=1)
     assert decision["result"] == "unrouted" and decision["orderKey"] == "d"
     assert decision["reason"] == "no enabled endpoint takes DeviceMessages"
+
+
+def test_a_dry_run_takes_the_event_inline_and_shows_the_ids_the_router_assigns(routes: Routes, tmp_path: Path) -> None:
+    add_alerts(routes)
+    routes("add", "ce", *ALERTS[:-1], "q2", "--format", "CloudEventSchemaV1_0")
+    body = json.dumps(SENSOR_LINE["body"])
+    [inline] = routes.json("test", "--body", body, "--properties", '{"Type": "SensorChange"}')
+    line = event_file(tmp_path / "e.json", {"bodyText": body, "properties": {"Type": "SensorChange"}})
+    [from_file] = routes.json("test", "--event", str(line))
+    assert inline == from_file
+    # What the router would send: route the same line through the twins function's pipeline.
+    [event] = list(
+        classify(
+            parse_line(
+                json.dumps({"bodyText": body, "properties": {"Type": "SensorChange"}}), source="twins", line_number=1
+            )
+        )
+    )
+    assert isinstance(event, Event) and inline["messageId"] == event.message_id
+    sent = {e["name"]: e for e in inline["endpoints"]}
+    assert sent["Sensor-Alerts"]["messageId"] == event.message_id  # the default shape keeps the event's id
+    assert sent["ce"]["messageId"] != event.message_id and "this endpoint's shape" in sent["ce"]["why"]
+
+
+def test_a_dry_run_reads_a_routes_file_and_exits_1_when_unrouted(tmp_path: Path) -> None:
+    routes_file = tmp_path / "routes.json"
+    routes_file.write_text(
+        json.dumps(
+            [{"name": "raw", "type": "EventHub", "eventTypes": ["DeviceMessages"], "connection": "H", "path": "r"}]
+        )
+    )
+    iot = ["--system-properties", '{"iothub-connection-device-id": "dev-1"}', "--routes", str(routes_file)]
+    routed = cli.invoke(app, ["routes", "test", "--body", "21.5", *iot, "-o", "json"])
+    assert routed.exit_code == 0, routed.output
+    assert json.loads(routed.stdout)[0]["endpoints"][0]["name"] == "raw"
+    routes_option = ["--routes", str(routes_file)]
+    twin = cli.invoke(
+        app,
+        ["routes", "test", "--body", '{"Id": "s-1"}', "--properties", '{"Type": "SensorChange"}', *routes_option],
+    )
+    assert twin.exit_code == 1 and "no enabled endpoint takes SensorChange" in twin.output
+    both = cli.invoke(app, ["routes", "test", "--body", "1", "--event", str(routes_file)])
+    assert both.exit_code == 2 and "either as --event FILE" in both.output
 
 
 def test_a_dry_run_refuses_an_event_that_is_not_one_ingress_line(routes: Routes, tmp_path: Path) -> None:

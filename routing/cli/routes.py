@@ -593,34 +593,119 @@ def export(
     _warn_invalid(loaded)
 
 
+# Exit code of `test` when an event would be dead-lettered or reach no endpoint: a CI assertion.
+NOT_ROUTED_EXIT = 1
+
+
+class Hub(StrEnum):
+    telemetry = "telemetry"
+    twins = "twins"
+
+
+def _json_object(option: str, text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise fail(f'{option}: not JSON ({exc}); write a JSON object, e.g. \'{{"Type": "SensorChange"}}\'') from None
+    if not isinstance(value, dict):
+        raise fail(f"{option}: must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _test_line(
+    event: Path | None, body: str | None, properties: str | None, system_properties: str | None
+) -> tuple[bytes, str]:
+    """The ingress line to test, and what to call it in errors: from --event, or built from --body."""
+    if (event is None) == (body is None):
+        raise fail("give the event either as --event FILE (one ingress line) or as --body with its properties")
+    if event is not None:
+        if properties is not None or system_properties is not None:
+            raise fail("--properties and --system-properties go with --body; --event holds them in the line")
+        try:
+            raw = sys.stdin.buffer.read() if str(event) == "-" else event.read_bytes()
+        except OSError as exc:
+            raise fail(f"--event {event}: {exc.strerror or exc}") from None
+        return raw.strip(), f"--event {event}"
+    line = {
+        "bodyText": body,
+        "properties": _json_object("--properties", properties),
+        "systemProperties": _json_object("--system-properties", system_properties),
+    }
+    return orjson.dumps(line), "--body"
+
+
 @routes_app.command("test")
 def test_route(
+    *,
     event: Annotated[
-        Path,
+        Path | None,
         typer.Option("--event", help="One ingress line (the local runner's format) in a file; '-' reads stdin."),
-    ],
+    ] = None,
+    body: Annotated[
+        str | None, typer.Option("--body", help="The message body as text (JSON or not), instead of --event.")
+    ] = None,
+    properties: Annotated[
+        str | None, typer.Option("--properties", help="With --body: application properties, a JSON object.")
+    ] = None,
+    system_properties: Annotated[
+        str | None,
+        typer.Option(
+            "--system-properties",
+            help='With --body: system properties, a JSON object (e.g. {"iothub-connection-device-id": "dev-1"}).',
+        ),
+    ] = None,
+    hub: Annotated[
+        Hub | None,
+        typer.Option(
+            "--hub",
+            help="The ingress hub the event arrives on, which message ids derive from; default: telemetry for an "
+            "IoT Hub message (iothub-* system properties), else twins.",
+        ),
+    ] = None,
+    routes_file: Annotated[
+        Path | None, typer.Option("--routes", help="A routes file to test against, instead of the routes table.")
+    ] = None,
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
-    """Dry run: which endpoints one event would go to and why, or why it would be dead-lettered."""
+    """Dry run: which endpoints one event would go to and why, or why it would be dead-lettered. Exits 1
+    when it would be dead-lettered or reach no endpoint, so a script can assert a route."""
+    raw, where = _test_line(event, body, properties, system_properties)
     try:
-        raw = sys.stdin.buffer.read() if str(event) == "-" else event.read_bytes()
-    except OSError as exc:
-        raise fail(f"--event {event}: {exc.strerror or exc}") from None
-    try:
-        message = parse_line(raw.strip(), source="test", line_number=1)
+        probe = parse_line(raw, source="", line_number=1)
+        source = hub.value if hub is not None else _hub_of(probe.system_properties).value
+        message = parse_line(raw, source=source, line_number=1)
     except RoutingError as exc:
-        raise fail(f"--event {event}: must hold one ingress line: {exc}") from None
-    rows = open_rows(connection_string, table)
-    with reported(rows):
-        loaded = rows.load()
-    decisions = explain(list(classify(message)), loaded.table)
+        raise fail(f"{where}: must hold one ingress line: {exc}") from None
+    if routes_file is not None:
+        if connection_string is not None or table is not None:
+            raise fail("--routes tests against a file; --connection-string and --table name a routes table")
+        try:
+            routes = load_routes_file(routes_file)
+        except RoutingError as exc:
+            raise fail(str(exc)) from None
+        decisions = explain(list(classify(message)), routes)
+    else:
+        rows = open_rows(connection_string, table)
+        with reported(rows):
+            loaded = rows.load()
+        decisions = explain(list(classify(message)), loaded.table)
     if output is OutputFormat.json:
         write_json(decisions)
     else:
         _print_decisions(decisions)
-    _warn_invalid(loaded)
+    if routes_file is None:
+        _warn_invalid(loaded)
+    if any(d["result"] != "routed" for d in decisions):
+        raise typer.Exit(code=NOT_ROUTED_EXIT)
+
+
+def _hub_of(system_properties: Mapping[str, Any]) -> Hub:
+    """Which of the two functions would take the event: IoT Hub stamps its messages with iothub-*."""
+    return Hub.telemetry if any(str(k).startswith("iothub-") for k in system_properties) else Hub.twins
 
 
 def _print_decisions(decisions: list[dict[str, Any]]) -> None:
@@ -636,6 +721,7 @@ def _print_decisions(decisions: list[dict[str, Any]]) -> None:
             f"{label}: {decision['eventType']}, order key {escape(decision['orderKey'])}, "
             f"message id {decision['messageId']}",
             highlight=False,
+            soft_wrap=True,  # an id is copied whole: never folded mid-UUID
         )
         table = Table(title_justify="left")
         table.add_column("Endpoint")
