@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Mapping
 
@@ -110,7 +111,16 @@ def configure(env: Mapping[str, str] | None = None) -> str:
                 PeriodicExportingMetricReader,
             )
 
-            reader = PeriodicExportingMetricReader(ConsoleMetricExporter(), export_interval_millis=10_000)
+            # To stderr: stdout carries the runner's summary (JSON with -o json).
+            reader = PeriodicExportingMetricReader(ConsoleMetricExporter(out=sys.stderr), export_interval_millis=10_000)
             metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
             return "console"
         return "nowhere"
+
+
+def shutdown() -> None:
+    """Export what is pending and stop (the local runner's end: short runs never reach an interval)."""
+    provider = metrics.get_meter_provider()
+    stop = getattr(provider, "shutdown", None)
+    if stop is not None:
+        stop()

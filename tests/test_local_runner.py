@@ -218,3 +218,42 @@ def test_body_forms_mean_the_same_bytes(tmp_path: Path) -> None:
     )
     sent = [x["bodyBase64"] for x in read(tmp_path / "o" / "telemetry-hub.jsonl")]
     assert [base64.b64decode(s) for s in sent] == ['{"a":[1,2],"b":"é"}'.encode(), b'{ "a" : [1,2] }', b"\x00\xff"]
+
+
+def _command(*args: str, env: dict[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
+    routing = Path(sys.executable).with_name("routing")
+    environment = {"PATH": "/usr/bin:/bin", **(env or {})}
+    return subprocess.run(
+        [str(routing), *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_dead_letters_are_summarised_in_the_table_not_printed_one_line_each(tmp_path: Path) -> None:
+    done = _command("run", "--events", str(SAMPLES / "events.jsonl"), "--routes", str(SAMPLES / "routes.json"),
+                    "--out", "out", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Dead letters (deadletter.jsonl)" in done.stdout
+    assert "dead-lettered" not in done.stderr  # the logger's warnings went to the summary, not to stderr
+
+
+def test_a_second_run_with_other_routes_names_the_files_it_did_not_write(tmp_path: Path) -> None:
+    first = _command("run", "--events", str(SAMPLES / "events.jsonl"), "--routes", str(SAMPLES / "routes.json"),
+                     "--out", "out", cwd=tmp_path)  # fmt: skip
+    assert first.returncode == 0 and "also holds" not in first.stderr
+    routes = tmp_path / "one.json"
+    routes.write_text(json.dumps([
+        {"name": "telemetry-hub", "type": "EventHub", "eventTypes": ["DeviceMessages"], "connection": "C", "path": "p"}
+    ]))  # fmt: skip
+    second = _command("run", "--events", str(SAMPLES / "events.jsonl"), "--routes", str(routes), "--out", "out",
+                      cwd=tmp_path)  # fmt: skip
+    assert second.returncode == 0
+    assert "also holds" in second.stderr and "sensor-alerts.jsonl" in second.stderr
+    assert "telemetry-hub.jsonl," not in second.stderr  # this run wrote that one
+
+
+def test_router_metrics_console_prints_the_runs_metrics_on_stderr(tmp_path: Path) -> None:
+    done = _command("run", "--events", str(SAMPLES / "events.jsonl"), "--routes", str(SAMPLES / "routes.json"),
+                    "--out", "out", "-o", "json", env={"ROUTER_METRICS_CONSOLE": "1"}, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["messages"] == 36  # stdout stays the summary alone
+    assert '"name": "router.events.in"' in done.stderr and '"name": "router.messages.delivered"' in done.stderr

@@ -4,7 +4,12 @@ dead-letter tools. Typer parses the arguments and Rich draws the tables and the 
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,9 +21,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from routing import observability
 from routing.cli import runner
 from routing.cli.deadletters import deadletters_app
 from routing.cli.routes import routes_app
+from routing.deadletters import FILE_NAME as DEAD_LETTER_FILE
 from routing.errors import RoutingError
 from routing.pipeline import BatchReport
 from routing.routes.files import load_routes_file
@@ -128,6 +135,9 @@ def run(
     except RoutingError as exc:
         raise fail(str(exc)) from None
 
+    metrics_to_console = bool(os.environ.get("ROUTER_METRICS_CONSOLE"))
+    if metrics_to_console:
+        observability.configure()  # the console exporter: the metrics print when the run ends
     size = events.stat().st_size
     show_progress = size >= PROGRESS_MIN_BYTES and errors.is_terminal
     with Progress(
@@ -140,17 +150,61 @@ def run(
         disable=not show_progress,
     ) as progress:
         task = progress.add_task("routing", total=size)
-        report = runner.run(
-            events=events,
-            table=table,
-            out=out,
-            batch_size=batch_size,
-            progress=lambda n: progress.advance(task, n),
-        )
+        with summarised_warnings() as warnings:
+            report = runner.run(
+                events=events,
+                table=table,
+                out=out,
+                batch_size=batch_size,
+                progress=lambda n: progress.advance(task, n),
+            )
+    if metrics_to_console:
+        observability.shutdown()
     if output is OutputFormat.json:
         sys.stdout.write(orjson.dumps(report_json(report), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print_report(report, out)
+    for text, count in warnings.others():
+        times = f" ({count} times)" if count > 1 else ""
+        errors.print(f"[bold yellow]warning:[/] {escape(text)}{times}", highlight=False, soft_wrap=True)
+    written = {f"{e.name}.jsonl" for e in table.endpoints} | {DEAD_LETTER_FILE}
+    stale = sorted(p.name for p in out.glob("*.jsonl") if p.name not in written)
+    if stale:
+        errors.print(
+            f"[bold yellow]warning:[/] {escape(str(out))} also holds {escape(', '.join(stale))}, which this run "
+            "did not write (an earlier run with other routes?): delete them, or use another --out",
+            soft_wrap=True,
+        )
+
+
+class WarningSummary(logging.Handler):
+    """Holds the router's warnings during a run instead of printing each: the dead letters among them
+    are what the summary table counts; the rest are printed once each, with a count, after it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.counts: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "routing.pipeline" and str(record.msg).startswith("dead-lettered"):
+            return  # counted, with an example, in the dead letters table
+        self.counts[str(record.msg) % record.args if record.args else str(record.msg)] += 1
+
+    def others(self) -> list[tuple[str, int]]:
+        return self.counts.most_common()
+
+
+@contextmanager
+def summarised_warnings() -> Iterator[WarningSummary]:
+    logger = logging.getLogger("routing")
+    handler = WarningSummary()
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def main() -> None:
