@@ -42,3 +42,11 @@ def test_make_alone_lists_what_each_target_does() -> None:
     assert result.returncode == 0, result.stderr
     for target in ("run", "test", "azurite", "bench"):
         assert f"  {target} " in result.stdout
+
+
+def test_the_command_says_its_version(tmp_path: Path) -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    result = subprocess.run(
+        [str(COMMAND), "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0 and result.stdout.strip() == f"routing {version}"

@@ -108,7 +108,7 @@ def test_an_endpoint_is_added_listed_shown_updated_disabled_enabled_and_deleted(
     assert routes.rows()[0]["Enabled"] is False
     assert routes.json("enable", "sensor-alerts")["enabled"] is True
 
-    assert routes.json("delete", "Sensor-Alerts") == {"deleted": "Sensor-Alerts"}
+    assert routes.json("delete", "Sensor-Alerts", "--yes") == {"deleted": "Sensor-Alerts"}
     assert routes.rows() == []
     shown = routes("show", "Sensor-Alerts")
     assert shown.exit_code == 2 and "no endpoint 'Sensor-Alerts'" in shown.output
@@ -184,7 +184,7 @@ def test_a_delete_over_someone_elses_edit_is_refused(routes: Routes, monkeypatch
         return row
 
     monkeypatch.setattr(RouteRows, "get", read_then_someone_else_edits)
-    result = routes("delete", "sensor-alerts")
+    result = routes("delete", "sensor-alerts", "--yes")
     assert result.exit_code == 2 and "changed since you read it" in result.output
     monkeypatch.undo()
     assert routes.rows()[0]["Enabled"] is False
@@ -287,13 +287,48 @@ def test_import_keeps_rows_absent_from_the_file_unless_replace(routes: Routes, t
     assert routes.json("import", str(path))["kept"] == ["a", "hand-made", "sensor-alerts"]
     assert sorted(r["RowKey"] for r in routes.rows()) == ["a", "b", "hand-made", "sensor-alerts"]
 
-    assert routes.json("import", str(path), "--replace") == {
+    assert routes.json("import", str(path), "--replace", "--yes") == {
         "added": [],
         "updated": ["b"],
         "deleted": ["a", "hand-made", "sensor-alerts"],
         "kept": [],
     }
     assert [r["RowKey"] for r in routes.rows()] == ["b"]
+
+
+def test_import_dry_run_shows_the_diff_and_writes_nothing(routes: Routes, tmp_path: Path) -> None:
+    add_alerts(routes)
+    assert routes("add", "same", "--type", "EventHub", "--event-types", "SensorChange", "--connection", "HUB",
+                  "--path", "h").exit_code == 0  # fmt: skip
+    write_around_the_cli(routes)
+    before = routes.rows()
+    path = routes_file(tmp_path / "routes.json", [hub("new"), hub("Sensor-Alerts", path="renamed"), hub("same")])
+    keep = routes.json("import", str(path), "--dry-run")
+    assert keep == {"added": ["new"], "changed": ["Sensor-Alerts"], "unchanged": ["same"], "deleted": [],
+                    "kept": ["hand-made"]}  # fmt: skip
+    replace = routes.json("import", str(path), "--dry-run", "--replace")
+    assert replace["deleted"] == ["hand-made"] and replace["kept"] == []
+    assert routes.rows() == before
+
+
+def test_deleting_asks_first_and_refuses_without_a_terminal_unless_yes(
+    routes: Routes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_alerts(routes)
+    path = routes_file(tmp_path / "routes.json", [hub("other")])
+    refused = routes("import", str(path), "--replace")
+    assert refused.exit_code == 2 and "pass --yes" in refused.output
+    refused = routes("delete", "sensor-alerts")
+    assert refused.exit_code == 2 and "pass --yes" in refused.output
+    assert [r["RowKey"] for r in routes.rows()] == ["sensor-alerts"]  # nothing written by either
+
+    monkeypatch.setattr("routing.cli.routes.interactive", lambda: True)
+    target = ["--connection-string", routes.connection_string, "--table", routes.table]
+    declined = cli.invoke(app, ["routes", "delete", "sensor-alerts", *target], input="n\n")
+    assert declined.exit_code == 1 and "Nothing changed" in declined.output
+    assert [r["RowKey"] for r in routes.rows()] == ["sensor-alerts"]
+    accepted = cli.invoke(app, ["routes", "delete", "sensor-alerts", *target], input="y\n")
+    assert accepted.exit_code == 0 and routes.rows() == []
 
 
 def test_import_of_more_than_one_transaction_writes_every_endpoint(routes: Routes, tmp_path: Path) -> None:
@@ -442,6 +477,22 @@ def test_the_storage_comes_from_local_settings_json_in_the_current_folder(routes
     result = cli.invoke(app, ["routes", "list", "-o", "json"])
     assert result.exit_code == 0, result.output
     assert [e["name"] for e in json.loads(result.stdout)] == ["Sensor-Alerts"]
+
+
+def test_local_settings_json_is_read_as_core_tools_reads_it(routes: Routes, tmp_path: Path) -> None:
+    add_alerts(routes)
+    text = (
+        '\ufeff{\n  // Azurite, for the router\'s CLI\n  "IsEncrypted": false,\n  /* the routes */ "Values": {\n'
+        f'    "ROUTES_STORAGE": "{routes.connection_string}", "ROUTES_TABLE": "{routes.table}"\n  }}\n}}\n'
+    )
+    (tmp_path / "local.settings.json").write_text(text, encoding="utf-8")
+    result = cli.invoke(app, ["routes", "list", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert [e["name"] for e in json.loads(result.stdout)] == ["Sensor-Alerts"]
+
+    (tmp_path / "local.settings.json").write_text(json.dumps({"IsEncrypted": True, "Values": {"ROUTES_STORAGE": "x"}}))
+    result = cli.invoke(app, ["routes", "list"])
+    assert result.exit_code == 2 and "func settings decrypt" in result.output
 
 
 def test_the_option_wins_over_the_environment_which_wins_over_local_settings(

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,8 +43,22 @@ console = Console()
 errors = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        try:
+            version = metadata.version("digital-twins-router")
+        except metadata.PackageNotFoundError:  # run from a checkout without `make`
+            version = "(not installed)"
+        console.print(f"routing {version}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """Route Digital Twins events and device telemetry to Event Hubs, Service Bus and Event Grid."""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -32,8 +33,17 @@ from routing.explain import explain
 from routing.ingest.classify import classify
 from routing.ingest.ingress import parse_line
 from routing.routes.files import load_routes_file
-from routing.routes.table import Endpoint
-from routing.routes.tables import RouteRows, Row, TableLoad, describe, short_reason, table_client, validated
+from routing.routes.table import Endpoint, RouteTable
+from routing.routes.tables import (
+    RouteRows,
+    Row,
+    TableLoad,
+    describe,
+    row_key,
+    short_reason,
+    table_client,
+    validated,
+)
 from routing.settings import DEFAULT_ROUTES_TABLE, ROUTES_STORAGE, connection_is_set, table_name_problem
 
 # Its own consoles and `fail`, in the style of routing/cli/main.py: importing that module here would make
@@ -72,6 +82,23 @@ def write_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+def interactive() -> bool:
+    """Whether a person can answer a question (tests stand in for one by replacing this)."""
+    return sys.stdin.isatty()
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask before a change that cannot be undone; as az does, refuse without a terminal unless --yes."""
+    if yes:
+        return
+    if not interactive():
+        raise fail(f"{question} Cannot ask without a terminal: pass --yes to go ahead")
+    if not typer.confirm(question, default=False, err=True):
+        errors.print("Nothing changed.", highlight=False)
+        raise typer.Exit(code=1)
+
+
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Go ahead without asking.")]
 ConnectionStringOption = Annotated[
     str | None,
     typer.Option(
@@ -90,14 +117,26 @@ OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", help="A ta
 NameArgument = Annotated[str, typer.Argument(help="Endpoint name (case-insensitive).", show_default=False)]
 
 
+# A JSON string, or a comment: Core Tools reads local.settings.json with comments allowed (Newtonsoft).
+_STRING_OR_COMMENT = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/', re.DOTALL)
+
+
+def _without_comments(text: str) -> str:
+    return _STRING_OR_COMMENT.sub(lambda m: m.group(0) if m.group(0).startswith('"') else " ", text)
+
+
 def _local_settings() -> Mapping[str, str]:
+    """`Values` of local.settings.json in this folder, read as Core Tools reads it (comments, a BOM)."""
     path = Path.cwd() / LOCAL_SETTINGS
     if not path.is_file():
         return {}
     try:
-        values = orjson.loads(path.read_bytes()).get("Values") or {}
+        settings = orjson.loads(_without_comments(path.read_text(encoding="utf-8-sig")))
+        if isinstance(settings, dict) and settings.get("IsEncrypted") is True:
+            raise fail(f"{path} is encrypted (IsEncrypted: true): run `func settings decrypt` first")
+        values = settings.get("Values") or {}
         return {str(k): str(v) for k, v in values.items() if v is not None}
-    except (orjson.JSONDecodeError, AttributeError):
+    except (orjson.JSONDecodeError, AttributeError, UnicodeDecodeError):
         raise fail(f"{path} is not a JSON object with a 'Values' object; fix it or pass --connection-string") from None
 
 
@@ -489,12 +528,14 @@ def disable(
 @routes_app.command()
 def delete(
     name: NameArgument,
+    yes: YesOption = False,
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
-    """Delete an endpoint (refused if someone changed it since it was read)."""
+    """Delete an endpoint, after asking (refused if someone changed it since it was read)."""
     rows = open_rows(connection_string, table)
+    confirm(f"Delete endpoint '{name}' from {describe(rows.client)}?", yes)
     with reported(rows):
         rows.delete(name)
     if output is OutputFormat.json:
@@ -536,9 +577,15 @@ def validate(
 @routes_app.command("import")
 def import_routes(
     file: Annotated[Path, typer.Argument(help="Routes file: a JSON list of endpoints.", show_default=False)],
+    *,
     replace: Annotated[
-        bool, typer.Option("--replace", help="Also delete the rows that are not in the file (default: keep them).")
+        bool,
+        typer.Option("--replace", help="Also delete the rows that are not in the file, after asking (default: keep)."),
     ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be added, changed, kept or deleted; write nothing.")
+    ] = False,
+    yes: YesOption = False,
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
     output: OutputOption = OutputFormat.table,
@@ -549,6 +596,14 @@ def import_routes(
     except RoutingError as exc:
         raise fail(f"nothing imported: {exc}") from None
     rows = open_rows(connection_string, table)
+    with reported(rows):
+        diff = import_diff(routes, rows.load(), replace=replace) if dry_run or replace else None
+    if dry_run:
+        assert diff is not None
+        _print_diff(diff, output, f"Importing {file} into {describe(rows.client)} would")
+        return
+    if diff and diff["deleted"]:
+        confirm(f"Delete {len(diff['deleted'])} rows not in {file} ({', '.join(diff['deleted'])})?", yes)
     with reported(rows):
         result = rows.import_table(routes, replace=replace)
     summary = {
@@ -569,6 +624,36 @@ def import_routes(
             f"Kept {len(result.kept)} rows not in the file ({escape(', '.join(result.kept))}); --replace deletes them",
             highlight=False,
         )
+
+
+def import_diff(routes: RouteTable, loaded: TableLoad, *, replace: bool) -> dict[str, list[str]]:
+    """What an import would do to the table: rows added, changed, unchanged, and those not in the file
+    (deleted with --replace, else kept). An invalid row the file names counts as changed."""
+    current = {row_key(e.name): e for e in loaded.table.endpoints}
+    invalid = {r.row_key for r in loaded.invalid}
+    wanted = {row_key(e.name) for e in routes.endpoints}
+    diff: dict[str, list[str]] = {"added": [], "changed": [], "unchanged": [], "deleted": [], "kept": []}
+    for endpoint in routes.endpoints:
+        key = row_key(endpoint.name)
+        if key in current:
+            same = current[key].to_dict() == endpoint.to_dict()
+            diff["unchanged" if same else "changed"].append(endpoint.name)
+        else:
+            diff["changed" if key in invalid else "added"].append(endpoint.name)
+    absent = sorted(k for k in set(current) | invalid if k not in wanted)
+    diff["deleted" if replace else "kept"] = absent
+    return diff
+
+
+def _print_diff(diff: dict[str, list[str]], output: OutputFormat, title: str) -> None:
+    if output is OutputFormat.json:
+        write_json(diff)
+        return
+    console.print(f"{escape(title)}:", highlight=False)
+    for what, names in diff.items():
+        if names:
+            console.print(f"  {what}: {escape(', '.join(names))}", highlight=False, soft_wrap=True)
+    console.print("Nothing written (--dry-run).")
 
 
 @routes_app.command()
