@@ -18,12 +18,14 @@ import pytest
 from azure.storage.blob import ContainerClient
 
 from routing.deliver.pool import SenderPool
-from routing.deliver.senders import RetryOptions
+from routing.deliver.senders import SEND_BUDGET, TRY_TIMEOUT, RetryOptions
 from tests.azurite import Azurite
 from tests.conftest import WorkerEvent, worker_batch
 from tests.deployment import deployed_app
 from tests.peers.amqp import AmqpPeer, BlackHole
 from tests.peers.eventgrid import EventGridReceiver
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TRY = 1.0
 BUDGET = 3.0
@@ -187,8 +189,40 @@ def test_a_property_amqp_cannot_encode_fails_its_message_alone_with_a_reason_nam
             [letter] = letters_of(letters)
     finally:
         healthy.set_entities({"good-hub"})
-    assert sorted(m.application_properties.get("reading") for m in healthy.received(path)) == [1, 3]
+    assert sorted(int(str(m.application_properties.get("reading"))) for m in healthy.received(path)) == [1, 3]
     assert letter["original"]["sequenceNumber"] == 1
     assert "application property 'reading'" in letter["reason"]
     assert str(2**63) in letter["reason"] and "64-bit" in letter["reason"]
     assert len(letter["attempts"]) == 1, "a message that cannot be encoded is not retried"
+
+
+def test_the_function_timeout_is_set_and_leaves_room_for_every_send_budget() -> None:
+    # docs/FAILURE_HANDLING.md "Send budgets": Flex Consumption's default is 30 min and it has no maximum;
+    # host.json sets 10 min so a hang the budgets miss ends (and is retried) in minutes, while an invocation
+    # whose every endpoint is black-holed (all at once, a budget each) ends long before it.
+    host = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))
+    hours, minutes, seconds = (int(part) for part in host["functionTimeout"].split(":"))
+    timeout = hours * 3600 + minutes * 60 + seconds
+    assert 5 * SEND_BUDGET <= timeout <= 30 * 60
+    assert 4 * TRY_TIMEOUT < SEND_BUDGET  # four tries fit one endpoint's budget
+
+
+def test_event_hubs_sends_each_try_once_so_every_retry_is_ours_and_counted(
+    functions: dict[str, Any], healthy: AmqpPeer, azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One try, no retries: a server-busy answer must fail the batch (send_batch would send it again at once).
+    retry = RetryOptions(attempts=1, timeout=TRY, budget=BUDGET)
+    monkeypatch.setattr("routing.app.SenderPool", lambda: SenderPool(retry=retry))
+    healthy.clear()
+    routes = [{"name": "good", "type": "EventHub", "eventTypes": ["TopologyOperation"], "connection": "GOOD",
+               "path": "good-hub"}]  # fmt: skip
+    run = functions["route_twins"].get_user_function()
+    with deployed_app(routes, {"GOOD": healthy.connection_string()}, azurite=azurite, tmp_path=tmp_path,
+                      monkeypatch=monkeypatch) as letters:  # fmt: skip
+        run(worker_batch(topology(1)))  # connected
+        healthy.server_busy(1)
+        run(worker_batch(topology(1, start=5)))
+        [letter] = letters_of(letters)
+    assert len(healthy.received("good-hub")) == 1
+    assert len(healthy.stats().deliveries_rejected) == 1
+    assert len(letter["attempts"]) == 1 and "busy" in letter["reason"].lower()
