@@ -203,7 +203,7 @@ class OfflineEventHubSender(EventHubSender):
     def _new_client(self, setting: str) -> EventHubProducerClient:
         return cast(EventHubProducerClient, _OfflineProducer())
 
-    def _transmit(self, client: EventHubProducerClient, prepared: Prepared) -> None:
+    def _transmit(self, client: EventHubProducerClient, prepared: Prepared, timeout: float) -> None:
         pass
 
 
@@ -211,7 +211,7 @@ class OfflineServiceBusSender(ServiceBusEndpointSender):
     def _new_client(self, setting: str) -> ServiceBusSender:
         return cast(ServiceBusSender, _OfflineQueueSender())
 
-    def _transmit(self, client: ServiceBusSender, prepared: Prepared) -> None:
+    def _transmit(self, client: ServiceBusSender, prepared: Prepared, timeout: float) -> None:
         pass
 
 
@@ -219,7 +219,7 @@ class OfflineEventGridSender(EventGridSender):
     def _new_client(self, setting: str) -> Any:
         return None
 
-    def _transmit(self, client: Any, prepared: Prepared) -> None:
+    def _transmit(self, client: Any, prepared: Prepared, timeout: float) -> None:
         pass
 
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from routing.deadletters import blob_name, blob_record
-from routing.deliver.senders import ClientSender, Prepared, RetryOptions
+from routing.deliver.senders import TRY_THREAD_SUFFIX, ClientSender, Prepared, RetryOptions
 from routing.model import DeadLetter, Outgoing
 from routing.routes.table import Endpoint
 
@@ -85,9 +85,10 @@ class FakeEndpointSender(ClientSender[FakeClient]):
     def _too_large(self, message: Outgoing, batch: list[Outgoing]) -> str:
         return "message too large"
 
-    def _transmit(self, client: FakeClient, prepared: Prepared) -> None:
+    def _transmit(self, client: FakeClient, prepared: Prepared, timeout: float) -> None:
         with self.wire.lock:
-            self.wire.threads.append(threading.current_thread().name)
+            # The lane's thread: each try runs on a thread of its own named for it (ClientSender._bounded).
+            self.wire.threads.append(threading.current_thread().name.removesuffix(TRY_THREAD_SUFFIX))
             if client.setting in self.wire.refused_settings:
                 raise Refused(f"{client.setting} refused")
             for message in prepared.payload:

@@ -70,16 +70,19 @@ class EventGridSender(ClientSender[EventGridPublisherClient]):
         connection = resolve(setting, "topicEndpointUri", self.env)
         if connection.secret:
             return EventGridPublisherClient(
-                topic_endpoint(self.endpoint.path),
-                AzureKeyCredential(connection.secret),
-                retry_total=0,  # the sender retries itself, see ClientSender
+                topic_endpoint(self.endpoint.path), AzureKeyCredential(connection.secret), **self._options()
             )
         assert connection.address is not None
-        return EventGridPublisherClient(
-            topic_endpoint(connection.address),
-            connection.credential(),
-            retry_total=0,  # the sender retries itself, see ClientSender
-        )
+        return EventGridPublisherClient(topic_endpoint(connection.address), connection.credential(), **self._options())
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "retry_total": 0,  # the sender retries itself, see ClientSender
+            # azure-core's transport waits 300 s for a response by default; each try gets the sender's
+            # timeout for connecting and for each read instead (ConnectionConfiguration, every request).
+            "connection_timeout": self.retry.timeout,
+            "read_timeout": self.retry.timeout,
+        }
 
     def _open(self, client: EventGridPublisherClient, route: Hashable) -> Request:
         return Request()
@@ -95,7 +98,7 @@ class EventGridSender(ClientSender[EventGridPublisherClient]):
     def _too_large(self, message: Outgoing, request: Request) -> str:
         return f"event of {len(message.body)} bytes is larger than Event Grid's 1 MB limit"
 
-    def _transmit(self, client: EventGridPublisherClient, prepared: Prepared) -> None:
+    def _transmit(self, client: EventGridPublisherClient, prepared: Prepared, timeout: float) -> None:
         client.send(prepared.payload.events)
 
     def _is_refused(self, error: Exception) -> bool:

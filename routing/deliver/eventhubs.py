@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from functools import lru_cache
-from typing import cast
+from typing import Any, cast
 
 from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
 from azure.eventhub._buffered_producer import _partition_resolver
+from azure.eventhub._constants import ALL_PARTITIONS
 from azure.eventhub.exceptions import AuthenticationError
 
 from routing.connections import resolve
-from routing.deliver.senders import DEFAULT_LANES, ClientSender, Prepared, RetryOptions
+from routing.deliver.senders import DEFAULT_LANES, ClientSender, Prepared, RetryOptions, Unsendable, unsendable_reason
 from routing.model import Outgoing
 from routing.routes.table import Endpoint
 
@@ -101,18 +102,20 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
 
     def _new_client(self, setting: str) -> EventHubProducerClient:
         connection = resolve(setting, "fullyQualifiedNamespace", self.env)
+        options: dict[str, Any] = {
+            "eventhub_name": self.endpoint.path,
+            "retry_total": 0,  # the sender retries itself, see ClientSender
+            # With no retries left the SDK still sleeps its backoff (0.8 s) before raising, when the send's
+            # timeout leaves room for it (`_client_base._backoff`): no hidden wait either.
+            "retry_backoff_factor": 0,
+            # The token request (CBS) gives up after this, instead of the SDK's 60 s.
+            "auth_timeout": self.retry.timeout,
+        }
         if connection.secret:
-            return EventHubProducerClient.from_connection_string(
-                connection.secret,
-                eventhub_name=self.endpoint.path,
-                retry_total=0,  # the sender retries itself, see ClientSender
-            )
+            return EventHubProducerClient.from_connection_string(connection.secret, **options)
         assert connection.address is not None
         return EventHubProducerClient(
-            fully_qualified_namespace=connection.address,
-            eventhub_name=self.endpoint.path,
-            credential=connection.credential(),
-            retry_total=0,  # the sender retries itself, see ClientSender
+            fully_qualified_namespace=connection.address, credential=connection.credential(), **options
         )
 
     def partition_ids(self, client: EventHubProducerClient) -> tuple[str, ...]:
@@ -141,8 +144,14 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
         data = event_data(message)
         try:
             batch.add(with_partition_key(data, message.order_key) if self.by_partition else data)
-        except ValueError:
-            return False
+        except ValueError as error:
+            # The batch's "EventDataBatch has reached its size limit: N"; anything else is the encoder
+            # refusing a value (an int beyond 64 bits), which no batch will take.
+            if "size limit" in str(error):
+                return False
+            raise Unsendable(unsendable_reason(message, f"event hub '{self.endpoint.path}'", error)) from error
+        except TypeError as error:  # a value AMQP has no type for
+            raise Unsendable(unsendable_reason(message, f"event hub '{self.endpoint.path}'", error)) from error
         return True
 
     def _too_large(self, message: Outgoing, batch: EventDataBatch) -> str:
@@ -151,8 +160,20 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
             f"({batch.max_size_in_bytes} bytes per batch)"
         )
 
-    def _transmit(self, client: EventHubProducerClient, prepared: Prepared) -> None:
-        client.send_batch(prepared.payload)
+    def _transmit(self, client: EventHubProducerClient, prepared: Prepared, timeout: float) -> None:
+        # Not `client.send_batch`: on any EventHubError it sends the batch once more by itself, at once
+        # and uncounted, whatever `retry_total` says (azure-eventhub 5.15 `_producer_client.send_batch`:
+        # `except (KeyError, AttributeError, EventHubError): self._start_producer(...); ...send(...)`).
+        # This is its path without that second send: start the partition's producer if it has none (or a
+        # closed one), and send once, within `timeout` (the transfer waits for its settlement that long).
+        batch: EventDataBatch = prepared.payload
+        partition = batch._partition_id or ALL_PARTITIONS
+        producer = client._producers.get(partition)
+        if producer is None or producer.closed:
+            client._start_producer(partition, timeout)
+            producer = client._producers[partition]
+        assert producer is not None
+        producer.send(batch, partition_key=cast(Any, batch._partition_key), timeout=timeout)
 
     def _is_refused(self, error: Exception) -> bool:
         # Event Hubs answers an unknown hub with a 404 to the token request, raised as AuthenticationError.

@@ -9,21 +9,34 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import logging
+import socket
 import threading
+import time
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, Generic, Protocol, TypeVar
+from types import ModuleType
+from typing import IO, Any, Generic, Protocol, TypeVar, cast
 
 import msgspec
 import orjson
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_any,
+    wait_exponential_jitter,
+)
+from tenacity.stop import stop_base
 
 from routing import observability as obs
 from routing.errors import SettingsError
@@ -118,17 +131,39 @@ class FileSender:
             self._files.clear()
 
 
+# -- time budgets (docs/FAILURE_HANDLING.md, "Send budgets") -------------------------------------------
+# One try of one SDK operation (a send, or the connection, token, link and management calls the SDK makes
+# before it): a healthy Event Hubs, Service Bus or Event Grid send answers in milliseconds, and opening a
+# cold TLS connection with its token and link takes one or two seconds; 10 s leaves a slow but answering
+# service room and still lets four tries fit the endpoint budget below.
+TRY_TIMEOUT = 10.0
+# Everything one endpoint's messages of one invocation may cost (tries, backoff, waiting for a lane):
+# 4 tries x 10 s + backoff (0.5 + 1 + 2 s plus up to 1 s of jitter each) ~ 47 s fits in it, and an
+# invocation whose every endpoint is black-holed still ends in about a minute, well inside host.json's
+# functionTimeout (10 min). When it runs out, what is left fails as transient (dead-lettered, replayable).
+SEND_BUDGET = 60.0
+# How long past a try's timeout the sender waits for the SDK to give up by itself (its own timeouts are set
+# to the try's), before it abandons the call and breaks the client's connections.
+ABANDON_GRACE = 1.0
+# Abandoned calls per sender still blocked in the SDK (a black hole the SDK cannot see: e.g. its SASL
+# handshake reads without a timeout). Beyond this, tries fail at once instead of leaving more threads behind.
+MAX_ABANDONED = 8
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryOptions:
     """Retries of transient faults inside one invocation: capped exponential backoff with jitter.
 
     The senders retry themselves (the SDKs' own retries are off) so that only transient faults are
-    retried, every retry is counted, and failover happens before any backoff.
+    retried, every retry is counted, and failover happens before any backoff. `timeout` bounds each try,
+    `budget` everything one `send` may take (tries, backoff and waiting for a lane).
     """
 
     attempts: int = 4
     backoff_initial: float = 0.5
     backoff_max: float = 10.0
+    timeout: float = TRY_TIMEOUT
+    budget: float = SEND_BUDGET
 
 
 class BatchFailed(Exception):
@@ -154,7 +189,80 @@ class Unsendable(Exception):
     refuse): it fails alone, permanently, and its key stops before it; the batch goes on without it."""
 
 
+class TimedOut(Exception):
+    """A try got no answer within its time budget (raised by the SDK's own timeout or by the sender's)."""
+
+
+# AMQP's long: what the SDKs encode a Python int as, and refuse outside of.
+_AMQP_LONG = range(-(2**63), 2**63)
+
+
+def unencodable_property(properties: Mapping[str, Any]) -> str | None:
+    """Why these application properties cannot be encoded for AMQP (naming the property), or None."""
+
+    def problem(value: Any) -> str | None:
+        if isinstance(value, int) and not isinstance(value, bool) and value not in _AMQP_LONG:
+            return f"{value} is outside the 64-bit integer range AMQP can carry"
+        if isinstance(value, Mapping):
+            return next((p for p in map(problem, value.values()) if p), None)
+        if isinstance(value, list | tuple):
+            return next((p for p in map(problem, value) if p), None)
+        return None
+
+    for name, value in properties.items():
+        if found := problem(value):
+            return f"application property '{name}': {found}"
+    return None
+
+
+def unsendable_reason(message: Outgoing, destination: str, error: Exception) -> str:
+    """The reason a message the SDK refused to encode fails alone, naming the property when it can."""
+    why = unencodable_property(message.properties) or f"{type(error).__name__}: {error}"
+    return f"message cannot be encoded for {destination}: {why}"
+
+
 HELD_BEHIND = "held behind an earlier failure for the same key"
+
+
+# The name of the thread a try runs on: the name of the one waiting for it, and this.
+TRY_THREAD_SUFFIX = "/try"
+# The least time worth starting a try with: less than this left of the budget, and the send stops.
+_MIN_TRY = 0.05
+
+
+class _StopAt(stop_base):
+    """Stop retrying when too little of the send's budget is left for another try."""
+
+    def __init__(self, remaining: Callable[[], float]) -> None:
+        self.remaining = remaining
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.remaining() < _MIN_TRY
+
+
+def _sockets_of(root: object, limit: int = 20000) -> list[socket.socket]:
+    """The sockets reachable from an SDK client's attributes (its connections' transports)."""
+    found: list[socket.socket] = []
+    seen: set[int] = set()
+    todo: list[object] = [root]
+    while todo and len(seen) < limit:
+        item = todo.pop()
+        if (
+            id(item) in seen
+            or isinstance(item, str | bytes | int | float | type)
+            or (callable(item) and not hasattr(item, "__dict__"))
+        ):
+            continue
+        seen.add(id(item))
+        if isinstance(item, socket.socket):
+            found.append(item)
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset | deque):
+            todo.extend(item)
+        elif hasattr(item, "__dict__") and not isinstance(item, ModuleType | threading.Thread):
+            todo.extend(vars(item).values())
+    return found
 
 
 def _now() -> str:
@@ -163,6 +271,8 @@ def _now() -> str:
 
 ClientT = TypeVar("ClientT")
 T = TypeVar("T")
+# One SDK operation: the client, and the seconds it may take (given to the SDK's own timeouts).
+Operation = Callable[[ClientT, float], T]
 
 # Clients (connections) per endpoint connection, and so batches of one endpoint sent at once.
 DEFAULT_LANES = 4
@@ -256,6 +366,9 @@ class ClientSender(ABC, Generic[ClientT]):
         self._lock = threading.Lock()
         self.failovers = 0
         self.retries = 0
+        # Calls given up on that are still blocked inside the SDK (see MAX_ABANDONED).
+        self._abandoned: list[threading.Thread] = []
+        self.timeouts = 0
 
     @abstractmethod
     def _new_client(self, setting: str) -> ClientT: ...
@@ -282,8 +395,8 @@ class ClientSender(ABC, Generic[ClientT]):
         """Why `message` fits no batch (it did not fit an empty one)."""
 
     @abstractmethod
-    def _transmit(self, client: ClientT, prepared: Prepared) -> None:
-        """Send a prepared batch; raise the SDK's error if it was not taken."""
+    def _transmit(self, client: ClientT, prepared: Prepared, timeout: float) -> None:
+        """Send a prepared batch within `timeout` seconds; raise the SDK's error if it was not taken."""
 
     @abstractmethod
     def _is_refused(self, error: Exception) -> bool:
@@ -293,6 +406,14 @@ class ClientSender(ABC, Generic[ClientT]):
     def _describe(self, error: Exception) -> tuple[str, bool]:
         """A reason a person understands, and whether retrying later could help (False) or not (True)."""
 
+    def _transmit_within(self, prepared: Prepared, client: ClientT, timeout: float) -> None:
+        self._transmit(client, prepared, timeout)
+
+    def _timed_out(self, error: Exception) -> bool:
+        """Whether `error` is the SDK giving up for want of an answer (then the client is replaced)."""
+        text = str(error).lower()
+        return isinstance(error, TimeoutError) or "timed out" in text or "timeout" in type(error).__name__.lower()
+
     def _client(self, index: int, lane: int) -> ClientT:
         with self._lock:
             client = self._clients.get((index, lane))
@@ -301,7 +422,7 @@ class ClientSender(ABC, Generic[ClientT]):
             return client
 
     # -- packing ----------------------------------------------------------------------------------------
-    def _pack(self, client: ClientT, pending: Sequence[tuple[str, Sequence[Outgoing]]]) -> Plan:
+    def _pack(self, client: ClientT, timeout: float, pending: Sequence[tuple[str, Sequence[Outgoing]]]) -> Plan:
         """Every pending message in as few batches as its route allows, each key's messages in order."""
         sequences: dict[Hashable, list[Prepared]] = {}
         rejected: list[tuple[int, int, str]] = []
@@ -337,6 +458,7 @@ class ClientSender(ABC, Generic[ClientT]):
         the rest of its keys; batches that were not sent because an earlier one of their sequence failed
         (or was refused for mixing keys) are packed again in the next round, without the held keys.
         """
+        deadline = time.monotonic() + self.retry.budget
         keys = [_Key(group) for group in groups if group.messages]
         by_key = {state.key: state for state in keys}
         delivered: list[Outgoing] = []
@@ -350,8 +472,10 @@ class ClientSender(ABC, Generic[ClientT]):
             first = pending[0].messages[pending[0].sent]
             try:
                 # On lane 0, whose client asks what packing needs (sizes, partitions) once.
-                with self._lane_locks[0]:
-                    plan = self._attempt(0, partial(self._pack, pending=slices), first, sum(len(m) for _k, m in slices))
+                with self._holding(0, deadline):
+                    plan = self._attempt(
+                        0, partial(self._pack, pending=slices), first, sum(len(m) for _k, m in slices), deadline
+                    )
             except BatchFailed as unprepared:
                 # Nothing could be prepared: each key's next message failed, and the rest waits behind it.
                 for state in pending:
@@ -363,7 +487,7 @@ class ClientSender(ABC, Generic[ClientT]):
                 refusal = BatchFailed(reason, permanent=True)
                 refusal.attempts = (Attempt(time=_now(), error=reason),)
                 pending[position].fail(failed, pending[position].sent + offset, 1, refusal)
-            for prepared, failure in self._run(plan.sequences):
+            for prepared, failure in self._run(plan.sequences, deadline):
                 if failure is None:
                     delivered.extend(prepared.messages)
                     for key, count in prepared.counts.items():
@@ -377,31 +501,60 @@ class ClientSender(ABC, Generic[ClientT]):
                     state.fail(failed, state.sent, 1, BatchFailed("the sender made no progress", permanent=False))
         return SendReport(delivered=tuple(delivered), failed=tuple(failed))
 
-    def _run(self, sequences: list[tuple[Hashable, list[Prepared]]]) -> list[tuple[Prepared, BatchFailed | None]]:
+    def _run(
+        self, sequences: list[tuple[Hashable, list[Prepared]]], deadline: float
+    ) -> list[tuple[Prepared, BatchFailed | None]]:
         """Send each route's batches on its lane: on this thread when one lane has them all, else at once."""
         lanes: dict[int, list[list[Prepared]]] = {}
         for route, batches in sequences:
             lanes.setdefault(self._lane(route), []).append(batches)
         work = list(lanes.items())
         # This thread holds no lane while it waits for the others, so lanes never wait on each other.
-        futures = [_lane_pool().submit(self._run_on_lane, lane, batches) for lane, batches in work[1:]]
-        results = self._run_on_lane(*work[0]) if work else []
+        futures = [_lane_pool().submit(self._run_on_lane, lane, batches, deadline) for lane, batches in work[1:]]
+        results = self._run_on_lane(*work[0], deadline) if work else []
         for future in futures:
             results.extend(future.result())
         return results
 
-    def _run_on_lane(self, lane: int, sequences: list[list[Prepared]]) -> list[tuple[Prepared, BatchFailed | None]]:
-        with self._lane_locks[lane]:
-            return self._run_sequences(sequences, lane)
+    @contextlib.contextmanager
+    def _holding(self, lane: int, deadline: float) -> Iterator[None]:
+        """Hold `lane` (its client is used by one thread at a time), waiting for it no longer than the budget."""
+        lock = self._lane_locks[lane]
+        if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise BatchFailed(
+                f"endpoint '{self.endpoint.name}': its send budget of {self.retry.budget:g} s ran out waiting for "
+                "another invocation's send to it (timed out)",
+                permanent=False,
+            )
+        try:
+            yield
+        finally:
+            lock.release()
 
-    def _run_sequences(self, sequences: list[list[Prepared]], lane: int) -> list[tuple[Prepared, BatchFailed | None]]:
+    def _run_on_lane(
+        self, lane: int, sequences: list[list[Prepared]], deadline: float
+    ) -> list[tuple[Prepared, BatchFailed | None]]:
+        try:
+            with self._holding(lane, deadline):
+                return self._run_sequences(sequences, lane, deadline)
+        except BatchFailed as busy:
+            busy.attempts = (Attempt(time=_now(), error=busy.reason),)
+            return [(sequence[0], busy) for sequence in sequences if sequence]
+
+    def _run_sequences(
+        self, sequences: list[list[Prepared]], lane: int, deadline: float
+    ) -> list[tuple[Prepared, BatchFailed | None]]:
         """Each sequence's batches in order, up to the first that fails (the rest are packed again)."""
         results: list[tuple[Prepared, BatchFailed | None]] = []
         for sequence in sequences:
             for prepared in sequence:
                 try:
                     self._attempt(
-                        lane, partial(self._transmit, prepared=prepared), prepared.messages[0], len(prepared.messages)
+                        lane,
+                        partial(self._transmit_within, prepared),
+                        prepared.messages[0],
+                        len(prepared.messages),
+                        deadline,
                     )
                 except BatchFailed as failure:
                     results.append((prepared, failure))
@@ -411,17 +564,84 @@ class ClientSender(ABC, Generic[ClientT]):
                 results.append((prepared, None))
         return results
 
-    # -- one operation: failover, then retries -----------------------------------------------------------
-    def _with_failover(self, lane: int, operation: Callable[[ClientT], T]) -> T:
+    # -- one operation: bounded in time, failover, then retries -----------------------------------------
+    def _bounded(self, index: int, lane: int, operation: Operation[ClientT, T], timeout: float) -> T:
+        """`operation` on this lane's client of connection `index`, given up on after `timeout` seconds.
+
+        The SDKs' own timeouts are set to `timeout` and bound most waits, but not all of them (their AMQP
+        SASL handshake reads without one; a link attach that is never answered is waited for in a loop), so
+        the call runs on a thread of its own and this one stops waiting `ABANDON_GRACE` later. Then, and
+        whenever the SDK itself reports a timeout, the client is retired (its connections broken, closed)
+        so a hung connection or link is never used again: the next try opens a new one.
+        """
+        client = self._client(index, lane)
+        with self._lock:
+            self._abandoned = [thread for thread in self._abandoned if thread.is_alive()]
+            stuck = len(self._abandoned)
+        if stuck >= MAX_ABANDONED:
+            raise TimedOut(f"{stuck} earlier calls to it are still unanswered; not starting another")
+        outcome: list[tuple[bool, Any]] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append((True, operation(client, timeout)))
+            except BaseException as error:  # handed to the waiting thread
+                outcome.append((False, error))
+            finally:
+                done.set()
+
+        worker = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(run,),
+            # Named for the thread (the lane) it does the work of.
+            name=f"{threading.current_thread().name}{TRY_THREAD_SUFFIX}",
+            daemon=True,
+        )
+        worker.start()
+        if not done.wait(timeout + ABANDON_GRACE):
+            with self._lock:
+                self._abandoned.append(worker)
+            self._retire(index, lane, client)
+            raise TimedOut(f"no answer within {timeout:g} s")
+        succeeded, value = outcome[0]
+        if succeeded:
+            return cast(T, value)
+        if isinstance(value, Exception) and self._timed_out(value):
+            self._retire(index, lane, client)
+        raise value
+
+    def _retire(self, index: int, lane: int, client: ClientT) -> None:
+        """Never use `client` again: break its connections (which ends a call blocked on them) and close it,
+        on a thread of its own, since closing waits for answers a black hole never gives."""
+        with self._lock:
+            if self._clients.get((index, lane)) is client:
+                del self._clients[(index, lane)]
+            self.timeouts += 1
+
+        def close() -> None:
+            for sock in _sockets_of(client):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(Exception):
+                getattr(client, "close", lambda: None)()
+
+        threading.Thread(target=close, name=f"retire-{self.endpoint.name}", daemon=True).start()
+
+    def _with_failover(self, lane: int, operation: Operation[ClientT, T], timeout: float) -> T:
         """`operation` on this lane's client, trying the other connection once if this one is refused."""
         tried: list[int] = []
         while True:
             index = self.active
             tried.append(index)
             try:
-                return operation(self._client(index, lane))
+                return self._bounded(index, lane, operation, timeout)
             except (BatchFailed, PackingRefused):
                 raise
+            except TimedOut as error:
+                raise BatchFailed(
+                    f"endpoint '{self.endpoint.name}' ({self.connections[index]}) timed out: {error}", permanent=False
+                ) from error
             except SettingsError as error:
                 # A setting missing from the app's configuration: retrying in this invocation cannot
                 # help (a replay can, once it is set), and the reason names the setting to fix.
@@ -451,15 +671,31 @@ class ClientSender(ABC, Generic[ClientT]):
                 if refused:
                     names = " and ".join(self.connections[i] for i in tried)
                     reason, permanent = f"unauthorized with {names}: {reason}", True
+                elif self._timed_out(error):
+                    reason = f"timed out after {timeout:g} s: {reason}" if "timed out" not in reason else reason
                 raise BatchFailed(reason, permanent=permanent) from error
 
-    def _attempt(self, lane: int, operation: Callable[[ClientT], T], first: Outgoing, count: int) -> T:
-        """`operation` with failover, retried as a whole on transient faults; every failed try is kept."""
+    def _attempt(self, lane: int, operation: Operation[ClientT, T], first: Outgoing, count: int, deadline: float) -> T:
+        """`operation` with failover, retried as a whole on transient faults; every failed try is kept.
+
+        Each try gets at most `RetryOptions.timeout` seconds, and no try starts or waits past `deadline`
+        (the send's budget): what is still failing then stays failed, as transient.
+        """
         attempts: list[Attempt] = []
+
+        def remaining() -> float:
+            return deadline - time.monotonic()
 
         def once() -> T:
             try:
-                return self._with_failover(lane, operation)
+                left = remaining()
+                if left < _MIN_TRY:
+                    raise BatchFailed(
+                        f"endpoint '{self.endpoint.name}': its send budget of {self.retry.budget:g} s ran out "
+                        "before this try (timed out)",
+                        permanent=False,
+                    )
+                return self._with_failover(lane, operation, min(self.retry.timeout, left))
             except BatchFailed as failure:
                 attempts.append(Attempt(time=_now(), error=failure.reason))
                 failure.attempts = tuple(attempts)
@@ -481,9 +717,11 @@ class ClientSender(ABC, Generic[ClientT]):
                 raise first_failure
             return once()
 
+        backoff = wait_exponential_jitter(multiplier=self.retry.backoff_initial, max=self.retry.backoff_max)
         retrying = Retrying(
-            stop=stop_after_attempt(self.retry.attempts),
-            wait=wait_exponential_jitter(multiplier=self.retry.backoff_initial, max=self.retry.backoff_max),
+            # Out of tries, or too little of the budget left for another one after the wait.
+            stop=stop_any(stop_after_attempt(self.retry.attempts), _StopAt(remaining)),
+            wait=lambda state: max(0.0, min(backoff(state), remaining() - _MIN_TRY)),
             retry=retry_if_exception(lambda e: isinstance(e, BatchFailed) and not e.permanent),
             before_sleep=partial(self._note_retry, first, count),
             reraise=True,

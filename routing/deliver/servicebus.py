@@ -27,7 +27,15 @@ from azure.servicebus.exceptions import (
 )
 
 from routing.connections import resolve
-from routing.deliver.senders import DEFAULT_LANES, ClientSender, PackingRefused, Prepared, RetryOptions, Unsendable
+from routing.deliver.senders import (
+    DEFAULT_LANES,
+    ClientSender,
+    PackingRefused,
+    Prepared,
+    RetryOptions,
+    Unsendable,
+    unsendable_reason,
+)
 from routing.model import Outgoing
 from routing.routes.table import Endpoint
 
@@ -89,18 +97,15 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
 
     def _new_client(self, setting: str) -> ServiceBusSender:
         connection = resolve(setting, "fullyQualifiedNamespace", self.env)
+        options: dict[str, Any] = {
+            "retry_total": 0,  # the sender retries itself, see ClientSender
+            "retry_backoff_factor": 0,  # and no backoff sleep of the SDK's before it raises
+        }
         if connection.secret:
-            client = ServiceBusClient.from_connection_string(
-                connection.secret,
-                retry_total=0,  # the sender retries itself, see ClientSender
-            )
+            client = ServiceBusClient.from_connection_string(connection.secret, **options)
         else:
             assert connection.address is not None
-            client = ServiceBusClient(
-                connection.address,
-                connection.credential(),
-                retry_total=0,  # the sender retries itself, see ClientSender
-            )
+            client = ServiceBusClient(connection.address, connection.credential(), **options)
         # A queue and a topic are the same AMQP address to a sender, so one call serves both.
         return client.get_queue_sender(queue_name=self.endpoint.path)
 
@@ -122,6 +127,10 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
             batch.add_message(built)
         except MessageSizeExceededError:
             return False
+        except (ValueError, TypeError) as error:
+            # The AMQP encoder refusing a value (an application property beyond 64 bits): no batch takes
+            # it, so it fails alone instead of failing, and retrying, the whole batch.
+            raise Unsendable(unsendable_reason(message, f"'{self.endpoint.path}'", error)) from error
         return True
 
     def _too_large(self, message: Outgoing, batch: ServiceBusMessageBatch) -> str:
@@ -130,9 +139,11 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
             f"({batch.max_size_in_bytes} bytes per batch)"
         )
 
-    def _transmit(self, client: ServiceBusSender, prepared: Prepared) -> None:
+    def _transmit(self, client: ServiceBusSender, prepared: Prepared, timeout: float) -> None:
         try:
-            client.send_messages(prepared.payload)
+            # `timeout` bounds the send including opening the link and the token (ServiceBusSender._open
+            # under `_do_retryable_operation`'s deadline); what it cannot bound, the ClientSender does.
+            client.send_messages(prepared.payload, timeout=timeout)
         except ServiceBusError as error:
             if len(prepared.messages) < 2 or not _not_allowed(error):
                 raise

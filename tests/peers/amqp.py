@@ -79,6 +79,7 @@ __all__ = [
     "SERVER_BUSY",
     "TIMEOUT",
     "AmqpPeer",
+    "BlackHole",
     "PeerStats",
     "ReceivedMessage",
 ]
@@ -107,6 +108,8 @@ CONNECTION_FORCED = "amqp:connection:forced"
 BATCH_MESSAGE_FORMAT = 0x80013700
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 _CREDIT = 1000
+# Where the peer stops answering (`AmqpPeer.black_hole`).
+BlackHole = Literal["connect", "open", "transfer"]
 
 # --------------------------------------------------------------------------------------------------
 # AMQP type-system helpers working on raw bytes.
@@ -588,6 +591,7 @@ class PeerStats:
     links_not_found: tuple[str, ...] = ()
     # (entity, message id) of each message accepted as a duplicate and dropped, as duplicate detection does.
     duplicates_dropped: tuple[tuple[str, object], ...] = ()
+    transfers_held: int = 0  # sends received and never settled (black hole "transfer")
 
 
 @dataclass
@@ -644,6 +648,20 @@ class _Driver:
         self.finished = False
         self.replies: dict[str, deque[Message]] = {}
         self.reply_links: dict[str, Sender] = {}
+        # Black-hole mode: whether the AMQP open was answered, and whether bytes were swallowed (then the
+        # stream is broken for good, so the connection is dropped once the black hole ends).
+        self.opened = False
+        self.swallowed = False
+        self.held: list[Delivery] = []
+
+    def silent(self) -> bool:
+        """Whether this connection is in the black hole now: nothing read is processed, nothing is written."""
+        mode = self.peer._black_hole_mode()
+        if mode == "connect" or (mode == "open" and self.opened):
+            return True
+        if self.swallowed:
+            self.abort()  # the black hole ended, but this connection lost bytes: drop it
+        return False
 
     # -- I/O -------------------------------------------------------------------------------------
     def on_readable(self) -> None:
@@ -653,6 +671,9 @@ class _Driver:
             return
         except OSError:
             data = b""
+        if data and self.silent():
+            self.swallowed = True  # read (so the client's writes never block) and never answered
+            return
         if data:
             self.watcher.feed(data)
             self.incoming += data
@@ -677,7 +698,8 @@ class _Driver:
             self.transport.close_tail()
 
     def on_writable(self) -> None:
-        self.flush()
+        if not self.silent():
+            self.flush()
 
     def process(self) -> None:
         self._push_input()
@@ -686,6 +708,8 @@ class _Driver:
         self.flush()
 
     def tick(self, now: float) -> float:
+        if self.silent():
+            return 0.0  # no heartbeats either: a black hole sends nothing
         deadline = self.transport.tick(now)
         self.process()
         return deadline
@@ -741,6 +765,7 @@ class _Driver:
             if conn is not None and conn.state & Endpoint.LOCAL_UNINIT:
                 conn.container = "amqp-test-peer"
                 conn.open()
+                self.opened = True
         elif kind == Event.CONNECTION_REMOTE_CLOSE:
             if event.connection is not None and not event.connection.state & Endpoint.LOCAL_CLOSED:
                 event.connection.close()
@@ -821,6 +846,9 @@ class _Driver:
 
     def _accept_send(self, delivery: Delivery, link: Receiver, payload: bytes, message_format: int) -> None:
         entity, partition_id = _entity_of(link.target.address or "")
+        if self.peer._holds_transfer(entity):
+            self.held.append(delivery)  # never settled: the sender waits for an answer that does not come
+            return
         action = self.peer._on_transfer(entity, partition_id, len(payload), link.max_message_size)
         if isinstance(action, _Fault):
             if action.kind == "drop":
@@ -945,6 +973,7 @@ class AmqpPeer:
     `partition_entities`, after which those entities refuse batches mixing sessions. A transfer that is
     rejected or dropped is never recorded. `detect_duplicates` gives entities Service Bus duplicate
     detection: a repeat is settled as accepted and dropped (counted in `PeerStats.duplicates_dropped`).
+    `black_hole` accepts and never answers (at connect, after the AMQP open, or sends only).
     """
 
     def __init__(
@@ -978,6 +1007,8 @@ class AmqpPeer:
         self._wake_w: socket.socket | None = None
         self._stopping = threading.Event()
         self._error: BaseException | None = None
+        self._black_hole: BlackHole | None = None
+        self._black_hole_entity: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> Self:
@@ -1059,6 +1090,8 @@ class AmqpPeer:
         with self._lock:
             self._messages.clear()
             self._stats = PeerStats()
+            self._black_hole = None
+            self._black_hole_entity = None
             self._faults.clear()
             self._refusals.clear()
             self._size_limit = None
@@ -1146,8 +1179,33 @@ class AmqpPeer:
         with self._lock:
             self._refusals.append(_Refusal(key_name, key))
 
+    def black_hole(self, after: BlackHole = "connect", *, entity: str | None = None) -> None:
+        """Accept and never answer, from now until `reset_faults()` (open connections too):
+
+        - "connect": every connection is accepted and then nothing it sends is answered (no SASL, no AMQP
+          open, no heartbeat), as when a network path swallows the traffic but the TCP stays up;
+        - "open": new connections are opened (SASL, AMQP open) and then answered nothing more (no session,
+          no link attach, no token, no management answer); open connections go silent at once;
+        - "transfer": everything is answered except sends (to `entity`, or any), which are received and
+          never settled, as a broker that takes the message and never says whether it kept it.
+
+        Held transfers are never recorded. A connection that was silenced is dropped when the black hole
+        ends (it lost frames).
+        """
+        with self._lock:
+            self._black_hole = after
+            self._black_hole_entity = entity
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
+
     def reset_faults(self) -> None:
         with self._lock:
+            self._black_hole = None
+            self._black_hole_entity = None
             self._faults.clear()
             self._refusals.clear()
             self._size_limit = None
@@ -1155,6 +1213,17 @@ class AmqpPeer:
             self._deduplicated = {}
 
     # -- called from the loop thread ---------------------------------------------------------------
+    def _black_hole_mode(self) -> BlackHole | None:
+        with self._lock:
+            return self._black_hole
+
+    def _holds_transfer(self, entity: str) -> bool:
+        with self._lock:
+            held = self._black_hole == "transfer" and self._black_hole_entity in (None, entity)
+            if held:
+                self._stats = _replace(self._stats, transfers_held=self._stats.transfers_held + 1)
+            return held
+
     def _entity_exists(self, name: str) -> bool:
         with self._lock:
             return self._entities is None or name in self._entities
@@ -1272,7 +1341,8 @@ class AmqpPeer:
                         timeout = max(0.0, min(timeout, deadline - now))
                 self._reap(drivers)
                 for driver in drivers.values():
-                    events = selectors.EVENT_READ | (selectors.EVENT_WRITE if driver.outgoing else 0)
+                    writing = driver.outgoing and not driver.silent()
+                    events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
                     selector.modify(driver.sock, events, driver)
                 for key, mask in selector.select(timeout):
                     if key.fileobj is self._listener:

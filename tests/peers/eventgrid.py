@@ -3,7 +3,8 @@
 It accepts POSTs on one path (default `/api/events`) over plain http, checks the `aeg-sas-key` header
 against the configured key as Event Grid does, and records every request: its status, content type,
 size and the parsed events (a JSON array of EventGridEvents with `application/json`, of CloudEvents
-with `application/cloudevents-batch+json`). Faults (429, 500, 413, ...) can be queued at runtime.
+with `application/cloudevents-batch+json`). Faults (429, 500, 413, ...) can be queued at runtime, and
+`black_hole()` reads requests and never answers them.
 It runs `http.server` in a background thread on 127.0.0.1 and touches nothing else.
 
 It refuses what the service refuses, so a sender that passes here passes there (Microsoft's "Post to
@@ -117,6 +118,9 @@ class EventGridReceiver:
         self._faults: list[_Fault] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        # Black-hole mode: requests are read and never answered until `released` is set.
+        self._black_hole = False
+        self._released = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> Self:
@@ -135,6 +139,7 @@ class EventGridReceiver:
     def stop(self) -> None:
         if self._server is None:
             return
+        self._released.set()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -171,6 +176,7 @@ class EventGridReceiver:
         with self._lock:
             self._requests.clear()
             self._faults.clear()
+            self._release()
 
     # -- faults --------------------------------------------------------------------------------------
     def fail_next(self, status: int, times: int = 1, *, retry_after: float | None = None) -> None:
@@ -181,6 +187,22 @@ class EventGridReceiver:
     def reset_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._release()
+
+    def black_hole(self) -> None:
+        """From now until `reset_faults()` or `clear()`: read each request and never answer it (the connection
+        stays open, silent). Held requests are recorded with status 0 and then closed unanswered."""
+        with self._lock:
+            self._black_hole = True
+            self._released = threading.Event()
+
+    def _release(self) -> None:
+        self._black_hole = False
+        self._released.set()
+
+    def _held(self) -> threading.Event | None:
+        with self._lock:
+            return self._released if self._black_hole else None
 
     # -- called from the server threads ------------------------------------------------------------
     def _decide(
@@ -303,6 +325,12 @@ def _handler_for(receiver: EventGridReceiver) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length)
             path = self.path.split("?", 1)[0]
             content_type = self.headers.get("Content-Type", "")
+            held = receiver._held()
+            if held is not None:
+                receiver._record(ReceivedRequest(path=path, status=0, content_type=content_type, size=len(body)))
+                held.wait()  # no answer until the black hole ends; then the connection closes unanswered
+                self.close_connection = True
+                return
             status, retry_after, error = receiver._decide(path, self.headers.get("aeg-sas-key"), body, content_type)
             receiver._record(
                 ReceivedRequest(
