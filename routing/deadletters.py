@@ -314,7 +314,9 @@ class BlobDeadLetters:
     def __init__(self, container: ContainerClient, *, clock: Callable[[], datetime] | None = None) -> None:
         self.container = container
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.where = f"container '{container.container_name}' at {public_url(container.primary_endpoint)}"
+        # The account's URL: the container's without its last part (the container's name) and query.
+        account = public_url(container.url).rsplit("/", 1)[0]
+        self.where = f"container '{container.container_name}' at {account}"
         # Letters this process uploaded (or tried to) in writes that failed: name -> write id. A later
         # write deletes those whose message its batch delivered (the retry of the failed batch).
         self._unconfirmed: dict[str, str] = {}
@@ -422,8 +424,8 @@ class BlobDeadLetters:
     def _failed(self, tried: int, total: int, error: BaseException) -> DeadLetterStoreError:
         reason = redact(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
         return DeadLetterStoreError(
-            f"the dead-letter store ({self.where}) did not keep the batch's {total} letters "
-            f"({tried} tried before it gave up): {reason}; the batch fails and the host retries it "
+            f"the dead-letter store ({self.where}) could not keep the batch's dead letters "
+            f"({tried} of {total} tried before it gave up): {reason}; the batch fails and the host retries it "
             "(check that the storage account is reachable and the app may write blobs)"
         )
 
