@@ -320,6 +320,8 @@ class BlobDeadLetters:
         # Letters this process uploaded (or tried to) in writes that failed: name -> write id. A later
         # write deletes those whose message its batch delivered (the retry of the failed batch).
         self._unconfirmed: dict[str, str] = {}
+        # Writes of this process that failed: their markers go once none of their letters is unconfirmed.
+        self._failed_writes: set[str] = set()
         self._lock = threading.Lock()
 
     @classmethod
@@ -383,6 +385,8 @@ class BlobDeadLetters:
             # there is not (yet) a letter anyone may replay.
             self._put(f"{PENDING_FOLDER}/{write_id}", b"{}")
         except AzureError as exc:
+            with self._lock:
+                self._failed_writes.add(write_id)  # no answer is not no marker: remove it once settled
             raise self._failed(0, len(letters), exc) from exc
         stop = threading.Event()
         started: list[str] = []
@@ -418,6 +422,7 @@ class BlobDeadLetters:
             if failure is not None:
                 # Uploaded, or perhaps uploaded (no answer): the retry must settle each of them.
                 self._unconfirmed.update(dict.fromkeys(started, write_id))
+                self._failed_writes.add(write_id)
         if failure is not None:
             raise self._failed(len(started), len(named), failure) from failure
 
@@ -431,10 +436,12 @@ class BlobDeadLetters:
 
     def _forget(self, delivered: Delivered) -> None:
         with self._lock:
-            if not self._unconfirmed:
+            if not self._failed_writes:
                 return
             unconfirmed = dict(self._unconfirmed)
-        stale = [name for message in delivered if (name := delivered_name(message)) in unconfirmed]
+        stale = (
+            [name for message in delivered if (name := delivered_name(message)) in unconfirmed] if unconfirmed else []
+        )
         for name in stale:
             try:
                 self._remove(name)
@@ -445,13 +452,16 @@ class BlobDeadLetters:
             with self._lock:
                 self._unconfirmed.pop(name, None)
         with self._lock:
-            live = set(self._unconfirmed.values())
-        for write_id in set(unconfirmed.values()) - live:
-            # Every letter that write left is settled (rewritten or deleted): its marker may go.
+            settled = self._failed_writes - set(self._unconfirmed.values())
+        for write_id in settled:
+            # Every letter that write left is settled (written again or deleted): its marker may go.
             try:
                 self._remove(f"{PENDING_FOLDER}/{write_id}")
             except AzureError:
                 log.warning("could not delete the pending marker of write %s in %s", write_id, self.where)
+                continue
+            with self._lock:
+                self._failed_writes.discard(write_id)
 
     def names(self, prefix: str | None = None) -> Iterator[str]:
         """Blob names of the letters, oldest enqueued hour first within each endpoint folder (the names

@@ -19,7 +19,7 @@ from azure.storage.blob import AccountSasPermissions, ContainerClient, ResourceT
 from typer.testing import CliRunner
 
 from routing.cli.main import app
-from routing.deadletters import UNCLASSIFIED_FOLDER, BlobDeadLetters, blob_name
+from routing.deadletters import UNCLASSIFIED_FOLDER, BlobDeadLetters, blob_name, public_url, redact
 from routing.model import DeadLetter
 from routing.pipeline import Router, StaticRoutes
 from routing.routes.table import parse_routes
@@ -382,3 +382,20 @@ def test_a_container_name_azure_would_not_take_is_refused_before_any_request(let
         app, ["deadletters", "list", "--connection-string", letters.connection_string, "--container", container]
     )
     assert out.exit_code == 2 and "is not a container name" in out.stderr, out.output
+
+
+def test_secrets_are_redacted_from_sdk_messages_and_urls() -> None:
+    # What urllib3 says when it gives up (azure-core 1.41 shortens it, older versions and other paths
+    # do not): the request URL, query string and all.
+    text = (
+        "HTTPConnectionPool(host='acct.blob.core.windows.net', port=443): Max retries exceeded with url: "
+        "/deadletters?restype=container&comp=list&sv=2022-11-02&ss=b&sig=s3cr3t%2Bsig%3D (Caused by ...); "
+        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5c2VjcmV0==;EndpointSuffix=core.windows.net"
+    )
+    cleaned = redact(text)
+    assert "s3cr3t" not in cleaned and "a2V5c2VjcmV0" not in cleaned
+    assert "sig=***" in cleaned and "AccountKey=***" in cleaned and "comp=list" in cleaned
+    assert (
+        public_url("https://acct.blob.core.windows.net/dl?sv=1&sig=s3cr3t") == "https://acct.blob.core.windows.net/dl"
+    )
+    assert public_url("https://user:pw@acct.blob.core.windows.net:443/") == "https://acct.blob.core.windows.net:443"

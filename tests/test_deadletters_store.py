@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.storage.blob import ContainerClient
@@ -143,9 +144,10 @@ def test_a_dead_letter_container_deleted_between_two_writes_is_made_again(azurit
     assert len(blobs(azurite, name)) == 3
 
 
-def route_twice(front: Proxy, azurite: Azurite, name: str, *, same_process: bool) -> list[str]:
+def route_twice(front: Proxy, azurite: Azurite, name: str, *, same_process: bool, delivers: bool = True) -> list[str]:
     """Try 1: the endpoint refuses every send, and the store fails after some of the 30 letters. Try 2 (the
-    host's retry, in the same process or another): everything is delivered. Returns what is left."""
+    host's retry, in the same process or another): everything is delivered (or, if not `delivers`, fails
+    again and is dead-lettered whole). Returns what is left in the container."""
     messages = [telemetry(f"dev-{n % 3}", b'{"n":%d}' % n, seq=n) for n in range(30)]
     wire = FakeWire(refused_settings={"RAW"})
     table = StaticRoutes(parse_routes(ROUTES))
@@ -158,11 +160,25 @@ def route_twice(front: Proxy, azurite: Azurite, name: str, *, same_process: bool
     front.set(Mode.FORWARD)
     left = blobs(azurite, name)
     assert any(n.startswith("raw/") for n in left), "try 1 wrote no letter: nothing to test"
-    wire.refused_settings.clear()
+    if delivers:
+        wire.refused_settings.clear()
     retry_store = store if same_process else store_via(front, name)
     Router(routes=table, senders=FakeSenders(wire), dead_letters=retry_store).route(messages)
-    assert len(wire.delivered["raw"]) == 30
+    assert len(wire.delivered["raw"]) == (30 if delivers else 0)
     return blobs(azurite, name)
+
+
+def replay_plan(azurite: Azurite, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What `deadletters replay --dry-run` would send and keep, as an operator runs it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "routes.json").write_text(json.dumps(ROUTES))
+    where = ["--connection-string", azurite.connection_string, "--container", name]
+    result = cli.invoke(
+        cli_app, ["deadletters", "replay", "--dry-run", "--routes", "routes.json", "-o", "json", *where]
+    )
+    assert result.exit_code == 0, result.output
+    plan: dict[str, Any] = json.loads(result.stdout)
+    return plan
 
 
 def test_letters_a_failed_try_left_for_messages_its_retry_delivered_are_deleted(
@@ -178,16 +194,17 @@ def test_a_replay_keeps_letters_of_a_failed_write_whose_retry_ran_in_another_pro
     left = route_twice(front, azurite, name, same_process=False)
     stale = [n for n in left if n.startswith("raw/")]
     assert stale and any(n.startswith(f"{PENDING_FOLDER}/") for n in left)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "routes.json").write_text(json.dumps(ROUTES))
-    where = ["--connection-string", azurite.connection_string, "--container", name]
-    result = cli.invoke(
-        cli_app,
-        ["deadletters", "replay", "--dry-run", "--routes", "routes.json", "-o", "json", *where],
-    )
-    assert result.exit_code == 0, result.output
-    plan = json.loads(result.stdout)
+    plan = replay_plan(azurite, name, tmp_path, monkeypatch)
     assert plan["wouldSend"] == [], "a replay would deliver messages the retry already delivered"
-    kept = {k["name"]: k["reason"] for k in plan["keptLetters" if "keptLetters" in plan else "kept"]}
+    kept = {k["name"]: k["reason"] for k in plan["kept"]}
     assert set(stale) <= set(kept)
     assert all("a try of its batch that failed" in kept[n] for n in stale)
+
+
+def test_a_retry_that_dead_letters_the_batch_again_leaves_every_letter_replayable(
+    front: Proxy, azurite: Azurite, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    left = route_twice(front, azurite, name, same_process=True, delivers=False)
+    assert not [n for n in left if n.startswith(f"{PENDING_FOLDER}/")], "the failed write's marker stayed"
+    assert len([n for n in left if n.startswith("raw/")]) == 30
+    assert len(replay_plan(azurite, name, tmp_path, monkeypatch)["wouldSend"]) == 30
