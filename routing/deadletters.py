@@ -447,8 +447,9 @@ class BlobDeadLetters:
                 self._remove(name)
             except AzureError:
                 # Still recognisable: its write's marker stays, so replay keeps it; a later batch tries again.
+                # The first failure ends the clean-up: a store in trouble must not cost a request budget each.
                 log.warning("could not delete the stale dead letter %s in %s", name, self.where, exc_info=True)
-                continue
+                return
             with self._lock:
                 self._unconfirmed.pop(name, None)
         with self._lock:
