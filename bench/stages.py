@@ -23,6 +23,7 @@ from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusSender
 from azure.servicebus.exceptions import MessageSizeExceededError
 
+from routing.deadletters import Delivered
 from routing.deliver.eventgrid import EventGridSender
 from routing.deliver.eventhubs import EventHubSender, partition_for, with_partition_key
 from routing.deliver.senders import ClientSender, KeyGroup, Prepared, RetryOptions, Sender, SendReport
@@ -43,7 +44,7 @@ class MemoryDeadLetters:
 
     letters: list[DeadLetter] = field(default_factory=list)
 
-    def write(self, letters: Sequence[DeadLetter]) -> None:
+    def write(self, letters: Sequence[DeadLetter], *, delivered: Delivered = ()) -> None:
         self.letters.extend(letters)
 
     def close(self) -> None:

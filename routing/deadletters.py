@@ -10,27 +10,37 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
+import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings, LinearRetry, StorageErrorCode
 
 from routing.connections import resolve
+from routing.errors import RoutingError
 from routing.ingest.ingress import to_line
-from routing.model import DeadLetter, IngressMessage, message_id
+from routing.model import DeadLetter, IngressMessage, Outgoing, message_id
+
+log = logging.getLogger(__name__)
 
 FILE_NAME = "deadletter.jsonl"
+# What a batch delivered (every endpoint's messages), read only when an earlier write of this process failed.
+Delivered = Iterable[Outgoing]
 
 
 class DeadLetterStore(Protocol):
-    def write(self, letters: Sequence[DeadLetter]) -> None:
-        """Keep every letter, or raise: the caller must not checkpoint what was not kept."""
+    def write(self, letters: Sequence[DeadLetter], *, delivered: Delivered = ()) -> None:
+        """Keep every letter, or raise: the caller must not checkpoint what was not kept. `delivered` is
+        what the same batch delivered: a store deletes letters an earlier, failed try left for those."""
         ...
 
     def close(self) -> None: ...
@@ -54,7 +64,8 @@ class FileDeadLetters:
         self._handle: IO[bytes] | None = None
         self._lock = threading.Lock()
 
-    def write(self, letters: Sequence[DeadLetter]) -> None:
+    def write(self, letters: Sequence[DeadLetter], *, delivered: Delivered = ()) -> None:
+        # The local runner writes each letter once, in one run: no earlier try can have left one.
         if not letters:
             return
         data = b"".join(orjson.dumps(record(letter)) + b"\n" for letter in letters)
@@ -177,16 +188,123 @@ def ingress_of(record: Mapping[str, Any]) -> IngressMessage:
     )
 
 
-# A store that cannot keep letters must fail the batch within the batch's time (the retry policy then
-# holds the checkpoint), not after the SDK's default ten retries and 300 s timeouts.
-CLIENT_OPTIONS: dict[str, Any] = {
-    "retry_total": 3,
-    "retry_backoff_factor": 0.5,
-    "connection_timeout": 5,
-    "read_timeout": 20,
-}
-# Letters of one batch written at once (a down endpoint can dead-letter a whole batch per endpoint).
+# How long the Blob store may take before it gives up, so that a store that cannot keep letters fails the
+# invocation within seconds (the Functions retry policy then holds the checkpoint and tries the batch again)
+# rather than after the SDK's defaults (retries 15, 18 and 24 s apart, 20 s connect and 60 s read
+# timeouts: 84 s refused, minutes black-holed). azure-storage-blob reads only these: `retry_policy` (its
+# own ExponentialRetry/LinearRetry; `retry_backoff_factor` is azure-core's and ignored by it),
+# `connection_timeout` and `read_timeout` (the requests transport), and `timeout=` per operation, which
+# is the *service's* time limit for the operation (it answers 500 OperationTimedOut, then retried).
+# TCP connect to a storage account in the same region takes milliseconds; 3 s covers a cold DNS lookup.
+CONNECT_TIMEOUT_SECONDS = 3
+# The longest silence allowed between bytes of an answer. A letter is at most a few MB (a 1 MB message
+# twice, base64): the service stores that and answers in well under a second.
+READ_TIMEOUT_SECONDS = 5
+# The service's own limit per operation (its default is 30 s for a Put Blob).
+SERVER_TIMEOUT_SECONDS = 5
+# Tries per request = 1 + RETRIES, RETRY_BACKOFF_SECONDS (± RETRY_JITTER_SECONDS) apart.
+RETRIES = 2
+RETRY_BACKOFF_SECONDS = 1.0
+RETRY_JITTER_SECONDS = 0.5
+# The most one request can take before it raises: every try connects and waits out its read timeout.
+REQUEST_BUDGET_SECONDS = (1 + RETRIES) * (CONNECT_TIMEOUT_SECONDS + READ_TIMEOUT_SECONDS) + RETRIES * (
+    RETRY_BACKOFF_SECONDS + RETRY_JITTER_SECONDS
+)
+# Letters of one batch written at once (a down endpoint can dead-letter a whole batch per endpoint). The
+# first failed upload (after its retries) stops the write: no later upload starts, so a write that fails
+# takes at most one request budget for the marker plus one for the uploads under way, whatever the count.
 WRITE_CONCURRENCY = 8
+# A write fails in at most this long: the pending marker's request, then one round of uploads.
+WRITE_FAILURE_BUDGET_SECONDS = 2 * REQUEST_BUDGET_SECONDS
+
+
+def client_options() -> dict[str, Any]:
+    """The Blob client's options for the dead-letter store: the budget above (a fresh retry policy per
+    client: the SDK keeps per-client state on it)."""
+    return {
+        "retry_policy": LinearRetry(
+            backoff=RETRY_BACKOFF_SECONDS,  # type: ignore[arg-type]  # annotated int; any number works
+            retry_total=RETRIES,
+            random_jitter_range=RETRY_JITTER_SECONDS,  # type: ignore[arg-type]
+        ),
+        "connection_timeout": CONNECT_TIMEOUT_SECONDS,
+        "read_timeout": READ_TIMEOUT_SECONDS,
+    }
+
+
+# Blob names of the pending markers: `_pending/<write id>`, one while a write is under way, left behind
+# by a write that failed. A letter's record names its write; a letter whose write left a marker was
+# written by a try of its batch that failed, and the host's retry of that batch either rewrites it (same
+# name, a new write) or delivered its message: replay must not send it again (docs/FAILURE_HANDLING.md).
+# An endpoint folder of the same name cannot clash: its letters are `<folder>/<hour>/<id>.json`.
+PENDING_FOLDER = "_pending"
+
+
+class DeadLetterStoreError(RoutingError):
+    """The dead-letter store could not keep every letter of a batch: the batch must fail (and be retried)."""
+
+
+def public_url(url: str) -> str:
+    """A storage URL fit to print: no query string (a SAS token is one) and no user information."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", "")).rstrip("/")
+
+
+class LetterNameError(RoutingError):
+    """A blob or container name from a person that would leave the dead-letter container."""
+
+
+# Azure's rule for container names: 3-63 lower-case letters, digits and single hyphens, starting and
+# ending with a letter or digit (the special `$root`, `$logs`, `$web` hold no letters).
+_CONTAINER_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
+# In a letter name: a backslash (some tools read it as `/`), `%` (an encoded `.` or `/` decodes on the
+# way), `?` and `#` (they end the path of the URL), control characters.
+_BAD_LETTER_CHARS = re.compile(r"[\\%?#\x00-\x1f\x7f]")
+
+
+def check_container_name(name: str) -> None:
+    """Refuse a container name Azure would not take: one with `/` or `..` could address another container."""
+    if not _CONTAINER_NAME.match(name):
+        raise LetterNameError(
+            f"'{name}' is not a container name: 3-63 lower-case letters, digits and single hyphens, "
+            "starting and ending with a letter or digit"
+        )
+
+
+def check_letter_name(name: str) -> None:
+    """Refuse a letter name that could reach outside its container: a leading `/`, a `.` or `..` (or
+    empty) segment, a backslash, `%` (URL-encoded traversal), `?`, `#` or control characters. Letter names
+    (`<endpoint>/<yyyy>/<mm>/<dd>/<hh>/<id>.json`) never contain any of these."""
+    problem = None
+    if not name.strip():
+        problem = "it is empty"
+    elif name.startswith("/"):
+        problem = "it starts with '/'"
+    elif match := _BAD_LETTER_CHARS.search(name):
+        problem = f"it contains {match.group()!r}"
+    elif any(segment in ("", ".", "..") for segment in name.split("/")):
+        problem = "it has an empty, '.' or '..' part"
+    if problem is not None:
+        raise LetterNameError(
+            f"{name!r} is not a dead letter's name ({problem}): give the name as "
+            "`python -m routing deadletters list` shows it, e.g. 'raw/2026/11/26/09/<id>.json'"
+        )
+
+
+# A secret a storage error or a connection can carry: a SAS signature, an account or access key.
+_SECRET = re.compile(r"(?i)\b(sig|AccountKey|SharedAccessKey|SharedAccessSignature)=([^&;\s'\"]+)")
+
+
+def redact(text: str) -> str:
+    """`text` with every SAS signature and key replaced by `***`: SDK errors quote request URLs."""
+    return _SECRET.sub(lambda m: f"{m.group(1)}=***", text)
+
+
+def _is_container_missing(error: ResourceNotFoundError) -> bool:
+    return bool(getattr(error, "error_code", None) == StorageErrorCode.CONTAINER_NOT_FOUND)
 
 
 class BlobDeadLetters:
@@ -196,61 +314,193 @@ class BlobDeadLetters:
     def __init__(self, container: ContainerClient, *, clock: Callable[[], datetime] | None = None) -> None:
         self.container = container
         self.clock = clock or (lambda: datetime.now(UTC))
-        self._checked = False
+        # The account's URL: the container's without its last part (the container's name) and query.
+        account = public_url(container.url).rsplit("/", 1)[0]
+        self.where = f"container '{container.container_name}' at {account}"
+        # Letters this process uploaded (or tried to) in writes that failed: name -> write id. A later
+        # write deletes those whose message its batch delivered (the retry of the failed batch).
+        self._unconfirmed: dict[str, str] = {}
+        # Writes of this process that failed: their markers go once none of their letters is unconfirmed.
+        self._failed_writes: set[str] = set()
+        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, setting: str, container: str, env: Mapping[str, str] | None = None) -> BlobDeadLetters:
         connection = resolve(setting, "blobServiceUri", env)
         if connection.secret:
-            service = BlobServiceClient.from_connection_string(connection.secret, **CLIENT_OPTIONS)
+            service = BlobServiceClient.from_connection_string(connection.secret, **client_options())
         else:
             assert connection.address is not None
-            service = BlobServiceClient(connection.address, credential=connection.credential(), **CLIENT_OPTIONS)
+            service = BlobServiceClient(connection.address, credential=connection.credential(), **client_options())
         return cls(service.get_container_client(container))
 
-    def _ensure_container(self) -> None:
-        if not self._checked:
-            with contextlib.suppress(ResourceExistsError):
-                self.container.create_container()
-            self._checked = True
+    def _put(self, name: str, data: bytes) -> None:
+        """Upload one blob; a container that is missing (never made, or deleted since) is created first.
+        Nothing about the container is cached: a container deleted under a running process is made again."""
 
-    def write(self, letters: Sequence[DeadLetter]) -> None:
-        if not letters:
-            return
-        self._ensure_container()
-        when = self.clock()
-
-        def upload(letter: DeadLetter) -> None:
-            # Same letter, same name (message id and enqueued hour, not the clock): a batch retried after
-            # a partial write, or after the hour turned, overwrites rather than duplicates.
+        def upload() -> None:
             self.container.upload_blob(
-                blob_name(letter),
-                orjson.dumps(blob_record(letter, when), option=orjson.OPT_INDENT_2),
+                name,
+                data,
                 overwrite=True,
                 content_settings=ContentSettings(content_type="application/json"),
+                timeout=SERVER_TIMEOUT_SECONDS,
             )
 
-        if len(letters) == 1:
-            upload(letters[0])
-            return
-        with ThreadPoolExecutor(min(WRITE_CONCURRENCY, len(letters)), thread_name_prefix="deadletter") as pool:
-            # list() waits for every upload and raises the first failure: then the batch is retried whole.
-            list(pool.map(upload, letters))
+        try:
+            upload()
+        except ResourceNotFoundError as exc:
+            if not _is_container_missing(exc):
+                raise
+            try:
+                self.container.create_container(timeout=SERVER_TIMEOUT_SECONDS)
+            except ResourceExistsError as exists:
+                if getattr(exists, "error_code", None) == StorageErrorCode.CONTAINER_BEING_DELETED:
+                    raise DeadLetterStoreError(
+                        f"{self.where} is being deleted; it cannot be made again until the service has "
+                        "finished (usually within a minute): the batch fails and the host retries it"
+                    ) from exists
+                # Made meanwhile by another write: upload again.
+            upload()
+
+    def _remove(self, name: str) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            self.container.delete_blob(name, timeout=SERVER_TIMEOUT_SECONDS)
+
+    def write(self, letters: Sequence[DeadLetter], *, delivered: Delivered = ()) -> None:
+        """Keep every letter, or raise `DeadLetterStoreError` within `WRITE_FAILURE_BUDGET_SECONDS`.
+
+        `delivered`: what the batch delivered, per endpoint name. A letter an earlier, failed write of this
+        process left for one of those messages is stale (the retry delivered it) and is deleted."""
+        if letters:
+            self._write(letters)
+        self._forget(delivered)
+
+    def _write(self, letters: Sequence[DeadLetter]) -> None:
+        write_id = uuid.uuid4().hex
+        when = self.clock()
+        named = [(blob_name(letter), letter) for letter in letters]
+        try:
+            # The marker goes first and is removed last: a letter of this write found while the marker is
+            # there is not (yet) a letter anyone may replay.
+            self._put(f"{PENDING_FOLDER}/{write_id}", b"{}")
+        except AzureError as exc:
+            with self._lock:
+                self._failed_writes.add(write_id)  # no answer is not no marker: remove it once settled
+            raise self._failed(0, len(letters), exc) from exc
+        stop = threading.Event()
+        started: list[str] = []
+
+        def upload(item: tuple[str, DeadLetter]) -> None:
+            name, letter = item
+            if stop.is_set():
+                return  # an earlier upload failed: the write fails anyway, do not spend more time
+            started.append(name)
+            data = orjson.dumps({**blob_record(letter, when), "write": write_id}, option=orjson.OPT_INDENT_2)
+            try:
+                # Same letter, same name (message id and enqueued hour, not the clock): a batch retried after
+                # a partial write, or after the hour turned, overwrites rather than duplicates.
+                self._put(name, data)
+            except BaseException:
+                stop.set()
+                raise
+
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(min(WRITE_CONCURRENCY, len(named)), thread_name_prefix="deadletter") as pool:
+            futures = [pool.submit(upload, item) for item in named]
+            for future in futures:
+                if (error := future.exception()) is not None and failure is None:
+                    failure = error
+        if failure is None:
+            try:
+                self._remove(f"{PENDING_FOLDER}/{write_id}")
+            except AzureError as exc:
+                failure = exc
+        with self._lock:
+            for name, _letter in named:
+                self._unconfirmed.pop(name, None)  # rewritten now: whatever an earlier try left is replaced
+            if failure is not None:
+                # Uploaded, or perhaps uploaded (no answer): the retry must settle each of them.
+                self._unconfirmed.update(dict.fromkeys(started, write_id))
+                self._failed_writes.add(write_id)
+        if failure is not None:
+            raise self._failed(len(started), len(named), failure) from failure
+
+    def _failed(self, tried: int, total: int, error: BaseException) -> DeadLetterStoreError:
+        reason = redact(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+        return DeadLetterStoreError(
+            f"the dead-letter store ({self.where}) could not keep the batch's dead letters "
+            f"({tried} of {total} tried before it gave up): {reason}; the batch fails and the host retries it "
+            "(check that the storage account is reachable and the app may write blobs)"
+        )
+
+    def _forget(self, delivered: Delivered) -> None:
+        with self._lock:
+            if not self._failed_writes:
+                return
+            unconfirmed = dict(self._unconfirmed)
+        stale = (
+            [name for message in delivered if (name := delivered_name(message)) in unconfirmed] if unconfirmed else []
+        )
+        for name in stale:
+            try:
+                self._remove(name)
+            except AzureError:
+                # Still recognisable: its write's marker stays, so replay keeps it; a later batch tries again.
+                # The first failure ends the clean-up: a store in trouble must not cost a request budget each.
+                log.warning("could not delete the stale dead letter %s in %s", name, self.where, exc_info=True)
+                return
+            with self._lock:
+                self._unconfirmed.pop(name, None)
+        with self._lock:
+            settled = self._failed_writes - set(self._unconfirmed.values())
+        for write_id in settled:
+            # Every letter that write left is settled (written again or deleted): its marker may go.
+            try:
+                self._remove(f"{PENDING_FOLDER}/{write_id}")
+            except AzureError:
+                log.warning("could not delete the pending marker of write %s in %s", write_id, self.where)
+                continue
+            with self._lock:
+                self._failed_writes.discard(write_id)
 
     def names(self, prefix: str | None = None) -> Iterator[str]:
-        """Blob names, oldest enqueued hour first within each endpoint folder (the names sort by time),
-        undated letters last."""
+        """Blob names of the letters, oldest enqueued hour first within each endpoint folder (the names
+        sort by time), undated letters last. Pending markers are not letters."""
         try:
-            yield from sorted(b.name for b in self.container.list_blobs(name_starts_with=prefix))
+            yield from sorted(
+                b.name for b in self.container.list_blobs(name_starts_with=prefix) if not _is_marker(b.name)
+            )
         except ResourceNotFoundError:
             return  # no container yet: nothing was ever dead-lettered
+
+    def pending_writes(self) -> set[str]:
+        """Ids of the writes under way or failed (their markers): their letters are not to be replayed."""
+        try:
+            return {
+                b.name.split("/", 1)[1]
+                for b in self.container.list_blobs(name_starts_with=f"{PENDING_FOLDER}/")
+                if _is_marker(b.name)
+            }
+        except ResourceNotFoundError:
+            return set()
 
     def read(self, name: str) -> dict[str, Any]:
         record: dict[str, Any] = orjson.loads(self.container.download_blob(name).readall())
         return record
 
     def delete(self, name: str) -> None:
-        self.container.delete_blob(name)
+        self.container.delete_blob(name, timeout=SERVER_TIMEOUT_SECONDS)
 
     def close(self) -> None:
         self.container.close()
+
+
+def _is_marker(name: str) -> bool:
+    folder, _, rest = name.partition("/")
+    return folder == PENDING_FOLDER and bool(rest) and "/" not in rest
+
+
+def delivered_name(message: Outgoing) -> str:
+    """The blob name a letter for `message` has at its endpoint (`blob_name` of that letter)."""
+    return f"{message.endpoint}/{hour_folder(message.event.ingress)}/{message.message_id}.json"

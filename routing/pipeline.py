@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Protocol
 
 from routing import observability as obs
@@ -182,8 +183,9 @@ class Router:
 
         for letter in letters:
             report.count_dead_letter(letter)
-        # Kept before anything is reported as done: if this raises, the batch is retried whole.
-        self.dead_letters.write(letters)
+        # Kept before anything is reported as done: if this raises, the batch is retried whole. What was
+        # delivered lets the store delete letters a failed earlier try of this batch left for those messages.
+        self.dead_letters.write(letters, delivered=chain.from_iterable(sent.delivered for sent in sent_reports))
         _record(report, letters, hub)
         return report
 

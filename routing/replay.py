@@ -7,7 +7,7 @@ its message is delivered. A letter whose endpoint is gone, or no longer wants it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +56,10 @@ def replay(
     senders: SenderFor,
     delete: Callable[[str], None],
     progress: Callable[[int], None] = lambda _n: None,
+    unconfirmed: Collection[str] = frozenset(),
 ) -> ReplayReport:
+    """Replay `letters`; `unconfirmed` names the store's writes that are under way or failed (their
+    letters are kept: the host's retry of their batch rewrites them or delivered their messages)."""
     report = ReplayReport()
     # endpoint name -> (endpoint, key -> [(letter, message)]) in original order
     plan: dict[str, tuple[Endpoint, dict[str, list[tuple[Letter, Outgoing]]]]] = {}
@@ -64,38 +67,14 @@ def replay(
     outstanding: dict[str, int] = {}
 
     for letter in sorted(letters, key=lambda item: item.position):
-        event = _event_of(letter)
-        if isinstance(event, str):
-            report.kept[letter.name] = event
+        planned = _plan_one(letter, table, unconfirmed)
+        if isinstance(planned, str):
+            report.kept[letter.name] = planned
             progress(1)
             continue
-        wanted = letter.record.get("endpoint")
-        if wanted:
-            endpoint = table.get(str(wanted))
-            if endpoint is None:
-                report.kept[letter.name] = f"endpoint '{wanted}' is no longer in the route table"
-                progress(1)
-                continue
-            if not endpoint.enabled or event.event_type not in endpoint.event_types:
-                report.kept[letter.name] = f"endpoint '{wanted}' no longer takes {event.event_type}"
-                progress(1)
-                continue
-            if not matching(event, (endpoint,)):
-                report.kept[letter.name] = f"the filter of '{wanted}' no longer matches the event"
-                progress(1)
-                continue
-            targets: tuple[Endpoint, ...] = (endpoint,)
-        else:
-            # The same choice the pipeline makes: the endpoints taking the type, then their filters.
-            targets = table.targets(event)
-            if not targets:
-                report.kept[letter.name] = f"no endpoint takes this {event.event_type} event"
-                progress(1)
-                continue
-        outstanding[letter.name] = len(targets)
-        for endpoint in targets:
+        outstanding[letter.name] = len(planned)
+        for endpoint, message in planned:
             entry = plan.setdefault(endpoint.name, (endpoint, {}))
-            message = envelope.build(event, endpoint)
             entry[1].setdefault(message.order_key, []).append((letter, message))
 
     for endpoint, by_key in plan.values():
@@ -115,6 +94,49 @@ def replay(
                 report.failed[letter.name] = f"'{endpoint.name}': {failure.reason}"
                 progress(1)
     return report
+
+
+# Why a letter of a failed write is not replayed (docs/FAILURE_HANDLING.md, "dead-letter store down").
+UNCONFIRMED = (
+    "written by a try of its batch that failed (or is still being written): the host retries the batch, "
+    "which writes this letter again if the message still fails, or delivered it; not sent, so it is not "
+    "delivered twice"
+)
+
+
+def _plan_one(letter: Letter, table: RouteTable, unconfirmed: Collection[str]) -> list[tuple[Endpoint, Outgoing]] | str:
+    """Where the letter's message goes now and what it is there, or why it is kept. Never raises: one
+    letter that breaks anything (a record edited by hand, data nested deeper than JSON can be written,
+    a bug) is kept with the reason, and the replay goes on."""
+    if str(letter.record.get("write") or "") in unconfirmed:
+        return UNCONFIRMED
+    event = _event_of(letter)
+    if isinstance(event, str):
+        return event
+    stage = "matching the route filters"
+    try:
+        wanted = letter.record.get("endpoint")
+        if wanted:
+            endpoint = table.get(str(wanted))
+            if endpoint is None:
+                return f"endpoint '{wanted}' is no longer in the route table"
+            if not endpoint.enabled or event.event_type not in endpoint.event_types:
+                return f"endpoint '{wanted}' no longer takes {event.event_type}"
+            if not matching(event, (endpoint,)):
+                return f"the filter of '{wanted}' no longer matches the event"
+            targets: tuple[Endpoint, ...] = (endpoint,)
+        else:
+            # The same choice the pipeline makes: the endpoints taking the type, then their filters.
+            targets = table.targets(event)
+            if not targets:
+                return f"no endpoint takes this {event.event_type} event"
+        out = []
+        for endpoint in targets:
+            stage = f"building its message for '{endpoint.name}'"
+            out.append((endpoint, envelope.build(event, endpoint)))
+    except Exception as exc:
+        return f"cannot be replayed: {stage} failed: {exc}"
+    return out
 
 
 def _event_of(letter: Letter) -> Event | str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from routing.deadletters import blob_name, blob_record
+from routing.deadletters import Delivered, blob_name, blob_record
 from routing.deliver.senders import TRY_THREAD_SUFFIX, ClientSender, Prepared, RetryOptions
 from routing.model import DeadLetter, Outgoing
 from routing.routes.table import Endpoint
@@ -132,7 +132,7 @@ class MemoryDeadLetters:
     blobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     down: bool = False
 
-    def write(self, letters: Sequence[DeadLetter]) -> None:
+    def write(self, letters: Sequence[DeadLetter], *, delivered: Delivered = ()) -> None:
         if self.down and letters:
             raise StoreDown("dead-letter store unavailable")
         when = datetime(2026, 11, 26, 9, tzinfo=UTC)

@@ -28,11 +28,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from routing.cli.routes import LOCAL_SETTINGS, OutputFormat, OutputOption, _local_settings, fail, warn, write_json
+from routing.cli import routes as route_commands
+from routing.cli.routes import LOCAL_SETTINGS, OutputFormat, OutputOption, _local_settings, write_json
 from routing.cli.routes import open_rows as open_route_rows
 from routing.cli.routes import reported as route_rows_reported
 from routing.connections import Connection, resolve
-from routing.deadletters import UNCLASSIFIED_FOLDER, BlobDeadLetters
+from routing.deadletters import (
+    UNCLASSIFIED_FOLDER,
+    BlobDeadLetters,
+    check_container_name,
+    check_letter_name,
+    redact,
+)
 from routing.deliver.pool import SenderPool
 from routing.deliver.senders import KeyGroup, SendReport
 from routing.errors import RoutingError
@@ -50,6 +57,16 @@ from routing.settings import (
 
 console = Console()
 errors = Console(stderr=True)
+
+
+def fail(message: str) -> typer.Exit:
+    # Every message passes here: an SDK error can quote a request URL, and with it a SAS signature.
+    return route_commands.fail(redact(message))
+
+
+def warn(message: str) -> None:
+    route_commands.warn(redact(message))
+
 
 deadletters_app = typer.Typer(
     help="List, show and replay the dead letters kept in Blob Storage (or Azurite).",
@@ -90,7 +107,7 @@ EndpointOption = Annotated[
 @dataclass(frozen=True, slots=True)
 class Store:
     letters: BlobDeadLetters
-    where: str  # for messages: "container 'x' at http://..."
+    where: str  # for messages: "container 'x' at http://..." (never a query string: a SAS token is one)
 
 
 def open_store(connection_string: str | None, container: str | None) -> Store:
@@ -113,6 +130,10 @@ def open_store(connection_string: str | None, container: str | None) -> Store:
         raise fail(str(exc)) from None
     candidates = [container, os.environ.get("DEADLETTER_CONTAINER"), local.get("DEADLETTER_CONTAINER")]
     name = next((c.strip() for c in candidates if c and c.strip()), DEFAULT_DEADLETTER_CONTAINER)
+    try:
+        check_container_name(name)
+    except RoutingError as exc:
+        raise fail(str(exc)) from None
     # One quick retry (the SDK's default waits 15 s and more between three): a person at the prompt
     # would rather see the error and run the command again.
     options: dict[str, Any] = {
@@ -129,7 +150,8 @@ def open_store(connection_string: str | None, container: str | None) -> Store:
         client = service.get_container_client(name)
     except (ValueError, AzureError) as exc:  # a malformed connection string
         raise fail(f"the storage connection from {connection.setting} cannot be used: {short_reason(exc)}") from None
-    return Store(BlobDeadLetters(client), f"container '{name}' at {service.url.rstrip('/')}")
+    letters = BlobDeadLetters(client)
+    return Store(letters, letters.where)
 
 
 @contextmanager
@@ -255,6 +277,10 @@ def show(
     container: ContainerOption = None,
 ) -> None:
     """One dead letter's record as JSON: the original message (body in base64), the reason, every attempt."""
+    try:
+        check_letter_name(name)
+    except RoutingError as exc:
+        raise fail(str(exc)) from None
     store = open_store(connection_string, container)
     with reported(store):
         try:
@@ -385,11 +411,14 @@ def replay_letters(
         reading = progress.add_task("reading", total=len(names))
         with reported(store):
             letters, unreadable = _read_all(store, names, lambda: progress.advance(reading))
+            # After the letters: a write that had not finished when a letter was read still has its
+            # marker now, and one that finished meanwhile has none (its letters are good).
+            unconfirmed = store.letters.pending_writes()
 
         # The plan first (no I/O): it names the endpoints the replay needs, so a missing setting is an
         # error now rather than a retried failure per key.
         plan = _DryRun()
-        planned = replay(letters, table=table, senders=plan, delete=lambda _name: None)
+        planned = replay(letters, table=table, senders=plan, delete=lambda _name: None, unconfirmed=unconfirmed)
         planned.kept.update(unreadable)
         if dry_run:
             _print_plan(plan, planned, letters, output)
@@ -411,6 +440,7 @@ def replay_letters(
                     senders=senders,
                     delete=_deleter(store),
                     progress=lambda n: progress.advance(sending, n),
+                    unconfirmed=unconfirmed,
                 )
         finally:
             senders.close()
