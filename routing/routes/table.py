@@ -20,6 +20,7 @@ from routing.errors import Problem, RouteTableError
 from routing.model import KNOWN_EVENT_TYPES, EndpointType, EnvelopeFormat, Event, EventType, shape_seed
 from routing.routes.filters import EventBody, Filter, FilterSyntaxError, IndexKey, compile_filter
 from routing.routes.templates import ValueTemplate, compile_value
+from routing.settings import looks_like_secret
 
 FIELDS = (
     "name",
@@ -326,7 +327,7 @@ def _suggest(name: str, choices: Sequence[str]) -> str:
 def _setting_problem(value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return "must name an app setting (a non-empty string)"
-    if ";" in value or "=" in value or "://" in value or not _SETTING_NAME.match(value):
+    if ";" in value or "=" in value or "://" in value or not _SETTING_NAME.match(value) or looks_like_secret(value):
         return "must be the NAME of an app setting that holds the connection, never the connection string or key itself"
     return None
 
