@@ -53,6 +53,10 @@ SECRETS = {
         "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
     ),
     "a JWT with an empty signature": "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+    # Each caught by one rule alone: a short unsigned JWT (`{"alg":"none"}.{}.`), and a key of
+    # base64 length whose random characters happen to form long words.
+    "a short unsigned JWT": "eyJhbGciOiJub25lIn0.e30.",
+    "a key of long random words": "k816ZyuqzycYOXshWcUHO1czqUa23xnjdbbtilEawxI",
     "random letters and digits": "duw3yF9tbM6oGGkpVNivSJP1zV4sJi8Z",
     "a base64url token": "wRBFb2EqRLwbfL39V2n3RmIrNnSDQzOHfVosfonqICw",
     "a prefixed API token": "ghp_CymqbEaw8qe9r0QSKs2zjqiOhxuVNYtodejX",
