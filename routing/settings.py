@@ -90,6 +90,46 @@ SETTINGS_LIST = [
 SETTINGS: dict[str, str] = {s.name: s.description for s in SETTINGS_LIST}
 
 
+# What a key or token looks like, so that one pasted where a setting NAME belongs is refused. Setting
+# names are words (`EGRESS_HUB`, `EventHubConnection`, `SB_CONN__fullyQualifiedNamespace`). Keys are
+# random: Azure's SAS and account keys are base64 of 32 or 64 bytes (43-44 or 86-88 characters; with
+# `+`, `/` or `=` in them they are refused as not a name anyway), some keys are hex, and tokens are JWTs
+# (`header.payload.signature` in base64url, the header JSON so beginning `eyJ`, which is `{"` encoded).
+_SECRET_HEX = re.compile(r"[0-9A-Fa-f]{32,}")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_BASE64_KEY_LENGTHS = frozenset({43, 44, 86, 87, 88})
+# Words as names are written: `Event`, `HUB`, `Plant7`, `42`. Random text splits into words of about 2
+# characters on average (base64: 1.9), names into 4 or more; a long value of short words, with many
+# different characters, is random. Measured on random letters and digits of 24-64 characters, 1-3 %
+# pass unnoticed (those of a key's length are caught above); no name in tests/test_setting_names.py is refused.
+_WORD = re.compile(r"[A-Z]?[a-z]+[0-9]*|[A-Z]+(?![a-z])[0-9]*|[0-9]+")
+_RANDOM_MIN_CHARACTERS = 24
+_RANDOM_MAX_WORD_LENGTH = 3.5
+_RANDOM_MIN_BITS_PER_CHARACTER = 3.5
+
+
+def _bits_per_character(text: str) -> float:
+    """Shannon entropy of the characters of `text`."""
+    counts = [text.count(c) for c in set(text)]
+    return -sum(n / len(text) * math.log2(n / len(text)) for n in counts)
+
+
+def looks_like_secret(value: str) -> bool:
+    """Whether `value` looks like a key or a token rather than the name of an app setting."""
+    if _JWT.fullmatch(value) or _SECRET_HEX.search(value):
+        return True
+    mixed = any(c.isdigit() for c in value) and any(c.isupper() for c in value) and any(c.islower() for c in value)
+    if mixed and value.isalnum() and len(value) in _BASE64_KEY_LENGTHS:
+        return True
+    words = _WORD.findall(value)
+    characters = "".join(words)
+    return (
+        len(characters) >= _RANDOM_MIN_CHARACTERS
+        and len(characters) / len(words) < _RANDOM_MAX_WORD_LENGTH
+        and _bits_per_character(characters) >= _RANDOM_MIN_BITS_PER_CHARACTER
+    )
+
+
 def table_name_problem(name: str) -> str | None:
     if _TABLE_NAME.match(name):
         return None

@@ -24,7 +24,7 @@ from routing.ingest.classify import classify
 from routing.model import Event, IngressMessage
 from routing.pipeline import Router, StaticRoutes
 from routing.routes.table import parse_routes
-from routing.routes.tables import TableRoutes, to_entity
+from routing.routes.tables import RoutesRefusedError, TableRoutes, to_entity
 from tests.azurite import Azurite
 from tests.conftest import sensor_data
 from tests.fakes import FakeSenders, FakeWire, MemoryDeadLetters
@@ -158,11 +158,12 @@ def test_route_table_loads_and_invalid_rows_are_counted(reader: InMemoryMetricRe
     client.create_entity({"PartitionKey": "endpoint", "RowKey": "bad", "Name": "bad", "Type": "Kafka"})
     before = points(reader)
     routes = TableRoutes(client, refresh_seconds=30, clock=lambda: 0.0)
-    assert [e.name for e in routes.current().endpoints] == ["ok"]
+    with pytest.raises(RoutesRefusedError):  # a table with an invalid row is not used (routing/routes/tables.py)
+        routes.current()
     after = points(reader)
     assert (
-        total(after, "router.routes.refreshes", outcome="loaded")
-        == total(before, "router.routes.refreshes", outcome="loaded") + 1
+        total(after, "router.routes.refreshes", outcome="invalid")
+        == total(before, "router.routes.refreshes", outcome="invalid") + 1
     )
     assert total(after, "router.routes.invalid_rows") == total(before, "router.routes.invalid_rows") + 1
 

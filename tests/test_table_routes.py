@@ -176,11 +176,15 @@ def test_a_misspelt_property_makes_the_row_invalid_rather_than_ignored() -> None
 # --- the store the functions read ---------------------------------------------------------------------
 
 
-def test_an_invalid_row_written_around_the_cli_is_skipped_logged_and_counted_and_the_rest_route(
+def test_an_invalid_row_written_around_the_cli_refuses_the_table_and_the_last_good_one_keeps_routing(
     storage: Storage, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     storage.editor().add(endpoint("alerts", "SensorChange"))
     storage.editor().add(endpoint("raw", "DeviceMessages"))
+    clock = Clock()
+    store = TableRoutes(storage.client(), refresh_seconds=REFRESH, clock=clock)
+    router = router_for(store, tmp_path)
+    assert delivered_to(router.route(sensor_batch(2))) == {"alerts": 2}
     # Written directly with the SDK, as someone in Storage Explorer might: a secret where a setting name
     # belongs, and an event type that does not exist.
     bad = {
@@ -190,19 +194,28 @@ def test_an_invalid_row_written_around_the_cli_is_skipped_logged_and_counted_and
     }
     storage.client(counted=False).create_entity(bad)
 
-    store = TableRoutes(storage.client(), refresh_seconds=REFRESH, clock=Clock())
+    clock.advance(REFRESH)
     with caplog.at_level(logging.WARNING, logger="routing.routes.tables"):
-        report = router_for(store, tmp_path).route([*sensor_batch(3), telemetry("dev-1", b"{}", seq=99)])
+        report = router.route([*sensor_batch(3, start=2), telemetry("dev-1", b"{}", seq=99)])
 
-    assert delivered_to(report) == {"alerts": 3, "raw": 1}
+    assert delivered_to(report) == {"alerts": 3, "raw": 1}  # the last good table, whole
     assert store.invalid_rows == 1
     assert {p.where for p in store.problems} == {
         "endpoint 'leaky', field 'connection'",
         "endpoint 'leaky', field 'eventTypes'",
     }
-    [record] = [r for r in caplog.records if r.name == "routing.routes.tables"]
-    assert "leaky" in record.getMessage() and "Weather" in record.getMessage()
-    assert "NAME of an app setting" in record.getMessage()
+    assert store.last_error is not None and "row 'leaky'" in store.last_error
+    messages = [r.getMessage() for r in caplog.records if r.name == "routing.routes.tables"]
+    [row_record] = [m for m in messages if "row 'leaky' is invalid" in m]
+    assert "Weather" in row_record and "NAME of an app setting" in row_record
+    assert "SharedAccessKey" not in "\n".join(messages)  # the secret typed into the row is not logged
+    assert any("last good table" in m for m in messages)
+
+    # A cold start meets the same table: nothing to route with, so the invocation fails (the checkpoint holds).
+    cold = TableRoutes(storage.client(), refresh_seconds=REFRESH, clock=Clock())
+    with pytest.raises(RoutesUnavailableError, match=r"1 invalid row.*routes validate.*row 'leaky'"):
+        router_for(cold, tmp_path / "cold").route(sensor_batch(1))
+    assert not (tmp_path / "cold").exists()
 
 
 def test_an_edit_is_picked_up_after_the_refresh_interval_with_one_query_per_refresh_and_none_per_event(

@@ -12,30 +12,17 @@ from __future__ import annotations
 import bisect
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_origin
+
+import msgspec
 
 from routing.errors import Problem, RouteTableError
 from routing.model import KNOWN_EVENT_TYPES, EndpointType, EnvelopeFormat, Event, EventType, shape_seed
 from routing.routes.filters import EventBody, Filter, FilterSyntaxError, IndexKey, compile_filter
 from routing.routes.templates import ValueTemplate, compile_value
-
-FIELDS = (
-    "name",
-    "type",
-    "eventTypes",
-    "connection",
-    "secondaryConnection",
-    "path",
-    "format",
-    "enabled",
-    "filter",
-    "orderKey",
-    "enrichments",
-    "partitioning",
-)
-REQUIRED = ("name", "type", "eventTypes", "connection", "path")
+from routing.settings import looks_like_secret
 
 # Reserved because the local runner writes dead letters beside the endpoint files,
 # and the blob dead-letter store keeps unclassifiable messages under `_unclassified/`.
@@ -318,6 +305,61 @@ def matching(event: Event, candidates: tuple[Endpoint, ...], body: EventBody | N
     return tuple(e for e in candidates if e.filter is None or e.filter.matches(event, body))
 
 
+# --- validation -------------------------------------------------------------------------------------
+#
+# The fields and their types are declared once (`RouteFields`); the library checks each field's type,
+# one field at a time so that every problem is reported at once, and the unknown fields are those the
+# struct does not declare. What a type cannot say (a name's characters, known event types with a
+# did-you-mean, telemetry to EventHub only, filters and templates that compile) is one rule per field,
+# in `_RULES`, run in field order on the values that have the right type.
+
+
+class RouteFields(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """An endpoint as the routes file writes it (a table row holds the same fields, capitalised)."""
+
+    name: str
+    type: str
+    event_types: list[str]
+    connection: str
+    secondary_connection: str | None = None
+    path: str
+    format: str = EnvelopeFormat.EVENT_GRID.value
+    enabled: bool = True
+    filter: str | None = None
+    order_key: str | None = None
+    enrichments: dict[str, Any] | None = None
+    partitioning: str = PARTITIONING[0]
+
+
+_DECLARED = msgspec.structs.fields(RouteFields)
+FIELDS = tuple(f.encode_name for f in _DECLARED)
+REQUIRED = tuple(f.encode_name for f in _DECLARED if f.required)
+# The type each field is checked as. The items of a list and the keys of an object are left to the
+# rules, which name the item (an event type that is not a string is an unknown event type).
+_CHECKED_AS: dict[str, Any] = {
+    **{f.encode_name: f.type for f in _DECLARED},
+    "eventTypes": list[Any],
+    "enrichments": dict[Any, Any],
+}
+_PATH_PROBLEM = "must be a non-empty string (the hub, queue or topic name, or the Event Grid topic host)"
+_SETTING_PROBLEM = "must name an app setting (a non-empty string)"
+# What a value of the wrong type is told.
+_WRONG_TYPE: dict[str, Callable[[Any], str]] = {
+    "name": lambda _value: "must be a non-empty string",
+    "type": lambda value: f"unknown endpoint type {value!r}; expected EventHub, ServiceBus or EventGrid",
+    "eventTypes": lambda _value: "must be a non-empty list of event types",
+    "connection": lambda _value: _SETTING_PROBLEM,
+    "secondaryConnection": lambda _value: _SETTING_PROBLEM,
+    "path": lambda _value: _PATH_PROBLEM,
+    "format": lambda value: f"unknown format {value!r}; expected EventGridSchema or CloudEventSchemaV1_0",
+    "enabled": lambda value: f"must be true or false, got {value!r}",
+    "filter": lambda value: f"must be a string (a route filter, see docs/FILTERS.md), got {value!r}",
+    "orderKey": lambda value: f"must be a string (a path or a template, see docs/FILTERS.md), got {value!r}",
+    "enrichments": lambda value: f"must be an object of property name -> value, got {type(value).__name__}",
+    "partitioning": lambda value: f"must be 'router' or 'service', got {value!r}",
+}
+
+
 def _suggest(name: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -325,10 +367,188 @@ def _suggest(name: str, choices: Sequence[str]) -> str:
 
 def _setting_problem(value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
-        return "must name an app setting (a non-empty string)"
-    if ";" in value or "=" in value or "://" in value or not _SETTING_NAME.match(value):
+        return _SETTING_PROBLEM
+    if ";" in value or "=" in value or "://" in value or not _SETTING_NAME.match(value) or looks_like_secret(value):
         return "must be the NAME of an app setting that holds the connection, never the connection string or key itself"
     return None
+
+
+class _Rules:
+    """What the rules found so far: the values they made, and the problems (field label, message)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.problems: list[tuple[str, str]] = []
+
+    def problem(self, label: str, message: str) -> None:
+        self.problems.append((label, message))
+
+
+# Each rule gets a value of the field's declared type, and returns what the endpoint holds (or None).
+Rule = Callable[[Any, _Rules], Any]
+
+
+def _name(name: str, found: _Rules) -> str | None:
+    if not name.strip():
+        found.problem("name", "must be a non-empty string")
+    elif name != name.strip():
+        found.problem("name", "must not start or end with spaces")
+    elif len(name) > MAX_NAME_LENGTH:
+        found.problem("name", f"must be at most {MAX_NAME_LENGTH} characters")
+    elif _BAD_NAME_CHARS.search(name) or name in (".", ".."):
+        found.problem("name", "must not contain / \\ # ? or control characters")
+    elif name.lower() in RESERVED_NAMES:
+        found.problem("name", f"'{name}' is reserved (dead letters are kept under that name)")
+    else:
+        return name
+    return None
+
+
+def _endpoint_type(value: str, found: _Rules) -> EndpointType | None:
+    parsed = EndpointType.parse(value)
+    if parsed is None:
+        hint = _suggest(value, [t.value for t in EndpointType])
+        found.problem("type", f"unknown endpoint type {value!r}{hint}; expected EventHub, ServiceBus or EventGrid")
+    return parsed
+
+
+def _event_types(items: list[Any], found: _Rules) -> list[EventType]:
+    if not items:
+        found.problem("eventTypes", "must be a non-empty list of event types")
+        return []
+    event_types: list[EventType] = []
+    for item in items:
+        parsed = EventType.parse(item) if isinstance(item, str) else None
+        if parsed is None:
+            hint = _suggest(item, [t.value for t in EventType]) if isinstance(item, str) else ""
+            found.problem("eventTypes", f"unknown event type {item!r}{hint}; expected one of {KNOWN_EVENT_TYPES}")
+        elif parsed not in event_types:
+            event_types.append(parsed)
+    endpoint_type: EndpointType | None = found.values.get("type")
+    if endpoint_type is not None:
+        for event_type in event_types:
+            if event_type not in endpoint_type.accepts:
+                found.problem(
+                    "eventTypes",
+                    f"{endpoint_type} endpoints cannot take {event_type}: telemetry is forwarded raw, to "
+                    "EventHub endpoints only",
+                )
+    return event_types
+
+
+def _setting(label: str) -> Rule:
+    def rule(value: str, found: _Rules) -> str | None:
+        if message := _setting_problem(value):
+            found.problem(label, message)
+            return None
+        return value
+
+    return rule
+
+
+def _path(value: str, found: _Rules) -> str | None:
+    if not value.strip():
+        found.problem("path", _PATH_PROBLEM)
+        return None
+    return value
+
+
+def _format(value: str, found: _Rules) -> EnvelopeFormat | None:
+    parsed = EnvelopeFormat.parse(value)
+    if parsed is None:
+        found.problem("format", f"unknown format {value!r}; expected EventGridSchema or CloudEventSchemaV1_0")
+    return parsed
+
+
+def _filter(value: str, found: _Rules) -> Filter | None:
+    try:
+        return compile_filter(value)
+    except FilterSyntaxError as exc:
+        found.problem("filter", f"{exc} in {value!r}")
+    return None
+
+
+def _order_key(value: str, found: _Rules) -> ValueTemplate | None:
+    try:
+        return compile_value(value, allow_fixed=False)
+    except FilterSyntaxError as exc:
+        found.problem("orderKey", f"{exc} in {value!r}")
+    except ValueError as exc:
+        found.problem("orderKey", f"{value!r} {exc}")
+    return None
+
+
+def _enrichments(value: dict[Any, Any], found: _Rules) -> tuple[tuple[str, ValueTemplate], ...]:
+    if len(value) > MAX_ENRICHMENTS:
+        found.problem("enrichments", f"has {len(value)} properties; at most {MAX_ENRICHMENTS} are allowed")
+    endpoint_type = found.values.get("type")
+    cloud_events = found.values.get("format", EnvelopeFormat.EVENT_GRID) is EnvelopeFormat.CLOUD_EVENTS
+    if value and endpoint_type is EndpointType.EVENT_GRID and not cloud_events:
+        found.problem(
+            "enrichments",
+            "the Event Grid schema has no place for added properties: set format CloudEventSchemaV1_0 "
+            "(enrichments become CloudEvents extension attributes)",
+        )
+    enrichments: list[tuple[str, ValueTemplate]] = []
+    for key, item in value.items():
+        label = f"enrichments.{key}"
+        if not isinstance(key, str) or not key.strip() or len(key) > MAX_NAME_LENGTH:
+            found.problem(label, f"a property name must be a non-empty string of at most {MAX_NAME_LENGTH} characters")
+            continue
+        if key.lower() in _ROUTER_PROPERTIES:
+            found.problem(label, f"'{key}' is set by the router on every Digital Twins event; choose another name")
+        if (
+            endpoint_type is EndpointType.EVENT_GRID
+            and cloud_events
+            and (not _EXTENSION_NAME.match(key) or key in _CLOUD_EVENT_ATTRIBUTES)
+        ):
+            found.problem(
+                label,
+                "becomes a CloudEvents extension attribute, so it must be 1-20 lower-case letters or digits "
+                "and not a CloudEvents attribute (id, source, type, subject, time, ...)",
+            )
+        try:
+            enrichments.append((key, compile_value(item)))
+        except FilterSyntaxError as exc:
+            found.problem(label, f"{exc} in {item!r}")
+        except ValueError as exc:
+            found.problem(label, str(exc))
+    return tuple(enrichments)
+
+
+def _partitioning(value: str, found: _Rules) -> str | None:
+    endpoint_type = found.values.get("type")
+    if value.strip().lower() not in PARTITIONING:
+        found.problem("partitioning", f"must be 'router' or 'service', got {value!r}")
+    elif endpoint_type is not None and endpoint_type is not EndpointType.EVENT_HUB:
+        found.problem("partitioning", "applies to EventHub endpoints only")
+    else:
+        return value.strip().lower()
+    return None
+
+
+# The rules, in the order their problems are reported; a field without one needs only its type.
+_RULES: dict[str, Rule] = {
+    "name": _name,
+    "type": _endpoint_type,
+    "eventTypes": _event_types,
+    "connection": _setting("connection"),
+    "secondaryConnection": _setting("secondaryConnection"),
+    "path": _path,
+    "format": _format,
+    "filter": _filter,
+    "orderKey": _order_key,
+    "enrichments": _enrichments,
+    "partitioning": _partitioning,
+}
+
+
+def _typed(value: Any, expected: Any) -> Any:
+    """`value` as `expected`, or `msgspec.ValidationError`. A list must be one: msgspec would take a
+    tuple or a set for it, which no routes file, row or command line gives, and the validator never took."""
+    if get_origin(expected) is list and not isinstance(value, list):
+        raise msgspec.ValidationError(f"Expected `array`, got `{type(value).__name__}`")
+    return msgspec.convert(value, expected)
 
 
 def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
@@ -338,176 +558,43 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
     name = raw.get("name")
     if isinstance(name, str) and name:
         where = f"endpoint '{name}'"
-    problems: list[Problem] = []
-
-    def problem(field_name: str, message: str) -> None:
-        problems.append(Problem(f"{where}, field '{field_name}'", message))
-
+    found = _Rules()
     for key in raw:
-        if key not in FIELDS:
-            problem(str(key), f"unknown field{_suggest(str(key), FIELDS)}")
+        if key not in _CHECKED_AS:
+            found.problem(str(key), f"unknown field{_suggest(str(key), FIELDS)}")
     for key in REQUIRED:
-        if key not in raw or raw[key] is None:
-            problem(key, "is required")
+        if raw.get(key) is None:
+            found.problem(key, "is required")
+    # An absent field and a null one are the same: the default.
+    for key in FIELDS:
+        value = raw.get(key)
+        if value is None:
+            continue
+        try:
+            value = _typed(value, _CHECKED_AS[key])
+        except msgspec.ValidationError:
+            found.problem(key, _WRONG_TYPE[key](value))
+            continue
+        rule = _RULES.get(key)
+        found.values[key] = value if rule is None else rule(value, found)
 
-    if "name" in raw and raw["name"] is not None:
-        if not isinstance(name, str) or not name.strip():
-            problem("name", "must be a non-empty string")
-        elif name != name.strip():
-            problem("name", "must not start or end with spaces")
-        elif len(name) > MAX_NAME_LENGTH:
-            problem("name", f"must be at most {MAX_NAME_LENGTH} characters")
-        elif _BAD_NAME_CHARS.search(name) or name in (".", ".."):
-            problem("name", "must not contain / \\ # ? or control characters")
-        elif name.lower() in RESERVED_NAMES:
-            problem("name", f"'{name}' is reserved (dead letters are kept under that name)")
-
-    endpoint_type: EndpointType | None = None
-    if raw.get("type") is not None:
-        value = raw["type"]
-        endpoint_type = EndpointType.parse(value) if isinstance(value, str) else None
-        if endpoint_type is None:
-            hint = _suggest(value, [t.value for t in EndpointType]) if isinstance(value, str) else ""
-            problem("type", f"unknown endpoint type {value!r}{hint}; expected EventHub, ServiceBus or EventGrid")
-
-    event_types: list[EventType] = []
-    if raw.get("eventTypes") is not None:
-        value = raw["eventTypes"]
-        if not isinstance(value, list) or not value:
-            problem("eventTypes", "must be a non-empty list of event types")
-        else:
-            for item in value:
-                parsed = EventType.parse(item) if isinstance(item, str) else None
-                if parsed is None:
-                    known = [t.value for t in EventType]
-                    hint = _suggest(item, known) if isinstance(item, str) else ""
-                    problem("eventTypes", f"unknown event type {item!r}{hint}; expected one of {KNOWN_EVENT_TYPES}")
-                elif parsed not in event_types:
-                    event_types.append(parsed)
-    if endpoint_type is not None:
-        for event_type in event_types:
-            if event_type not in endpoint_type.accepts:
-                problem(
-                    "eventTypes",
-                    f"{endpoint_type} endpoints cannot take {event_type}: telemetry is forwarded raw, to "
-                    "EventHub endpoints only",
-                )
-
-    connection = raw.get("connection")
-    if connection is not None and (message := _setting_problem(connection)):
-        problem("connection", message)
-    secondary = raw.get("secondaryConnection")
-    if secondary is not None and (message := _setting_problem(secondary)):
-        problem("secondaryConnection", message)
-
-    path = raw.get("path")
-    if path is not None and (not isinstance(path, str) or not path.strip()):
-        problem("path", "must be a non-empty string (the hub, queue or topic name, or the Event Grid topic host)")
-
-    envelope_format = EnvelopeFormat.EVENT_GRID
-    if raw.get("format") is not None:
-        value = raw["format"]
-        parsed_format = EnvelopeFormat.parse(value) if isinstance(value, str) else None
-        if parsed_format is None:
-            problem("format", f"unknown format {value!r}; expected EventGridSchema or CloudEventSchemaV1_0")
-        else:
-            envelope_format = parsed_format
-
-    enabled = raw.get("enabled", True)
-    if enabled is None:
-        enabled = True
-    if not isinstance(enabled, bool):
-        problem("enabled", f"must be true or false, got {enabled!r}")
-
-    compiled: Filter | None = None
-    if raw.get("filter") is not None:
-        value = raw["filter"]
-        if not isinstance(value, str):
-            problem("filter", f"must be a string (a route filter, see docs/FILTERS.md), got {value!r}")
-        else:
-            try:
-                compiled = compile_filter(value)
-            except FilterSyntaxError as exc:
-                problem("filter", f"{exc} in {value!r}")
-
-    order_key: ValueTemplate | None = None
-    if raw.get("orderKey") is not None:
-        value = raw["orderKey"]
-        if not isinstance(value, str):
-            problem("orderKey", f"must be a string (a path or a template, see docs/FILTERS.md), got {value!r}")
-        else:
-            try:
-                order_key = compile_value(value, allow_fixed=False)
-            except FilterSyntaxError as exc:
-                problem("orderKey", f"{exc} in {value!r}")
-            except ValueError as exc:
-                problem("orderKey", f"{value!r} {exc}")
-
-    enrichments: list[tuple[str, ValueTemplate]] = []
-    if raw.get("enrichments") is not None:
-        value = raw["enrichments"]
-        if not isinstance(value, Mapping):
-            problem("enrichments", f"must be an object of property name -> value, got {type(value).__name__}")
-            value = {}
-        elif len(value) > MAX_ENRICHMENTS:
-            problem("enrichments", f"has {len(value)} properties; at most {MAX_ENRICHMENTS} are allowed")
-        cloud_events = envelope_format is EnvelopeFormat.CLOUD_EVENTS
-        if value and endpoint_type is EndpointType.EVENT_GRID and not cloud_events:
-            problem(
-                "enrichments",
-                "the Event Grid schema has no place for added properties: set format CloudEventSchemaV1_0 "
-                "(enrichments become CloudEvents extension attributes)",
-            )
-        for key, item in value.items():
-            label = f"enrichments.{key}"
-            if not isinstance(key, str) or not key.strip() or len(key) > MAX_NAME_LENGTH:
-                problem(label, f"a property name must be a non-empty string of at most {MAX_NAME_LENGTH} characters")
-                continue
-            if key.lower() in _ROUTER_PROPERTIES:
-                problem(label, f"'{key}' is set by the router on every Digital Twins event; choose another name")
-            if (
-                endpoint_type is EndpointType.EVENT_GRID
-                and cloud_events
-                and (not _EXTENSION_NAME.match(key) or key in _CLOUD_EVENT_ATTRIBUTES)
-            ):
-                problem(
-                    label,
-                    "becomes a CloudEvents extension attribute, so it must be 1-20 lower-case letters or digits "
-                    "and not a CloudEvents attribute (id, source, type, subject, time, ...)",
-                )
-            try:
-                enrichments.append((key, compile_value(item)))
-            except FilterSyntaxError as exc:
-                problem(label, f"{exc} in {item!r}")
-            except ValueError as exc:
-                problem(label, str(exc))
-
-    partitioning = PARTITIONING[0]
-    if raw.get("partitioning") is not None:
-        value = raw["partitioning"]
-        if not isinstance(value, str) or value.strip().lower() not in PARTITIONING:
-            problem("partitioning", f"must be 'router' or 'service', got {value!r}")
-        elif endpoint_type is not None and endpoint_type is not EndpointType.EVENT_HUB:
-            problem("partitioning", "applies to EventHub endpoints only")
-        else:
-            partitioning = value.strip().lower()
-
-    if problems or endpoint_type is None:
-        return problems
-    assert isinstance(name, str) and isinstance(connection, str) and isinstance(path, str)
+    endpoint_type = found.values.get("type")
+    if found.problems or endpoint_type is None:
+        return [Problem(f"{where}, field '{label}'", message) for label, message in found.problems]
+    values = found.values
     return Endpoint(
-        name=name,
+        name=values["name"],
         type=endpoint_type,
-        event_types=tuple(event_types),
-        connection=connection,
-        secondary_connection=secondary,
-        path=path,
-        format=envelope_format,
-        enabled=bool(enabled),
-        filter=compiled,
-        order_key=order_key,
-        enrichments=tuple(enrichments),
-        partitioning=partitioning,
+        event_types=tuple(values["eventTypes"]),
+        connection=values["connection"],
+        secondary_connection=values.get("secondaryConnection"),
+        path=values["path"],
+        format=values.get("format", EnvelopeFormat.EVENT_GRID),
+        enabled=values.get("enabled", True),
+        filter=values.get("filter"),
+        order_key=values.get("orderKey"),
+        enrichments=values.get("enrichments", ()),
+        partitioning=values.get("partitioning", PARTITIONING[0]),
     )
 
 

@@ -39,13 +39,31 @@ PARTITION_KEY = "endpoint"
 ALL_ROWS = "PartitionKey eq @pk"
 # A transaction may hold at most 100 operations, all in one partition.
 MAX_BATCH = 100
-# The store must answer within a batch's time: fail fast and keep the last good table rather than
-# stall a partition for the SDK's default 300 s timeouts and ten retries.
+# The routes table's time budget. A refresh is one query of one partition (one request per 1,000
+# rows), which Table Storage answers in tens of milliseconds; a request without an answer in seconds is
+# lost, and waiting longer only stalls the invocation that refreshes (the others keep routing on the
+# last good table, `TableRoutes.current`). The SDK's defaults (300 s timeouts, 10 retries) would stall
+# it for an hour; azure-data-tables 12.7 honours these client options (`TablesRetryPolicy` takes
+# `retry_total`, `retry_backoff_factor` and `timeout`; the requests transport `connection_timeout` and
+# `read_timeout`). A per-call `timeout=` is not one of them: Table operations send it to the service as
+# its server-side timeout.
+CONNECT_TIMEOUT_SECONDS = 3.0  # TCP connect; a reachable account connects in milliseconds
+READ_TIMEOUT_SECONDS = 5.0  # silence on an open connection (a black hole) before the try is given up
+# One more try at once (the SDK does not back off before the first retry): a reset keep-alive connection
+# is the usual transient fault. More tries would only lengthen an outage that the last good table rides out.
+RETRIES = 1
+# One request, whatever happens: no try starts after it (the SDK's absolute `timeout`), and a refresh
+# asks for no further page once it is spent. Worst case of a request: (1 + RETRIES) tries of
+# connect + read = 16 s; a black hole (connects, never answers) costs (1 + RETRIES) x READ = 10 s.
+REFRESH_BUDGET_SECONDS = (1 + RETRIES) * (CONNECT_TIMEOUT_SECONDS + READ_TIMEOUT_SECONDS)
+# How long past the budget a cold invocation waits for another's refresh before giving up itself.
+LOCK_MARGIN_SECONDS = 5.0
 CLIENT_OPTIONS: dict[str, Any] = {
-    "retry_total": 3,
+    "retry_total": RETRIES,
     "retry_backoff_factor": 0.5,
-    "connection_timeout": 5,
-    "read_timeout": 20,
+    "connection_timeout": CONNECT_TIMEOUT_SECONDS,
+    "read_timeout": READ_TIMEOUT_SECONDS,
+    "timeout": REFRESH_BUDGET_SECONDS,
 }
 
 
@@ -171,9 +189,19 @@ def parse_rows(entities: Iterable[Mapping[str, Any]]) -> TableLoad:
     return TableLoad(RouteTable(tuple(endpoints)), tuple(invalid))
 
 
-def load(client: TableClient) -> TableLoad:
-    """Every row, with one query (more than 1,000 endpoints would take one request per 1,000)."""
-    return parse_rows(client.query_entities(ALL_ROWS, parameters={"pk": PARTITION_KEY}))
+def load(client: TableClient, *, budget: float | None = None, clock: Callable[[], float] = time.monotonic) -> TableLoad:
+    """Every row, with one query (more than 1,000 endpoints take one request per 1,000); with a `budget`,
+    no further page is asked for once it is spent (each request is bounded by the client's options)."""
+    pages = client.query_entities(ALL_ROWS, parameters={"pk": PARTITION_KEY}).by_page()
+    if budget is None:
+        return parse_rows(entity for page in pages for entity in page)
+    deadline = clock() + budget
+    entities: list[Mapping[str, Any]] = []
+    for page in pages:
+        entities.extend(page)
+        if clock() > deadline and getattr(pages, "continuation_token", None):
+            raise TimeoutError(f"reading the table took over {budget:g} s (at {len(entities)} rows)")
+    return parse_rows(entities)
 
 
 # --- connections ---------------------------------------------------------------------------------------
@@ -204,12 +232,34 @@ def short_reason(exc: BaseException) -> str:
 # --- the store the functions read --------------------------------------------------------------------
 
 
+class RoutesRefusedError(RoutesUnavailableError):
+    """The routes table has invalid rows, so it is not used (see `TableRoutes`)."""
+
+    def __init__(self, where: str, invalid: tuple[InvalidRow, ...]) -> None:
+        self.invalid = invalid
+        rows = "; ".join(f"row '{r.row_key}': " + "; ".join(str(p) for p in r.problems) for r in invalid)
+        count = len(invalid)
+        super().__init__(
+            f"{where} has {count} invalid row{'s' if count != 1 else ''}, so it is not used until "
+            f"{'they are' if count != 1 else 'it is'} fixed (`python -m routing routes validate` lists them; "
+            f"fix with `routes update` or `routes delete`): {rows}"
+        )
+
+
 class TableRoutes:
     """The route table from Table Storage, cached and re-read every `refresh_seconds` (one query).
 
-    Invalid rows are skipped, logged and counted; the rest keep routing. When a refresh fails the last
-    good table keeps serving until the next interval; if the table was never read, `current()` raises
-    `RoutesUnavailableError`, so the function fails and the retry policy holds the checkpoint.
+    A table is used whole or not at all, as a routes file is: a load with an invalid row (one written
+    around the CLI, which validates every write) is refused, logged and counted, and routing keeps the
+    last good table. Skipping the row instead would silently stop its endpoint's traffic, and
+    dead-lettering "what it would have received" is a guess when the invalid field is its event types or
+    its filter; keeping the last good table keeps the endpoint's previous, valid form serving. With no
+    table yet (a cold start), `current()` raises, so the function fails and the retry policy holds the
+    checkpoint until the row is fixed: nothing is lost, and the failures are visible.
+
+    A failed refresh (unreachable, refused or invalid) is tried again one interval after it ended, so a
+    table that hangs costs one bounded refresh (`REFRESH_BUDGET_SECONDS`) per interval, paid by the one
+    invocation that refreshes: the others route on the last good table meanwhile instead of waiting.
     """
 
     def __init__(
@@ -229,6 +279,9 @@ class TableRoutes:
         self._table: RouteTable | None = None
         self._next_load = -math.inf
         self._last: TableLoad | None = None
+        # Refreshes ended, so a cold invocation that waited for another's refresh does not try again at once.
+        self._attempts = 0
+        self._last_failure: RoutingError | None = None
         self.last_error: str | None = None
 
     @classmethod
@@ -240,75 +293,102 @@ class TableRoutes:
 
     @property
     def invalid_rows(self) -> int:
-        """How many rows the last successful load skipped."""
+        """How many rows were invalid in the last load read (which was then refused)."""
         return len(self._last.invalid) if self._last else 0
 
     @property
     def problems(self) -> tuple[Problem, ...]:
-        """Every problem of the rows the last successful load skipped."""
+        """Every problem of the invalid rows of the last load read."""
         return self._last.problems if self._last else ()
 
     def current(self) -> RouteTable:
         table = self._table
-        if table is not None and self._clock() < self._next_load:
-            return table
-        with self._lock:
-            now = self._clock()
-            if self._table is not None and now < self._next_load:
-                return self._table
-            return self._refresh(now)
-
-    def _refresh(self, now: float) -> RouteTable:
+        if table is not None:
+            if self._clock() < self._next_load:
+                return table
+            # Due. One invocation refreshes; the others route on the last good table rather than queue.
+            if not self._lock.acquire(blocking=False):
+                return table
+        else:
+            # Nothing to route with: wait for a refresh under way (it ends within its budget), then use it.
+            attempts = self._attempts
+            if not self._lock.acquire(timeout=REFRESH_BUDGET_SECONDS + LOCK_MARGIN_SECONDS):
+                raise RoutesUnavailableError(
+                    f"{describe(self.client)}: no routes were loaded yet, and another invocation's read "
+                    f"of the table took longer than {REFRESH_BUDGET_SECONDS:g} s"
+                )
+            if self._table is None and self._attempts != attempts and self._last_failure is not None:
+                # Another invocation's read failed while this one waited: that is this one's answer too.
+                self._lock.release()
+                raise self._last_failure
         try:
-            loaded = load(self.client)
+            if self._table is not None and self._clock() < self._next_load:
+                return self._table
+            return self._refresh()
+        finally:
+            self._lock.release()
+
+    def _refresh(self) -> RouteTable:
+        try:
+            loaded = load(self.client, budget=REFRESH_BUDGET_SECONDS, clock=self._clock)
         except Exception as exc:  # any failure to read must leave routing on the last good table
             self.last_error = short_reason(exc)
             obs.ROUTE_REFRESHES.add(1, {"outcome": "failed"})
-            if self._table is None:
-                # Not loaded yet: the next call tries again (the function's retry policy paces it).
-                raise RoutesUnavailableError(
+            return self._failed(
+                RoutesUnavailableError(
                     f"{describe(self.client)} could not be read, and no routes were loaded before: "
                     f"{self.last_error} (check the {ROUTES_STORAGE} setting, the table name, and that "
                     "the identity may read the table)"
-                ) from exc
-            # Try again only after another interval, so an outage costs one timeout per interval, not per batch.
-            self._next_load = now + self.refresh_seconds
-            log.error(
-                "%s could not be read; routing keeps the last good table (%d endpoints): %s",
-                describe(self.client),
-                len(self._table.endpoints),
-                self.last_error,
+                ),
+                exc,
+                f"could not be read: {self.last_error}",
             )
-            return self._table
-        self._next_load = now + self.refresh_seconds
-        self.last_error = None
-        obs.ROUTE_REFRESHES.add(1, {"outcome": "loaded"})
-        if loaded.invalid:
-            obs.INVALID_ROWS.add(len(loaded.invalid))
-        self._report(loaded)
         self._last = loaded
+        if loaded.invalid:
+            refused = RoutesRefusedError(describe(self.client), loaded.invalid)
+            self.last_error = str(refused)
+            obs.ROUTE_REFRESHES.add(1, {"outcome": "invalid"})
+            obs.INVALID_ROWS.add(len(loaded.invalid))
+            for row in loaded.invalid:
+                log.error(
+                    "%s: row '%s' is invalid, so the table is not used until it is fixed: %s",
+                    describe(self.client),
+                    row.row_key,
+                    "; ".join(str(p) for p in row.problems),
+                    extra={"rowKey": row.row_key, "problems": [str(p) for p in row.problems]},
+                )
+            count = len(loaded.invalid)
+            return self._failed(refused, None, f"was not used: {count} invalid row{'s' if count != 1 else ''}")
+        self._succeeded()
+        obs.ROUTE_REFRESHES.add(1, {"outcome": "loaded"})
+        if self._table != loaded.table:  # logged when it changes, not every interval
+            log.info("%s loaded: %d endpoints", describe(self.client), len(loaded.table.endpoints))
         self._table = loaded.table
         return loaded.table
 
-    def _report(self, loaded: TableLoad) -> None:
-        # Logged when they change, not every interval: the same warnings each 30 s would bury new ones.
-        previous = self._last
-        if previous is not None and previous.invalid == loaded.invalid and previous.table == loaded.table:
-            return
-        for row in loaded.invalid:
-            log.warning(
-                "%s: row '%s' skipped, the other routes keep working: %s",
-                describe(self.client),
-                row.row_key,
-                "; ".join(str(p) for p in row.problems),
-                extra={"rowKey": row.row_key, "problems": [str(p) for p in row.problems]},
-            )
-        log.info(
-            "%s loaded: %d endpoints, %d invalid rows skipped",
+    def _succeeded(self) -> None:
+        # From the end of the read, not its start: a slow read must not make the next one due at once.
+        self._next_load = self._clock() + self.refresh_seconds
+        self._attempts += 1
+        self._last_failure = None
+        self.last_error = None
+
+    def _failed(self, error: RoutingError, cause: BaseException | None, what: str) -> RouteTable:
+        self._attempts += 1
+        self._last_failure = error
+        if self._table is None:
+            # Not loaded yet: the next call tries again (the function's retry policy paces it).
+            raise error from cause
+        # Again one interval after this attempt ended: an outage costs one bounded read per interval.
+        self._next_load = self._clock() + self.refresh_seconds
+        log.error(
+            "%s %s; routing keeps the last good table (%d endpoints) and tries again in %g s",
             describe(self.client),
-            len(loaded.table.endpoints),
-            len(loaded.invalid),
+            what,
+            len(self._table.endpoints),
+            self.refresh_seconds,
         )
+        return self._table
 
 
 # --- edits (the CLI) ---------------------------------------------------------------------------------
