@@ -10,7 +10,7 @@ Costs (time, bytes) are measured outside the tests; here the letters are counted
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from routing.deadletters import FileDeadLetters, blob_name, blob_record
 from routing.deliver import envelope
 from routing.deliver.senders import FileSender
 from routing.ingest.classify import MAX_DEPTH, SHOWN_CHARACTERS, classify
-from routing.model import POSITIONS_LISTED, DeadLetter, Event, IngressMessage, Rejection
+from routing.model import POSITIONS_LISTED, DeadLetter, EnvelopeFormat, Event, IngressMessage, Rejection
 from routing.pipeline import Router, StaticRoutes
 from routing.replay import Letter, replay
 from routing.routes.table import parse_routes
@@ -131,25 +131,32 @@ def test_an_event_nested_deeper_than_the_router_serialises_is_rejected_as_too_de
     assert "deeper than 1024 levels" in unparsed.reason
 
 
-def test_the_deepest_event_classify_accepts_has_an_envelope_the_router_can_write() -> None:
-    def event_nesting(levels: int) -> IngressMessage:
-        # The event object is one level, its data one more, and the data's value the rest.
-        body = {"eventType": "SensorChange", "data": {**sensor_data("s"), "Properties": nested(levels - 2)}}
-        return twin_event(body, seq=1)
+def test_the_deepest_event_classify_accepts_has_envelopes_the_router_can_write() -> None:
+    endpoints = [e for e in TABLE.endpoints if e.name == "bus"]
 
-    [accepted] = classify(event_nesting(MAX_DEPTH))
-    assert isinstance(accepted, Event)
-    endpoint = TABLE.get("bus")
-    assert endpoint is not None
-    assert orjson.loads(envelope.build(accepted, endpoint).body)["data"]["Id"] == "s"
-    [rejected] = classify(event_nesting(MAX_DEPTH + 1))
-    assert isinstance(rejected, Rejection) and rejected.code == "too-deep"
+    def data(levels: int) -> dict[str, Any]:
+        # The data object is one level, the value in it the rest.
+        return {**sensor_data("s"), "Properties": nested(levels - 1)}
+
+    # The body is the data (a `Type` property names the type), or the event object around it.
+    for form in (
+        lambda levels: twin_event(data(levels), seq=1, properties={"Type": "SensorChange"}),
+        lambda levels: twin_event({"eventType": "SensorChange", "data": data(levels - 1)}, seq=1),
+    ):
+        [accepted] = classify(form(MAX_DEPTH))
+        assert isinstance(accepted, Event)
+        for endpoint in endpoints:
+            for shape in EnvelopeFormat:
+                assert orjson.loads(envelope.envelope_body(accepted, shape))
+            assert orjson.loads(envelope.build(accepted, endpoint).body)
+        [rejected] = classify(form(MAX_DEPTH + 1))
+        assert isinstance(rejected, Rejection) and rejected.code == "too-deep"
 
 
 def test_a_long_value_quoted_in_a_reason_is_cut_short() -> None:
     name = "X" * 1_000_000
     [rejection] = classify(twin_event([{"eventType": name, "data": {}}], seq=1))
-
+    assert isinstance(rejection, Rejection)
     assert rejection.code == "unknown-type"
     assert f"{'X' * SHOWN_CHARACTERS}... (1000000 characters)" in rejection.reason
     assert len(rejection.reason) < 1000
@@ -169,6 +176,31 @@ def route(tmp_path: Path, messages: list[IngressMessage]) -> tuple[Any, list[dic
 
 def path_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class KeptLetters:
+    """A dead-letter store that keeps the letters as given (what the file and blob writers receive)."""
+
+    def __init__(self) -> None:
+        self.letters: list[DeadLetter] = []
+
+    def write(self, letters: Sequence[DeadLetter]) -> None:
+        self.letters.extend(letters)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_letter_of_a_junk_array_carries_its_count_and_positions_to_the_store(tmp_path: Path) -> None:
+    store = KeptLetters()
+    router = Router(routes=StaticRoutes(TABLE), senders=lambda _e: FileSender(tmp_path), dead_letters=store)
+    report = router.route([twin_event(junk_array(10_000, valid_every=3), seq=1)])
+
+    [letter] = store.letters
+    junk = [i for i in range(10_000) if i % 3]
+    assert (letter.index, letter.count, letter.positions) == (1, len(junk), tuple(junk[:POSITIONS_LISTED]))
+    assert (report.dead_letters, report.dead_lettered) == ({"not-an-event": 1}, len(junk))
+    assert len(path_lines(tmp_path / "bus.jsonl")) == len(range(0, 10_000, 3))
 
 
 def test_telemetry_an_enrichment_cannot_write_is_dead_lettered_as_unserialisable(tmp_path: Path) -> None:
