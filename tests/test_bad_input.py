@@ -22,7 +22,9 @@ from routing import app as wiring
 from routing.deadletters import FileDeadLetters, blob_name, blob_record
 from routing.deliver import envelope
 from routing.deliver.senders import FileSender
+from routing.errors import IngressFormatError
 from routing.ingest.classify import MAX_DEPTH, SHOWN_CHARACTERS, classify
+from routing.ingest.ingress import parse_line
 from routing.model import POSITIONS_LISTED, DeadLetter, EnvelopeFormat, Event, IngressMessage, Rejection
 from routing.pipeline import Router, StaticRoutes
 from routing.replay import Letter, replay
@@ -284,3 +286,20 @@ def test_a_grouped_letter_and_a_too_deep_one_replay_as_kept_and_resend_nothing(t
     assert kept[0].startswith("still cannot be classified: 9990 of the 10000 events")
     assert kept[1].startswith("still cannot be classified:") and "deeper than 253 levels" in kept[1]
     assert not (tmp_path / "bus.jsonl").exists(), "replay re-sent the valid events the array delivered"
+
+
+# --- events-file lines ----------------------------------------------------------------------------------
+
+
+def test_an_events_file_line_the_router_could_not_write_is_a_bad_line_with_why() -> None:
+    deep = json.dumps(nested(300))
+    with pytest.raises(IngressFormatError, match=r"line 3: body nests JSON deeper than the router can write"):
+        parse_line(f'{{"body": {deep}}}', source="t", line_number=3)
+    with pytest.raises(IngressFormatError, match=r"line 4: properties nest JSON deeper than the router can write"):
+        parse_line(f'{{"body": 1, "properties": {{"p": {deep}}}}}', source="t", line_number=4)
+    # As text it is a message: classification then dead-letters it as too deep, with the original.
+    message = parse_line(
+        json.dumps({"bodyText": json.dumps(sensor(""))[:-1] + f', "x": {deep}}}'}), source="t", line_number=5
+    )
+    [rejection] = classify(message)
+    assert isinstance(rejection, Rejection) and rejection.code == "too-deep"
