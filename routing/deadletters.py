@@ -52,6 +52,9 @@ def record(letter: DeadLetter) -> dict[str, Any]:
         out["endpoint"] = letter.endpoint
     if letter.ingress is not None:
         out["index"] = letter.index
+        if letter.count > 1:  # one letter for several rejected events of the message (routing/model.py)
+            out["count"] = letter.count
+            out["positions"] = list(letter.positions)
         out["original"] = to_line(letter.ingress)
     else:
         out["original"] = letter.raw_line
@@ -147,6 +150,7 @@ def blob_record(letter: DeadLetter, when: datetime) -> dict[str, Any]:
         "endpoint": letter.endpoint,
         "deadLetteredAt": rfc3339(when),
         "index": letter.index,
+        **({"count": letter.count, "positions": list(letter.positions)} if letter.count > 1 else {}),
         "original": {
             "source": ingress.source,
             "bodyBase64": base64.b64encode(ingress.body).decode("ascii"),

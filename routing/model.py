@@ -210,12 +210,25 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     correlation_id: str | None = None
 
 
+# A rejection or dead letter standing for many events of one message lists this many of their positions
+# (and counts them all): what a person needs to find them, at a size that does not grow with the message.
+POSITIONS_LISTED = 100
+
+
 class Rejection(msgspec.Struct, frozen=True, kw_only=True):
-    """Why (part of) an ingress message could not be classified. `code` groups reasons in reports."""
+    """Why (part of) an ingress message could not be classified. `code` groups reasons in reports.
+
+    The rejected events of one message come as one rejection (the junk of an Event Grid array is one
+    dead letter, not one per element, each with the whole body): `index` is the first one's position,
+    `count` how many there are, `positions` the first `POSITIONS_LISTED` of their positions (empty for
+    a rejection of one event, which is at `index`).
+    """
 
     code: str
     reason: str
     index: int = 0
+    count: int = 1
+    positions: tuple[int, ...] = ()
 
 
 class Outgoing(msgspec.Struct, frozen=True, kw_only=True):
@@ -258,3 +271,7 @@ class DeadLetter:
     # The message that could not be delivered, for delivery failures, and every try at it.
     message: Outgoing | None = None
     attempts: tuple[Attempt, ...] = ()
+    # A letter for several rejected events of one message (`Rejection`): how many, and the first
+    # `POSITIONS_LISTED` of their positions; `index` is the first. Empty for a letter of one event.
+    count: int = 1
+    positions: tuple[int, ...] = ()

@@ -64,6 +64,8 @@ class BatchReport:
     events: Counter[EventType] = field(default_factory=Counter)
     delivered: Counter[tuple[str, EventType]] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
+    # Events dead-lettered: more than the letters when one letter stands for several events of a message.
+    dead_lettered: int = 0
     dead_letter_examples: dict[str, str] = field(default_factory=dict)
     unrouted: Counter[EventType] = field(default_factory=Counter)
 
@@ -72,12 +74,14 @@ class BatchReport:
         self.events.update(other.events)
         self.delivered.update(other.delivered)
         self.dead_letters.update(other.dead_letters)
+        self.dead_lettered += other.dead_lettered
         for code, reason in other.dead_letter_examples.items():
             self.dead_letter_examples.setdefault(code, reason)
         self.unrouted.update(other.unrouted)
 
     def count_dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters[letter.code] += 1
+        self.dead_lettered += letter.count
         self.dead_letter_examples.setdefault(letter.code, letter.reason)
 
 
@@ -124,7 +128,17 @@ class Router:
                 results = [Rejection(code="internal-error", reason=f"internal error while classifying: {exc!r}")]
             for result in results:
                 if isinstance(result, Rejection):
-                    letters.append(DeadLetter(code=result.code, reason=result.reason, ingress=msg, index=result.index))
+                    # The rejected events of one message are one rejection (classify): one letter, bounded.
+                    letters.append(
+                        DeadLetter(
+                            code=result.code,
+                            reason=result.reason,
+                            ingress=msg,
+                            index=result.index,
+                            count=result.count,
+                            positions=result.positions,
+                        )
+                    )
                     continue
                 event_type = result.event_type
                 events[event_type] = events.get(event_type, 0) + 1
@@ -139,6 +153,9 @@ class Router:
                         continue
                     stage = "building the envelope"
                     outgoing = _build_all(result, endpoints, body)
+                except envelope.UnserialisableError as exc:  # the event's fault: its own reason, not a crash
+                    letters.append(DeadLetter(code="unserialisable", reason=str(exc), ingress=msg, index=result.index))
+                    continue
                 except Exception as exc:  # a bug costs this event, not the batch
                     log.exception("internal error while %s", stage)
                     reason = f"internal error while {stage}: {exc!r}"
@@ -204,7 +221,7 @@ def _record(report: BatchReport, letters: list[DeadLetter], hub: str) -> None:
     """Metrics for the batch, added per dimension rather than per event, and a log line per dead letter."""
     for event_type, count in report.events.items():
         obs.EVENTS_IN.add(count, {"hub": hub, "event_type": str(event_type)})
-    unclassified = sum(1 for letter in letters if letter.message is None)
+    unclassified = sum(letter.count for letter in letters if letter.message is None)
     if unclassified:
         obs.EVENTS_IN.add(unclassified, {"hub": hub, "event_type": obs.UNCLASSIFIED})
     for (endpoint, event_type), count in report.delivered.items():

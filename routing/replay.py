@@ -147,7 +147,14 @@ def _event_of(letter: Letter) -> Event | str:
         results = classify(ingress)
     except Exception as exc:  # a record edited by hand (or a bug) must cost one letter, not the replay
         return f"the dead letter is unreadable: {exc!r}"
+    count = int(letter.record.get("count") or 1)
     for result in results:
         if result.index == index:
+            if isinstance(result, Event) and count > 1:
+                # Classification changed since: this one event alone would be sent and the letter deleted.
+                return (
+                    f"the letter stands for {count} rejected events of its message; position {index} classifies "
+                    "now, but replaying it alone would delete the letter of the others: route them by hand"
+                )
             return result if isinstance(result, Event) else f"still cannot be classified: {result.reason}"
     return f"the original message has no event at position {index}"

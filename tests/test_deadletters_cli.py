@@ -284,7 +284,19 @@ def test_a_letter_whose_message_cannot_be_built_is_kept_with_why_and_the_replay_
     plan = letters.json("replay", "--dry-run", "--routes", "routes.json")
     assert len(plan["wouldSend"]) == 4
     kept = {k["name"]: k["reason"] for k in plan["kept"]}
-    assert "building its message for 'bus' failed" in kept[deep], kept
+    # Classification now refuses such an event (too-deep), so replay keeps it with that reason; were it to
+    # classify, building its message would fail and `_plan_one` would keep it the same way.
+    assert "deeper than 253 levels" in kept[deep], kept
+
+    def unbuildable(event: Any, endpoint: Any, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("cannot write this one")
+
+    with monkeypatch.context() as patch:  # a letter that classifies but whose message cannot be built
+        patch.setattr("routing.deliver.envelope.build", unbuildable)
+        plan = letters.json("replay", "--dry-run", "--routes", "routes.json")
+    assert not plan["wouldSend"] and plan["kept"]
+    assert all("failed" in k["reason"] or "cannot be classified" in k["reason"] for k in plan["kept"]), plan
+    assert any("building its message for" in k["reason"] for k in plan["kept"]), plan
 
     monkeypatch.setenv("RAW", peer.connection_string())
     monkeypatch.setenv("BUS", peer.connection_string())

@@ -207,24 +207,34 @@ def test_malformed_input_neither_crashes_a_function_nor_loses_an_event(
 
     report = deployed.reports.pop()
     source = "twins" if function == "route_twins" else "telemetry"
-    results = [r for message in from_eventhub_events(decoded, source=source) for r in classify(message)]
+    per_message = [classify(message) for message in from_eventhub_events(decoded, source=source)]
+    results = [r for message_results in per_message for r in message_results]
     delivered = {name: deployed.new_lines(f"{name}.jsonl") for name in ("raw", "twins", "udf")}
     letters = deployed.new_lines("deadletter.jsonl")
     unrouted = sum(report.unrouted.values())
+    # A message's rejected events are one rejection (one letter) with their count and positions.
+    rejections = [r for r in results if isinstance(r, Rejection)]
+    events_in = sum(r.count if isinstance(r, Rejection) else 1 for r in results)
 
     assert report.messages == len(batch)
-    assert sum(len(lines) for lines in delivered.values()) + len(letters) + unrouted == len(results)
+    assert len(letters) == len(rejections) <= len(batch), "more than one letter for a message's rejections"
+    assert report.dead_lettered == sum(r.count for r in rejections)
+    assert sum(len(lines) for lines in delivered.values()) + report.dead_lettered + unrouted == events_in
     assert all(isinstance(x["reason"], str) and x["reason"].strip() for x in letters), "a dead letter without why"
     assert not [x for x in letters if x["code"] == "internal-error"], "a stage crashed on this input"
+    for message_results in per_message:
+        # Every position of a message is one event or one rejected position, none twice, none missing.
+        positions = [
+            p for r in message_results for p in (r.positions or (r.index,) if isinstance(r, Rejection) else (r.index,))
+        ]
+        assert sorted(positions) == list(range(len(positions)))
 
     # Each event is where it belongs: rejections dead-lettered at their position, events at their endpoint.
     dead = sorted((x["original"]["sequenceNumber"], x["index"]) for x in letters)
     rejected = sorted(
-        (seq, r.index)
-        for seq, message in enumerate(from_eventhub_events(decoded, source=source))
-        for r in classify(message)
+        (seq, r.index) for seq, message_results in enumerate(per_message) for r in message_results
         if isinstance(r, Rejection)
-    )
+    )  # fmt: skip
     assert dead == rejected
     routed = [r for r in results if isinstance(r, Event) and r.event_type in ENDPOINT_OF]
     for name, lines in delivered.items():
@@ -235,6 +245,7 @@ def test_malformed_input_neither_crashes_a_function_nor_loses_an_event(
         )
     assert unrouted == sum(1 for r in results if isinstance(r, Event) and r.event_type not in ENDPOINT_OF)
     event(f"delivered: {bool(routed)}, dead-lettered: {bool(letters)}, unrouted: {bool(unrouted)}")
+    event(f"a letter for several events: {any(r.count > 1 for r in rejections)}")
     # Telemetry is forwarded unprocessed: the bytes as they came.
     bodies_in = {bytes(e.body) for e in batch}
     assert all(base64.b64decode(x["bodyBase64"]) in bodies_in for x in delivered["raw"])

@@ -3,7 +3,9 @@
 Telemetry is forwarded unprocessed (body bytes and application properties as they came). Digital
 Twins events are wrapped in the Event Grid schema, or CloudEvents 1.0 where the endpoint asks for it.
 Pure functions; the pipeline caches one body per event and format, so an event routed to many
-endpoints is serialised once.
+endpoints is serialised once. What cannot be serialised (JSON nested deeper than orjson writes, which
+classification already rejects for twin events but not for telemetry an enrichment reads into) raises
+`UnserialisableError` with why, never a bare encoder error: the pipeline dead-letters the event alone.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from routing.errors import RoutingError
 from routing.model import TELEMETRY_TYPES, EndpointType, EnvelopeFormat, Event, Outgoing, shaped_message_id
 from routing.routes.filters import EventBody
 from routing.routes.table import Endpoint
@@ -22,6 +25,19 @@ JSON = "application/json"
 CLOUD_EVENT_JSON = "application/cloudevents+json; charset=utf-8"
 # A CloudEvent needs a source; an event that arrived without one is named after its ingress hub.
 CLOUD_EVENT_SOURCE_PREFIX = "/routing/"
+# How deep orjson serialises arrays and objects (it parses 1,024).
+SERIALISED_DEPTH = 254
+
+
+class UnserialisableError(RoutingError):
+    """An event whose message for an endpoint cannot be written as JSON: the event's fault, not a bug."""
+
+    def __init__(self, event: Event, endpoint: str | None, error: Exception) -> None:
+        why = str(error)
+        if "Recursion limit" in why:
+            why = f"it nests arrays and objects deeper than the {SERIALISED_DEPTH} levels orjson writes"
+        where = f" for '{endpoint}'" if endpoint else ""
+        super().__init__(f"{event.event_type} event {event.index} cannot be serialised as JSON{where}: {why}")
 
 
 def event_grid_envelope(event: Event, *, topic: bool = True) -> dict[str, Any]:
@@ -60,9 +76,12 @@ def cloud_event_envelope(event: Event) -> dict[str, Any]:
 
 
 def envelope_body(event: Event, envelope_format: EnvelopeFormat) -> bytes:
-    if envelope_format is EnvelopeFormat.CLOUD_EVENTS:
-        return orjson.dumps(cloud_event_envelope(event))
-    return orjson.dumps(event_grid_envelope(event))
+    try:
+        if envelope_format is EnvelopeFormat.CLOUD_EVENTS:
+            return orjson.dumps(cloud_event_envelope(event))
+        return orjson.dumps(event_grid_envelope(event))
+    except orjson.JSONEncodeError as exc:
+        raise UnserialisableError(event, None, exc) from exc
 
 
 def content_type_of(envelope_format: EnvelopeFormat) -> str:
@@ -82,7 +101,15 @@ def build(event: Event, endpoint: Endpoint, body: bytes | None = None, event_bod
 
     `body` is the cached envelope for the endpoint's format (unused when the endpoint adds CloudEvents
     extensions); `event_body` the event's lazily parsed body, shared by all of an event's endpoints.
+    Raises `UnserialisableError` for an event that cannot be written as JSON.
     """
+    try:
+        return _build(event, endpoint, body, event_body)
+    except orjson.JSONEncodeError as exc:  # an enrichment's value, or an envelope (a try costs nothing)
+        raise UnserialisableError(event, endpoint.name, exc) from exc
+
+
+def _build(event: Event, endpoint: Endpoint, body: bytes | None, event_body: EventBody | None) -> Outgoing:
     order_key = event.order_key
     if endpoint.order_key is not None:
         if event_body is None:

@@ -5,6 +5,11 @@ Pure functions of an `IngressMessage`. Telemetry is recognised from properties a
 never parsed; everything else must be JSON in one of the wire forms Digital Twins events travel in.
 Whatever cannot be classified comes back as a `Rejection` with a reason a person understands.
 
+Bad input is bounded in cost: the rejected elements of one JSON array come back as one `Rejection`
+(their count and first positions; one dead letter, not one per element each carrying the whole body),
+a value quoted in a reason is cut to `SHOWN_CHARACTERS`, and an event nested deeper than `MAX_DEPTH`
+levels (more than the router can serialise) is rejected here, at a byte count's cost for the others.
+
 Two generations of events: the first service's five types, ordered by the object id in their data, and
 today's (v2) CloudEvents types, ordered by twin id: the subject of a `Twin.*` event, the source twin of
 a `Relationship.*` one, the twin a `microsoft.iot.telemetry` event came from (named in its source).
@@ -13,13 +18,23 @@ a `Relationship.*` one, the twin a `microsoft.iot.telemetry` event came from (na
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from routing.model import KNOWN_EVENT_TYPES, V2_EVENT_TYPES, Event, EventType, IngressMessage, Rejection, message_id
+from routing.model import (
+    KNOWN_EVENT_TYPES,
+    POSITIONS_LISTED,
+    V2_EVENT_TYPES,
+    Event,
+    EventType,
+    IngressMessage,
+    Rejection,
+    message_id,
+)
 
 Result = Event | Rejection
 
@@ -42,6 +57,15 @@ SPEC_VERSION = "1.0"
 # An RFC 3339 date-time (the form Event Grid and CloudEvents require), its offset optional here: a
 # time without one is UTC (the Functions host hands enqueued times over without a zone) and gets `Z`.
 _DATE_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?P<offset>Z|[+-]\d\d:\d\d)?")
+# orjson parses 1,024 levels of nested arrays and objects but serialises only 254, and an envelope puts
+# an event's data one level below its own: an event (the body, or its element of an array) nesting
+# deeper than this could be read but never sent, so it is rejected as `too-deep`. A body with fewer
+# brackets than this cannot nest so deep: only such bodies are walked, at most once per element.
+MAX_DEPTH = 253
+PARSER_DEPTH = 1024
+# Input quoted in a reason (a type name, a source) is cut to this many characters: a reason stays a
+# line, whatever the message carries.
+SHOWN_CHARACTERS = 120
 
 
 class _Properties:
@@ -67,6 +91,39 @@ class _Properties:
         return lower.get(name.lower())
 
 
+def _shown(text: str) -> str:
+    if len(text) <= SHOWN_CHARACTERS:
+        return text
+    return f"{text[:SHOWN_CHARACTERS]}... ({len(text)} characters)"
+
+
+def _may_nest_deeper(body: bytes) -> bool:
+    """Whether `body` holds enough brackets to nest deeper than `MAX_DEPTH`: two byte counts."""
+    return len(body) > 2 * MAX_DEPTH and body.count(b"[") + body.count(b"{") > MAX_DEPTH
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` nests arrays and objects more than `limit` levels deep (a walk, not a recursion)."""
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _too_deep(what: str, index: int = 0) -> Rejection:
+    return Rejection(
+        code="too-deep",
+        reason=f"{what} nests JSON arrays and objects deeper than {MAX_DEPTH} levels: the router can parse it "
+        f"but not serialise it (its envelope adds a level; orjson writes at most {MAX_DEPTH + 1})",
+        index=index,
+    )
+
+
 def _text(value: Any) -> str | None:
     if value is None:
         return None
@@ -87,7 +144,8 @@ def classify(msg: IngressMessage) -> list[Result]:
         return [
             Rejection(
                 code="not-telemetry",
-                reason=f"IoT Hub message source '{source}' from device '{device_id}' is not routed: "
+                reason=f"IoT Hub message source '{_shown(str(source))}' from device '{_shown(str(device_id))}' "
+                "is not routed: "
                 "only Telemetry is (route twin and lifecycle events to another hub in IoT Hub)",
             )
         ]
@@ -107,11 +165,66 @@ def classify(msg: IngressMessage) -> list[Result]:
     body, rejection = _parse_body(msg)
     if rejection is not None:
         return [rejection]
+    deep = _may_nest_deeper(msg.body)
     if isinstance(body, list):
         if not body:
             return [Rejection(code="empty-array", reason="body is an empty JSON array: no events in it")]
-        return [_from_structured(msg, element, index, len(body)) for index, element in enumerate(body)]
+        count = len(body)
+        return _grouped(
+            [
+                _too_deep(f"event {index} of the JSON array", index)
+                if deep and _deeper_than(element, MAX_DEPTH)
+                else _from_structured(msg, element, index, count)
+                for index, element in enumerate(body)
+            ],
+            count,
+        )
+    if deep and _deeper_than(body, MAX_DEPTH):
+        return [_too_deep("body")]
     return [_from_structured(msg, body, 0, 1)]
+
+
+def _grouped(results: list[Result], count: int) -> list[Result]:
+    """The results of a JSON array of `count` events, its rejections made one (at the first's place).
+
+    One letter per bad message, whatever its size: N junk elements as N letters, each carrying the whole
+    body, cost N x the body to write (a 1 MB array of zeros: half a million letters of 1.4 MB each).
+    """
+    rejections = [r for r in results if isinstance(r, Rejection)]
+    if len(rejections) < 2:
+        return results
+    first = rejections[0]
+    positions = tuple(r.index for r in rejections[:POSITIONS_LISTED])
+    codes = ", ".join(f"{code} x{n}" for code, n in Counter(r.code for r in rejections).items())
+    listed = ", ".join(_runs(positions))
+    more = (
+        f" (the first {len(positions)} listed; {len(rejections) - len(positions)} more)"
+        if len(rejections) > len(positions)
+        else ""
+    )
+    group = Rejection(
+        code=first.code,
+        reason=f"{len(rejections)} of the {count} events of the JSON array cannot be routed ({codes}), at "
+        f"positions {listed}{more}; the first, at position {first.index}: {first.reason}",
+        index=first.index,
+        count=len(rejections),
+        positions=positions,
+    )
+    return [group if r is first else r for r in results if r is first or not isinstance(r, Rejection)]
+
+
+def _runs(positions: tuple[int, ...]) -> list[str]:
+    """`0-99, 101, 103-104`: ascending positions as runs."""
+    out: list[str] = []
+    start = previous = positions[0]
+    for position in (*positions[1:], None):
+        if position is not None and position == previous + 1:
+            previous = position
+            continue
+        out.append(str(start) if start == previous else f"{start}-{previous}")
+        if position is not None:
+            start = previous = position
+    return out
 
 
 def _telemetry(msg: IngressMessage, key: str) -> Event:
@@ -147,6 +260,9 @@ def _parse_body(msg: IngressMessage, event_type: EventType | None = None) -> tup
     try:
         return orjson.loads(msg.body), None
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            reason = f"{what} nests JSON arrays and objects deeper than {PARSER_DEPTH} levels, which the parser refuses"
+            return None, Rejection(code="too-deep", reason=reason)
         return None, Rejection(code="not-json", reason=f"{what} is not JSON ({exc}){no_marks}")
 
 
@@ -156,7 +272,7 @@ def _twin_type(name: str, where: str) -> EventType | Rejection:
     if event_type is None:
         return Rejection(
             code="unknown-type",
-            reason=f"unknown event type '{name}' in {where}; expected one of {KNOWN_EVENT_TYPES}",
+            reason=f"unknown event type '{_shown(name)}' in {where}; expected one of {KNOWN_EVENT_TYPES}",
         )
     return event_type
 
@@ -172,6 +288,8 @@ def _from_type_property(msg: IngressMessage, props: _Properties, type_name: str)
     body, rejection = _parse_body(msg, event_type)
     if rejection is not None:
         return rejection
+    if _may_nest_deeper(msg.body) and _deeper_than(body, MAX_DEPTH):
+        return _too_deep(f"{event_type} event's body")
     if isinstance(body, dict) and "eventType" in body and "data" in body:
         return _from_event_grid(msg, body, 0, 1)
     return _event(msg, 0, event_type, body, correlation_id=_text(props.get("CorrelationId")))
@@ -198,6 +316,8 @@ def _from_binary_cloud_event(msg: IngressMessage, props: _Properties, ce_type: s
         data, rejection = _parse_body(msg, event_type)
         if rejection is not None:
             return rejection
+        if _may_nest_deeper(msg.body) and _deeper_than(data, MAX_DEPTH):
+            return _too_deep(f"{event_type} event's body")
     return _event(
         msg,
         0,
@@ -270,7 +390,7 @@ def _from_event_grid(msg: IngressMessage, body: dict[str, Any], index: int, coun
 def _unsupported_version(version: Any, where: str, index: int = 0) -> Rejection:
     return Rejection(
         code="unsupported-specversion",
-        reason=f"CloudEvents specversion {version!r} in {where} is not supported: only '{SPEC_VERSION}' is "
+        reason=f"CloudEvents specversion {_shown(repr(version))} in {where} is not supported: only '{SPEC_VERSION}' is "
         "(the router forwards CloudEvents 1.0 and will not relabel another version as it)",
         index=index,
     )
@@ -443,7 +563,7 @@ def _v2_event(
         if not key:
             return Rejection(
                 code="no-order-key",
-                reason=f"{event_type} event has no twin id to order by: its source ({source or 'none'}) "
+                reason=f"{event_type} event has no twin id to order by: its source ({_shown(source or 'none')}) "
                 f"does not end in '{TWIN_PATH}<twin-id>' and it has no subject",
                 index=index,
             )
@@ -481,7 +601,7 @@ def _v2_event(
         twin, found, _ = (subject or "").partition(RELATIONSHIPS)
         key = (twin if found else None) or _id(data.get("$sourceId"))
         if not key:
-            what = f"subject '{subject}' has no '{RELATIONSHIPS}'" if subject else "no subject"
+            what = f"subject '{_shown(subject)}' has no '{RELATIONSHIPS}'" if subject else "no subject"
             return Rejection(
                 code="no-order-key",
                 reason=f"{event_type} event has no source twin to order by: {what} and no data.$sourceId",

@@ -19,6 +19,8 @@ import orjson
 from routing.errors import IngressFormatError
 from routing.model import IngressMessage
 
+# How deep orjson writes nested arrays and objects (it reads 1,024).
+WRITTEN_DEPTH = 254
 LINE_FIELDS = frozenset(
     {
         "body",
@@ -56,7 +58,13 @@ def from_line_object(obj: Any, *, source: str, line_number: int) -> IngressMessa
     if len(bodies) != 1:
         raise IngressFormatError(f"{where} must have exactly one of body, bodyText, bodyBase64 (has {len(bodies)})")
     if "body" in obj:
-        body = orjson.dumps(obj["body"])
+        try:
+            body = orjson.dumps(obj["body"])
+        except orjson.JSONEncodeError:
+            raise IngressFormatError(
+                f"{where}: body nests JSON deeper than the router can write ({WRITTEN_DEPTH} levels); "
+                "give it as bodyText or bodyBase64"
+            ) from None
     elif "bodyText" in obj:
         if not isinstance(obj["bodyText"], str):
             raise IngressFormatError(f"{where}: bodyText must be a string")
@@ -69,6 +77,14 @@ def from_line_object(obj: Any, *, source: str, line_number: int) -> IngressMessa
     for name in ("properties", "systemProperties"):
         if name in obj and not isinstance(obj[name], dict):
             raise IngressFormatError(f"{where}: {name} must be a JSON object")
+        try:
+            # Properties travel two levels down in what is written of the message (a dead letter's
+            # `original.properties`, an output line's `properties`): they must be writable there.
+            orjson.dumps([[obj.get(name)]])
+        except orjson.JSONEncodeError:
+            raise IngressFormatError(
+                f"{where}: {name} nest JSON deeper than the router can write ({WRITTEN_DEPTH - 2} levels)"
+            ) from None
     sequence = obj.get("sequenceNumber")
     if sequence is not None and (not isinstance(sequence, int) or isinstance(sequence, bool)):
         raise IngressFormatError(f"{where}: sequenceNumber must be an integer")
