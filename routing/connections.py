@@ -30,12 +30,26 @@ class Connection:
         return f"Connection({self.setting}: {kind})"
 
     def credential(self) -> Any:
-        """The azure-identity credential for this identity connection (imported only when used)."""
+        """The azure-identity credential for this identity connection (imported only when used), with
+        the identity time budget (IDENTITY_OPTIONS)."""
         from azure.identity import DefaultAzureCredential, ManagedIdentityCredential  # noqa: PLC0415
 
         if self.client_id:
-            return ManagedIdentityCredential(client_id=self.client_id)
-        return DefaultAzureCredential()
+            return ManagedIdentityCredential(client_id=self.client_id, **IDENTITY_OPTIONS)
+        return DefaultAzureCredential(**IDENTITY_OPTIONS)
+
+
+# The time budget of getting a token from the managed identity endpoint: azure-identity's defaults are
+# azure-core's 300 s read timeout and, for IMDS, five retries over 75 s, longer than any caller's own
+# budget. A token request is local to the host (the Functions identity endpoint, or IMDS) and answers in
+# milliseconds: 3 s to connect, 5 s to answer, one retry half a second later, so at most about 17 s.
+# Tokens are cached by the credential for their lifetime (about a day), so this is paid once per process.
+IDENTITY_OPTIONS: dict[str, Any] = {
+    "connection_timeout": 3,
+    "read_timeout": 5,
+    "retry_total": 1,
+    "retry_backoff_factor": 0.5,
+}
 
 
 def resolve(setting: str, address_property: str, env: Mapping[str, str] | None = None) -> Connection:

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 
 from opentelemetry import metrics
 
+from routing.connections import IDENTITY_OPTIONS
+
 meter = metrics.get_meter("routing")
 
 EVENTS_IN = meter.create_counter("router.events.in", description="Ingress events by hub and classified type")
@@ -57,7 +59,11 @@ def _entra_credential(env: Mapping[str, str]) -> dict[str, object]:
     from azure.identity import ManagedIdentityCredential  # noqa: PLC0415
 
     client_id = parts.get("ClientId")
-    return {"credential": ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()}
+    options = IDENTITY_OPTIONS  # the identity time budget, as for every other client
+    credential = (
+        ManagedIdentityCredential(client_id=client_id, **options) if client_id else ManagedIdentityCredential(**options)
+    )
+    return {"credential": credential}
 
 
 # App settings the Python worker reads (azure-functions-python-worker, utils/constants.py).

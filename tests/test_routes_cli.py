@@ -241,7 +241,7 @@ def test_list_and_show_name_the_invalid_rows_the_router_skips(routes: Routes) ->
     write_around_the_cli(routes)
     listed = routes("list", "-o", "json")
     assert [e["name"] for e in json.loads(listed.stdout)] == ["Sensor-Alerts"]
-    assert "1 invalid row skipped" in listed.stderr and "'hand-made'" in listed.stderr
+    assert "1 invalid row (the router does not use the table" in listed.stderr and "'hand-made'" in listed.stderr
     shown = routes("show", "hand-made", "-o", "json")
     assert shown.exit_code == 0
     assert any("Kafka" in p for p in json.loads(shown.stdout)["problems"])

@@ -1,6 +1,7 @@
 """Routes in Table Storage, against a real Azurite: the entity schema, the cached store the functions
-read (one query per refresh, never per event), invalid rows skipped, outages ridden out on the last
-good table, and names with quotes stored and found rather than injected."""
+read (one query per refresh, never per event), a table with an invalid row not used (the last good one
+kept), outages ridden out on the last good table, and names with quotes stored and found rather than
+injected."""
 
 from __future__ import annotations
 

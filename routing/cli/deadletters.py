@@ -326,7 +326,7 @@ def _route_table(routes: Path | None) -> RouteTable:
         loaded = rows.load()
     if loaded.invalid:
         warn(
-            f"{len(loaded.invalid)} invalid route rows skipped (the router skips them too); "
+            f"{len(loaded.invalid)} invalid route rows (the router keeps its last good table while they are there); "
             "run `python -m routing routes validate`"
         )
     return loaded.table

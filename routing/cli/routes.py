@@ -195,7 +195,8 @@ def _warn_invalid(loaded: TableLoad) -> None:
     if loaded.invalid:
         count = len(loaded.invalid)
         warn(
-            f"{count} invalid row{'s' if count != 1 else ''} skipped (the router skips them too): "
+            f"{count} invalid row{'s' if count != 1 else ''} (the router does not use the table while it has one, "
+            "but keeps its last good table): "
             f"{', '.join(repr(r.row_key) for r in loaded.invalid)}; run `python -m routing routes validate`"
         )
 
@@ -379,7 +380,9 @@ def _print_invalid(row: Row, problems: list[str], output: OutputFormat) -> None:
     if output is OutputFormat.json:
         write_json({**_jsonable(row.raw), "problems": problems})
         return
-    table = Table(title=f"Row '{row.entity.get('RowKey')}' (invalid: the router skips it)", title_justify="left")
+    table = Table(
+        title=f"Row '{row.entity.get('RowKey')}' (invalid: the router keeps its last good table)", title_justify="left"
+    )
     table.add_column("Property")
     table.add_column("Value")
     for key, value in row.entity.items():
