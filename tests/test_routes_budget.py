@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from routing.connections import Connection
-from routing.routes.table import Endpoint, RouteTable, parse_endpoint
+from routing.routes.table import RouteTable
 from routing.routes.tables import (
     RETRIES,
     RouteRows,
@@ -25,6 +25,7 @@ from routing.routes.tables import (
 )
 from tests.azurite import Azurite
 from tests.blackhole import Mode, Proxy, proxy
+from tests.test_table_routes import Clock, endpoint
 
 REFRESH = 30.0
 # What "promptly" and "bounded" mean here: far above what the code needs, far below what it took before
@@ -32,26 +33,6 @@ REFRESH = 30.0
 PROMPT_SECONDS = 5.0
 # Absolute, not from the code's constants, so raising those (main's 3 retries of 20 s) fails the test.
 BOUND_SECONDS = 40.0
-
-
-def endpoint(name: str) -> Endpoint:
-    raw = {"name": name, "type": "EventHub", "eventTypes": ["SensorChange"], "connection": "HUB", "path": "p"}
-    parsed = parse_endpoint(raw, "test")
-    assert isinstance(parsed, Endpoint), parsed
-    return parsed
-
-
-class Clock:
-    """Monotonic time the test can move forward (each SDK request may move it too: a slow read)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -81,7 +62,7 @@ class Guarded:
 def guarded(azurite: Azurite) -> Iterator[Guarded]:
     name = f"routes{uuid.uuid4().hex[:16]}"
     direct = Connection(setting="test", secret=azurite.connection_string)
-    RouteRows(table_client(direct, name)).add(endpoint("alerts"))
+    RouteRows(table_client(direct, name)).add(endpoint("alerts", "SensorChange"))
     port = azurite.table_endpoint.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]
     with proxy(int(port)) as p:
         yield Guarded(p, azurite.connection_string.replace(f":{port}/", f":{p.port}/"), name)

@@ -10,14 +10,12 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -25,7 +23,9 @@ from rich.table import Table
 from routing import observability
 from routing.cli import runner
 from routing.cli.deadletters import deadletters_app
-from routing.cli.routes import routes_app
+
+# One console, one error style for every command: the routes commands' (they cannot import this module).
+from routing.cli.routes import OutputFormat, console, errors, fail, routes_app
 from routing.deadletters import FILE_NAME as DEAD_LETTER_FILE
 from routing.errors import RoutingError
 from routing.pipeline import BatchReport
@@ -39,8 +39,6 @@ app = typer.Typer(
 )
 app.add_typer(routes_app, name="routes")
 app.add_typer(deadletters_app, name="deadletters")
-console = Console()
-errors = Console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -64,17 +62,6 @@ def _root(
 
 # Inputs smaller than this finish before a progress bar would be any use.
 PROGRESS_MIN_BYTES = 1 << 20
-
-
-class OutputFormat(StrEnum):
-    table = "table"
-    json = "json"
-
-
-def fail(message: str) -> typer.Exit:
-    # Soft wrap: an error is read, and pasted into searches, as the lines it was written in.
-    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 def report_json(report: BatchReport) -> dict[str, Any]:

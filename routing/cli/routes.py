@@ -46,8 +46,8 @@ from routing.routes.tables import (
 )
 from routing.settings import DEFAULT_ROUTES_TABLE, ROUTES_STORAGE, connection_is_set, table_name_problem
 
-# Its own consoles and `fail`, in the style of routing/cli/main.py: importing that module here would make
-# the two import each other (main.py registers this sub-app).
+# The consoles, `fail` and the output formats of every command (main.py and deadletters.py take them
+# from here: this module cannot import main.py, which registers its sub-app).
 console = Console()
 errors = Console(stderr=True)
 

@@ -144,13 +144,11 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
         data = event_data(message)
         try:
             batch.add(with_partition_key(data, message.order_key) if self.by_partition else data)
-        except ValueError as error:
+        except (ValueError, TypeError) as error:
             # The batch's "EventDataBatch has reached its size limit: N"; anything else is the encoder
-            # refusing a value (an int beyond 64 bits), which no batch will take.
-            if "size limit" in str(error):
+            # refusing a value (an int beyond 64 bits, a type AMQP has none for), which no batch will take.
+            if isinstance(error, ValueError) and "size limit" in str(error):
                 return False
-            raise Unsendable(unsendable_reason(message, f"event hub '{self.endpoint.path}'", error)) from error
-        except TypeError as error:  # a value AMQP has no type for
             raise Unsendable(unsendable_reason(message, f"event hub '{self.endpoint.path}'", error)) from error
         return True
 

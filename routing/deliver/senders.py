@@ -11,6 +11,7 @@ import base64
 import contextlib
 import contextvars
 import logging
+import queue
 import socket
 import threading
 import time
@@ -335,6 +336,21 @@ class _Key:
         self.end = index
 
 
+class _TryWorker:
+    """A lane's thread for its tries: each try runs off the calling thread so that it can be given up on
+    (ClientSender._bounded), on a thread kept for the next try, since starting one per try cost about
+    120 us per send. A worker given up on is replaced, and ends when the call it is stuck in returns."""
+
+    def __init__(self, name: str) -> None:
+        self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            job()
+
+
 class ClientSender(ABC, Generic[ClientT]):
     """What every SDK sender shares: clients per connection, reused; failover from the primary connection to
     the secondary when the primary is refused; many keys packed into few batches; retries of a failed batch
@@ -368,6 +384,8 @@ class ClientSender(ABC, Generic[ClientT]):
         self.retries = 0
         # Calls given up on that are still blocked inside the SDK (see MAX_ABANDONED).
         self._abandoned: list[threading.Thread] = []
+        # Each lane's thread for its tries (`_bounded`), kept across tries and invocations.
+        self._workers: dict[int, _TryWorker] = {}
         self.timeouts = 0
 
     @abstractmethod
@@ -582,26 +600,27 @@ class ClientSender(ABC, Generic[ClientT]):
             raise TimedOut(f"{stuck} earlier calls to it are still unanswered; not starting another")
         outcome: list[tuple[bool, Any]] = []
         done = threading.Event()
+        caller = threading.current_thread().name
+        context = contextvars.copy_context()
 
         def run() -> None:
+            # Named for the thread (the lane) it does the work of.
+            threading.current_thread().name = f"{caller}{TRY_THREAD_SUFFIX}"
             try:
-                outcome.append((True, operation(client, timeout)))
+                outcome.append((True, context.run(operation, client, timeout)))
             except BaseException as error:  # handed to the waiting thread
                 outcome.append((False, error))
             finally:
                 done.set()
 
-        worker = threading.Thread(
-            target=contextvars.copy_context().run,
-            args=(run,),
-            # Named for the thread (the lane) it does the work of.
-            name=f"{threading.current_thread().name}{TRY_THREAD_SUFFIX}",
-            daemon=True,
-        )
-        worker.start()
+        worker = self._worker(lane)
+        worker.jobs.put(run)
         if not done.wait(timeout + ABANDON_GRACE):
             with self._lock:
-                self._abandoned.append(worker)
+                if self._workers.get(lane) is worker:
+                    del self._workers[lane]
+                self._abandoned.append(worker.thread)
+            worker.jobs.put(None)  # it ends once the SDK lets its call go
             self._retire(index, lane, client)
             raise TimedOut(f"no answer within {timeout:g} s")
         succeeded, value = outcome[0]
@@ -610,6 +629,13 @@ class ClientSender(ABC, Generic[ClientT]):
         if isinstance(value, Exception) and self._timed_out(value):
             self._retire(index, lane, client)
         raise value
+
+    def _worker(self, lane: int) -> _TryWorker:
+        with self._lock:
+            worker = self._workers.get(lane)
+            if worker is None:
+                worker = self._workers[lane] = _TryWorker(f"{self.endpoint.name}-lane{lane}{TRY_THREAD_SUFFIX}")
+            return worker
 
     def _retire(self, index: int, lane: int, client: ClientT) -> None:
         """Never use `client` again: break its connections (which ends a call blocked on them) and close it,
@@ -753,6 +779,10 @@ class ClientSender(ABC, Generic[ClientT]):
         with self._lock:
             clients = list(self._clients.values())
             self._clients.clear()
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for worker in workers:
+            worker.jobs.put(None)
         for client in clients:
             close = getattr(client, "close", None)
             if close is not None:
