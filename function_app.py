@@ -8,7 +8,7 @@ from typing import Any
 
 import azure.functions as func
 
-from routing.app import route_batch
+from routing.app import redeliver_parked, route_batch
 
 app = func.FunctionApp()
 
@@ -60,3 +60,11 @@ def route_telemetry(events: typing.List[func.EventHubEvent]) -> None:  # noqa: U
 )
 def route_twins(events: typing.List[func.EventHubEvent]) -> None:  # noqa: UP006 - see EVENTS_ANNOTATION
     route_batch(events, source="twins")
+
+
+# Parked messages (an endpoint's outage) sent again in order per key, with backoff per endpoint. The host
+# runs a timer function on one instance at a time; a run that overlaps the next is skipped by the host.
+@app.function_name("redeliver_parked")
+@app.timer_trigger(arg_name="timer", schedule="*/10 * * * * *", run_on_startup=False, use_monitor=False)
+def redeliver(timer: func.TimerRequest) -> None:
+    redeliver_parked()

@@ -15,8 +15,11 @@ from routing import observability
 from routing.deadletters import BlobDeadLetters, FileDeadLetters
 from routing.deliver.pool import SenderPool
 from routing.deliver.senders import FileSender
+from routing.health import BlobHealth, Breaker
 from routing.ingest.ingress import EventHubEventLike, from_eventhub_events
+from routing.parking import BlobParking, Parking
 from routing.pipeline import BatchReport, Router, RouteSource
+from routing.redeliver import RedeliveryReport, redeliver
 from routing.routes.files import FileRoutes
 from routing.routes.tables import TableRoutes
 from routing.settings import DEADLETTER_STORAGE, RouterSettings
@@ -38,10 +41,14 @@ def build_router(settings: RouterSettings) -> Router:
         # A local run: everything goes to files, nothing to Azure.
         files = FileSender(settings.output_dir)
         return Router(routes=routes, senders=lambda _endpoint: files, dead_letters=FileDeadLetters(settings.output_dir))
+    dead_letters = BlobDeadLetters.from_settings(DEADLETTER_STORAGE, settings.deadletter_container)
+    # Parked messages and endpoint health live beside the dead letters (same container, same budget).
     return Router(
         routes=routes,
         senders=SenderPool(),
-        dead_letters=BlobDeadLetters.from_settings(DEADLETTER_STORAGE, settings.deadletter_container),
+        dead_letters=dead_letters,
+        parking=Parking(BlobParking(dead_letters.container)),
+        breaker=Breaker(BlobHealth(dead_letters.container)),
     )
 
 
@@ -73,4 +80,30 @@ def route_batch(events: Sequence[EventHubEventLike], *, source: str) -> BatchRep
             "unrouted": sum(report.unrouted.values()),
         },
     )
+    return report
+
+
+def redeliver_parked() -> RedeliveryReport:
+    """One redelivery run over what is parked (routing/redeliver.py), with the process's own router."""
+    router = get_router()
+    if router.parking is None or router.breaker is None:
+        return RedeliveryReport()  # a local run parks nothing
+    report = redeliver(
+        store=router.parking.store,
+        table=router.routes.current(),
+        senders=router.senders,
+        dead_letters=router.dead_letters,
+        breaker=router.breaker,
+        health=router.breaker.store,
+    )
+    if report.delivered or report.expired or report.dead_lettered or report.parked_messages:
+        log.info(
+            "redelivery",
+            extra={
+                "delivered": sum(report.delivered.values()),
+                "expired": sum(report.expired.values()),
+                "deadLetters": sum(report.dead_lettered.values()),
+                "parked": sum(report.parked_messages.values()),
+            },
+        )
     return report

@@ -37,6 +37,14 @@ INVALID_ROWS = meter.create_counter("router.routes.invalid_rows", description="R
 LATENCY = meter.create_histogram(
     "router.delivery.latency", unit="ms", description="Time to deliver a batch to an endpoint"
 )
+PARKED = meter.create_counter("router.parked", description="Messages parked behind an endpoint's outage, by endpoint")
+REDELIVERED = meter.create_counter("router.redelivered", description="Parked messages delivered by the redelivery")
+EXPIRED = meter.create_counter("router.expired", description="Parked messages dead-lettered at their time to live")
+ENDPOINT_STATE = meter.create_gauge(
+    "router.endpoint.state", description="Endpoint health: 0 healthy, 1 degraded, 2 unhealthy, 3 dead"
+)
+PARKED_KEYS = meter.create_gauge("router.parked.keys", description="Order keys parked, by endpoint (redelivery)")
+PARKED_MESSAGES = meter.create_gauge("router.parked.messages", description="Messages parked, by endpoint (redelivery)")
 LAG = meter.create_histogram("router.lag", unit="s", description="Now minus the ingress enqueued time")
 
 UNCLASSIFIED = "Unclassified"

@@ -13,9 +13,9 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import chain
 from typing import Protocol
@@ -24,6 +24,7 @@ from routing import observability as obs
 from routing.deadletters import DeadLetterStore
 from routing.deliver import envelope
 from routing.deliver.senders import HELD_BEHIND, KeyGroup, SenderFor, SendReport
+from routing.health import Breaker
 from routing.ingest.classify import classify
 from routing.model import (
     TELEMETRY_TYPES,
@@ -36,6 +37,7 @@ from routing.model import (
     Rejection,
     message_id,
 )
+from routing.parking import PARKED_CODE, ParkedKey, Parking, partition_of
 from routing.routes.filters import EventBody
 from routing.routes.table import Endpoint, RouteTable
 
@@ -68,6 +70,8 @@ class BatchReport:
     dead_lettered: int = 0
     dead_letter_examples: dict[str, str] = field(default_factory=dict)
     unrouted: Counter[EventType] = field(default_factory=Counter)
+    # Messages parked behind an endpoint's outage, per endpoint (routing/parking.py).
+    parked: Counter[str] = field(default_factory=Counter)
 
     def merge(self, other: BatchReport) -> None:
         self.messages += other.messages
@@ -78,6 +82,7 @@ class BatchReport:
         for code, reason in other.dead_letter_examples.items():
             self.dead_letter_examples.setdefault(code, reason)
         self.unrouted.update(other.unrouted)
+        self.parked.update(other.parked)
 
     def count_dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters[letter.code] += 1
@@ -85,15 +90,32 @@ class BatchReport:
         self.dead_letter_examples.setdefault(letter.code, letter.reason)
 
 
+# An ingress partition: (hub, partition).
+_Where = tuple[str, str | None]
+
 # Endpoints delivered to at once (each sender then spreads its keys over lanes of its own).
 ENDPOINT_CONCURRENCY = 8
 
 
 class Router:
-    def __init__(self, *, routes: RouteSource, senders: SenderFor, dead_letters: DeadLetterStore) -> None:
+    """Routes batches. With `parking` (and its `breaker`), what an endpoint fails transiently is parked in
+    order behind its key (routing/parking.py) and redelivered later; without (the local runner), it is
+    dead-lettered, replayable by hand."""
+
+    def __init__(
+        self,
+        *,
+        routes: RouteSource,
+        senders: SenderFor,
+        dead_letters: DeadLetterStore,
+        parking: Parking | None = None,
+        breaker: Breaker | None = None,
+    ) -> None:
         self.routes = routes
         self.senders = senders
         self.dead_letters = dead_letters
+        self.parking = parking
+        self.breaker = breaker
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -110,12 +132,19 @@ class Router:
         # Endpoint name -> (endpoint, order key -> messages in arrival order); dicts keep first-seen order.
         plan: dict[str, tuple[Endpoint, dict[str, list[Outgoing]]]] = {}
         hub = ""
+        # Per ingress partition: the first and last sequence number of the batch (a host batch has one).
+        spans: dict[_Where, list[int | None]] = {}
 
         events: dict[EventType, int] = {}
         unrouted: dict[EventType, int] = {}
         reads_event, targets = table.reads_event, table.targets
         for msg in messages:
             report.messages += 1
+            span = spans.get((msg.source, msg.partition))
+            if span is None:
+                spans[(msg.source, msg.partition)] = [msg.sequence_number, msg.sequence_number]
+            elif msg.sequence_number is not None:
+                span[1] = msg.sequence_number
             if report.messages == 1:
                 hub = msg.source
                 if msg.enqueued_time:
@@ -169,42 +198,142 @@ class Router:
         report.events.update(events)
         report.unrouted.update(unrouted)
 
-        def deliver(entry: tuple[Endpoint, dict[str, list[Outgoing]]]) -> SendReport:
-            endpoint, by_key = entry
-            groups = [KeyGroup(key, tuple(items)) for key, items in by_key.items()]
+        parked = self._parked_keys(spans)
+        to_park: list[DeadLetter] = []
+        entries: list[tuple[Endpoint, list[KeyGroup]]] = []
+        for endpoint, by_key in plan.values():
+            groups = self._hold(endpoint, by_key, parked, to_park)
+            if groups:
+                entries.append((endpoint, groups))
+
+        def deliver(entry: tuple[Endpoint, list[KeyGroup]]) -> SendReport:
+            endpoint, groups = entry
             started = time.perf_counter()
             sent = self.senders(endpoint).send(endpoint, groups)
             obs.LATENCY.record((time.perf_counter() - started) * 1000, {"endpoint": endpoint.name})
             return sent
 
-        entries = list(plan.values())
         # Endpoints are independent: a slow one must not hold the others back. The first goes out on
         # this thread while the others are on the pool's (no hand-off for a batch with one endpoint).
         futures = [self._executor().submit(deliver, e) for e in entries[1:]]
         sent_reports = [deliver(e) for e in entries[:1]] + [future.result() for future in futures]
-        for (endpoint, _by_key), sent in zip(entries, sent_reports, strict=True):
+        for (endpoint, _groups), sent in zip(entries, sent_reports, strict=True):
             for message in sent.delivered:
                 report.delivered[(endpoint.name, message.event_type)] += 1
+            transient = permanent = None
             for failure in sent.failed:
-                letters.append(
-                    DeadLetter(
-                        code="held-behind" if failure.reason == HELD_BEHIND else "delivery-failed",
-                        reason=f"delivery to '{endpoint.name}' failed: {failure.reason}",
-                        ingress=failure.message.event.ingress,
-                        index=failure.message.event.index,
-                        endpoint=endpoint.name,
-                        message=failure.message,
-                        attempts=failure.attempts,
-                    )
+                held = failure.reason == HELD_BEHIND
+                if failure.permanent:
+                    permanent = permanent or failure.reason
+                elif not held:
+                    transient = transient or failure.reason
+                letter = DeadLetter(
+                    code="held-behind" if held else "delivery-failed",
+                    reason=f"delivery to '{endpoint.name}' failed: {failure.reason}",
+                    ingress=failure.message.event.ingress,
+                    index=failure.message.event.index,
+                    endpoint=endpoint.name,
+                    message=failure.message,
+                    attempts=failure.attempts,
+                )
+                if self.parking is not None and not failure.permanent:
+                    # Transient: kept in order until the endpoint takes it (routing/parking.py).
+                    to_park.append(replace(letter, code=PARKED_CODE))
+                else:
+                    letters.append(letter)
+            if self.breaker is not None:
+                self.breaker.record(
+                    endpoint.name, delivered=len(sent.delivered), transient=transient, permanent=permanent
                 )
 
+        # Kept before anything is reported as done: if either raises, the batch is retried whole.
+        self._park(to_park, spans, report)
         for letter in letters:
             report.count_dead_letter(letter)
         # Kept before anything is reported as done: if this raises, the batch is retried whole. What was
         # delivered lets the store delete letters a failed earlier try of this batch left for those messages.
         self.dead_letters.write(letters, delivered=chain.from_iterable(sent.delivered for sent in sent_reports))
+        if self.parking is not None:
+            for (source, partition), (_first, last) in spans.items():
+                self.parking.routed(source, partition, None if last is None else last + 1)
         _record(report, letters, hub)
         return report
+
+    def _parked_keys(self, spans: Mapping[_Where, list[int | None]]) -> frozenset[ParkedKey]:
+        if self.parking is None:
+            return frozenset()
+        found: frozenset[ParkedKey] = frozenset()
+        for (source, partition), (first, _last) in spans.items():
+            found |= self.parking.parked(source, partition, first)
+        return found
+
+    def _hold(
+        self,
+        endpoint: Endpoint,
+        by_key: Mapping[str, list[Outgoing]],
+        parked: frozenset[ParkedKey],
+        to_park: list[DeadLetter],
+    ) -> list[KeyGroup]:
+        """The groups to send to `endpoint`; what must wait goes to `to_park` instead: every message while
+        its circuit is open, and a parked key's messages from the first one of a partition it is parked in."""
+        if self.parking is None:
+            return [KeyGroup(key, tuple(items)) for key, items in by_key.items()]
+        if self.breaker is not None and self.breaker.is_open(endpoint.name):
+            reason = f"endpoint '{endpoint.name}' is unhealthy: its messages wait, in order, until it answers again"
+            to_park.extend(_parked_letter(message, reason) for items in by_key.values() for message in items)
+            return []
+        groups = []
+        for key, items in by_key.items():
+            start = len(items)
+            if parked:
+                for position, message in enumerate(items):
+                    ingress = message.event.ingress
+                    if (ingress.source, partition_of(ingress.partition), endpoint.name, key) in parked:
+                        start = position
+                        break
+            if start:
+                groups.append(KeyGroup(key, tuple(items[:start])))
+            for message in items[start:]:
+                to_park.append(_parked_letter(message, f"held behind the parked messages of key '{key}'"))
+        return groups
+
+    def _park(
+        self, to_park: Sequence[DeadLetter], spans: Mapping[_Where, list[int | None]], report: BatchReport
+    ) -> None:
+        """One blob per endpoint and ingress partition; raises if any cannot be kept."""
+        if not to_park or self.parking is None:
+            return
+        by_blob: dict[tuple[str, str, str | None], list[DeadLetter]] = {}
+        for letter in to_park:
+            assert letter.ingress is not None and letter.endpoint is not None
+            by_blob.setdefault((letter.endpoint, letter.ingress.source, letter.ingress.partition), []).append(letter)
+        for (endpoint, source, partition), parked in by_blob.items():
+            # In ingress order: a key's messages are parked (and redelivered) as they arrived.
+            parked.sort(key=lambda letter: (letter.ingress.sequence_number or 0, letter.index))  # type: ignore[union-attr]
+            first = spans.get((source, partition), [None])[0]
+            self.parking.park(parked, hub=source, partition=partition, first_sequence=first, endpoint=endpoint)
+            report.parked[endpoint] += len(parked)
+            obs.PARKED.add(len(parked), {"endpoint": endpoint})
+            keys = {letter.message.order_key for letter in parked if letter.message is not None}
+            log.warning(
+                "parked %d message(s) of %d key(s) for endpoint '%s': %s",
+                len(parked),
+                len(keys),
+                endpoint,
+                parked[0].reason,
+                extra={"endpoint": endpoint, "hub": source, "partition": partition or ""},
+            )
+
+
+def _parked_letter(message: Outgoing, reason: str) -> DeadLetter:
+    return DeadLetter(
+        code=PARKED_CODE,
+        reason=reason,
+        ingress=message.event.ingress,
+        index=message.event.index,
+        endpoint=message.endpoint,
+        message=message,
+    )
 
 
 def _record_lag(msg: IngressMessage) -> None:

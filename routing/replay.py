@@ -3,11 +3,15 @@
 Letters are replayed in their original order per key (ingress hub, partition, sequence number,
 position), a key stops at its first failure so nothing overtakes it, and a blob is deleted only once
 its message is delivered. A letter whose endpoint is gone, or no longer wants its type, is kept.
+
+A letter whose key is parked for its endpoint (routing/parking.py) is not sent ahead of the parked
+messages: it is parked with them, at its own position, so the redelivery sends the key's messages in
+their original order, and the letter is deleted once it is parked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +19,8 @@ from routing.deadletters import ingress_of
 from routing.deliver import envelope
 from routing.deliver.senders import KeyGroup, SenderFor
 from routing.ingest.classify import classify
-from routing.model import Event, Outgoing
+from routing.model import Attempt, DeadLetter, Event, Outgoing
+from routing.parking import PARKED_CODE, ParkedKey, partition_of
 from routing.routes.table import Endpoint, RouteTable, matching
 
 
@@ -47,6 +52,7 @@ class ReplayReport:
     delivered: list[str] = field(default_factory=list)  # names of letters delivered (and deleted)
     failed: dict[str, str] = field(default_factory=dict)  # name -> why it is kept
     kept: dict[str, str] = field(default_factory=dict)  # name -> why it was not tried
+    parked: list[str] = field(default_factory=list)  # names of letters parked behind their key (and deleted)
 
 
 def replay(
@@ -57,14 +63,21 @@ def replay(
     delete: Callable[[str], None],
     progress: Callable[[int], None] = lambda _n: None,
     unconfirmed: Collection[str] = frozenset(),
+    parked: Collection[ParkedKey] = frozenset(),
+    park: Callable[[Sequence[DeadLetter]], object] | None = None,
 ) -> ReplayReport:
     """Replay `letters`; `unconfirmed` names the store's writes that are under way or failed (their
-    letters are kept: the host's retry of their batch rewrites them or delivered their messages)."""
+    letters are kept: the host's retry of their batch rewrites them or delivered their messages).
+    `parked`: the keys parked now; a letter of one is handed to `park` (one endpoint's and partition's at
+    a time) instead of being sent, and deleted once parked."""
     report = ReplayReport()
     # endpoint name -> (endpoint, key -> [(letter, message)]) in original order
     plan: dict[str, tuple[Endpoint, dict[str, list[tuple[Letter, Outgoing]]]]] = {}
     # A letter bound for several endpoints (one that was never classified) is deleted when all took it.
     outstanding: dict[str, int] = {}
+
+    # (endpoint, hub, partition) -> the letters to park there, in original order.
+    to_park: dict[tuple[str, str, str], list[tuple[Letter, Outgoing]]] = {}
 
     for letter in sorted(letters, key=lambda item: item.position):
         planned = _plan_one(letter, table, unconfirmed)
@@ -74,8 +87,23 @@ def replay(
             continue
         outstanding[letter.name] = len(planned)
         for endpoint, message in planned:
+            ingress = message.event.ingress
+            where = (ingress.source, partition_of(ingress.partition), endpoint.name, message.order_key)
+            if park is not None and where in parked:
+                to_park.setdefault(where[:3], []).append((letter, message))
+                continue
             entry = plan.setdefault(endpoint.name, (endpoint, {}))
             entry[1].setdefault(message.order_key, []).append((letter, message))
+
+    for items in to_park.values():
+        assert park is not None
+        park([_parked(letter, message) for letter, message in items])
+        for letter, _message in items:
+            outstanding[letter.name] -= 1
+            if outstanding[letter.name] == 0:
+                delete(letter.name)
+                report.parked.append(letter.name)
+                progress(1)
 
     for endpoint, by_key in plan.values():
         by_message = {id(message): letter for items in by_key.values() for letter, message in items}
@@ -94,6 +122,22 @@ def replay(
                 report.failed[letter.name] = f"'{endpoint.name}': {failure.reason}"
                 progress(1)
     return report
+
+
+def _parked(letter: Letter, message: Outgoing) -> DeadLetter:
+    """The dead letter as a parked message: its record, its attempts, its position."""
+    attempts = [
+        Attempt(time=str(a.get("time")), error=str(a.get("error"))) for a in letter.record.get("attempts") or []
+    ]
+    return DeadLetter(
+        code=PARKED_CODE,
+        reason=f"replayed behind the parked messages of its key: {letter.record.get('reason')}",
+        ingress=message.event.ingress,
+        index=message.event.index,
+        endpoint=message.endpoint,
+        message=message,
+        attempts=tuple(attempts),
+    )
 
 
 # Why a letter of a failed write is not replayed (docs/FAILURE_HANDLING.md, "dead-letter store down").

@@ -16,6 +16,7 @@ from azure.storage.blob import ContainerClient
 
 from routing import app as wiring
 from routing.deliver.pool import SenderPool
+from routing.parking import unpack
 from tests.azurite import Azurite
 
 
@@ -57,3 +58,25 @@ def deployed_app(
         yield letters
     finally:
         fresh_router()
+
+
+# Folders of the dead-letter container that hold no dead letters: parked messages and endpoint health.
+NOT_LETTERS = ("_parked/", "_health/")
+
+
+def stored_letters(container: ContainerClient) -> dict[str, dict[str, Any]]:
+    """The container's dead letters (name -> record), without parked messages and health records."""
+    return {
+        b.name: json.loads(container.download_blob(b.name).readall())
+        for b in container.list_blobs()
+        if not b.name.startswith(NOT_LETTERS)
+    }
+
+
+def stored_parked(container: ContainerClient) -> list[dict[str, Any]]:
+    """Every parked message's record (a dead-letter record), blob by blob, each blob's in order."""
+    return [
+        record
+        for b in container.list_blobs(name_starts_with="_parked/")
+        for record in unpack(container.download_blob(b.name).readall())[1]
+    ]

@@ -29,7 +29,7 @@ from routing.pipeline import Router, StaticRoutes
 from routing.routes.table import RouteTable, parse_routes
 from tests.azurite import Azurite, running_azurite
 from tests.conftest import WorkerEvent, sensor_data, telemetry, twin_event, worker_batch
-from tests.deployment import fresh_router
+from tests.deployment import fresh_router, stored_letters
 from tests.peers.amqp import SERVER_BUSY, AmqpPeer, ReceivedMessage
 
 RAW_HUB, ALERTS = "raw-hub", "alerts"
@@ -132,7 +132,7 @@ def on_the_wire(peer: AmqpPeer) -> dict[tuple[str, str], list[str]]:
 
 
 def stored(container: ContainerClient) -> dict[str, dict[str, Any]]:
-    return {b.name: json.loads(container.download_blob(b.name).readall()) for b in container.list_blobs()}
+    return stored_letters(container)
 
 
 def pool(peer: AmqpPeer) -> SenderPool:
@@ -163,18 +163,19 @@ def test_faults_leave_delivered_prefixes_and_blob_tails_that_replay_completes_in
             tails[(record["endpoint"], record["orderKey"])].append(record)
     for pair, ids in want.items():
         sent = got.get(pair, [])
-        assert sent == ids[: len(sent)], f"{pair}: delivered out of order, with a gap, or twice"
         tail = sorted(tails.get(pair, []), key=lambda r: r["original"]["sequenceNumber"])
-        assert [r["id"] for r in tail] == ids[len(sent) :], f"{pair}: the undelivered tail is not in Blob"
+        # Delivered once each and in order; what was not is in Blob, in order, each with its attempts.
+        assert sent == [i for i in ids if i not in {r["id"] for r in tail}], f"{pair}: out of order, lost or twice"
+        assert sorted(sent + [r["id"] for r in tail]) == sorted(ids), f"{pair}: not accounted for exactly"
         if tail:
             assert tail[0]["code"] == "delivery-failed" and tail[0]["attempts"], f"{pair}: no attempts kept"
-    # The transient fault cost nothing; the permanent one holds dev-1 from its large message on, after a
-    # delivered prefix; the outage holds every sensor, each with every attempt kept.
+    # The transient fault cost nothing; the permanent one costs dev-1 its large message alone (dev-1 goes
+    # on after it); the outage holds every sensor, each with every attempt kept.
     assert got[("raw", "dev-0")] == want[("raw", "dev-0")] and got[("raw", "dev-2")] == want[("raw", "dev-2")]
-    assert got[("raw", "dev-1")] == want[("raw", "dev-1")][:2]
-    dev1 = sorted(tails[("raw", "dev-1")], key=lambda r: r["original"]["sequenceNumber"])
-    assert [(r["original"]["sequenceNumber"], r["code"]) for r in dev1] == [(8, "delivery-failed"), (11, "held-behind")]
-    assert len(dev1[0]["attempts"]) == 1 and "larger" in dev1[0]["reason"]
+    [large] = tails[("raw", "dev-1")]
+    assert large["original"]["sequenceNumber"] == 8 and large["code"] == "delivery-failed"
+    assert got[("raw", "dev-1")] == [i for i in want[("raw", "dev-1")] if i != large["id"]]
+    assert len(large["attempts"]) == 1 and "larger" in large["reason"]
     assert not got.get(("bus", "s-0")) and not got.get(("bus", "s-1"))
     for record in tails[("bus", "s-0")] + tails[("bus", "s-1")]:
         if record["code"] == "delivery-failed":
@@ -210,7 +211,11 @@ def test_faults_leave_delivered_prefixes_and_blob_tails_that_replay_completes_in
     assert outcome["keptLetters"][0]["name"] == garbage
     assert "still cannot be classified" in outcome["keptLetters"][0]["reason"]
 
-    assert on_the_wire(peer) == dict(want), "delivered then replayed is not every message once, in order per key"
+    # Every message once, in order per key; except that dev-1's refused message, replayed now, arrives after
+    # the messages that went on past it (the price of never stopping a device for a message that cannot go).
+    wire = on_the_wire(peer)
+    reordered = [i for i in want[("raw", "dev-1")] if i != large["id"]] + [large["id"]]
+    assert wire == {**want, ("raw", "dev-1"): reordered}, "delivered then replayed is not every message once"
     assert list(stored(store.container)) == [garbage]
 
 
@@ -285,4 +290,6 @@ def test_the_function_raises_while_the_dead_letter_store_is_down_and_keeps_the_l
     [letter] = stored(store.container).values()
     assert (letter["code"], letter["original"]["sequenceNumber"]) == ("not-json", 2)
     delivered = peer.received(ALERTS)
-    assert len(delivered) == 2 and delivered[0].message_id == delivered[1].message_id
+    # The failed try raised before sending: it could not list what is parked (the same store), and sending
+    # without knowing could overtake a parked message. The retry delivered it, once.
+    assert len(delivered) == 1

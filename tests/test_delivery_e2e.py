@@ -18,6 +18,7 @@ from routing import app as wiring
 from routing.deliver.pool import SenderPool
 from routing.deliver.senders import RetryOptions
 from routing.model import IngressMessage, message_id
+from routing.parking import unpack
 from tests.azurite import Azurite
 from tests.conftest import WorkerEvent, sensor_data, worker_batch
 from tests.deployment import deployed_app
@@ -55,7 +56,20 @@ class Deployed:
         self.peer, self.grid, self.cloud, self.letters = peer, grid, cloud, letters
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        return [json.loads(self.letters.download_blob(b.name).readall()) for b in self.letters.list_blobs()]
+        """The letters only: the container also holds parked messages and endpoint health (`_parked/`, `_health/`)."""
+        return [
+            json.loads(self.letters.download_blob(b.name).readall())
+            for b in self.letters.list_blobs()
+            if not b.name.startswith(("_parked/", "_health/"))
+        ]
+
+    def parked(self) -> list[dict[str, Any]]:
+        """The parked messages' records, in each blob's order."""
+        return [
+            record
+            for b in self.letters.list_blobs(name_starts_with="_parked/")
+            for record in unpack(self.letters.download_blob(b.name).readall())[1]
+        ]
 
 
 @pytest.fixture
@@ -264,7 +278,7 @@ def test_event_grid_transient_answers_are_retried(functions: dict[str, Any], dep
 
 
 @pytest.mark.parametrize("where", ["sender", "hub"])
-def test_an_oversized_message_is_dead_lettered_once_and_holds_its_device_only(
+def test_an_oversized_message_is_dead_lettered_alone_and_its_device_goes_on(
     functions: dict[str, Any], deployed: Deployed, where: str
 ) -> None:
     if where == "sender":
@@ -285,19 +299,26 @@ def test_an_oversized_message_is_dead_lettered_once_and_holds_its_device_only(
     finally:
         deployed.peer.max_message_size = 1024 * 1024
         deployed.peer.reject_messages_larger_than(None)
-    assert by_device(deployed.peer.received("raw-hub")) == {"dev-8": [events[1].body, events[3].body]}
+    received = by_device(deployed.peer.received("raw-hub"))
     letters = sorted(deployed.dead_letters(), key=lambda x: x["original"]["sequenceNumber"])
-    assert [(x["orderKey"], x["original"]["sequenceNumber"]) for x in letters] == [
-        ("dev-0", 0),
-        ("dev-0", 2),
-        ("dev-0", 4),
-    ]
     oversized = letters[0]
+    assert (oversized["orderKey"], oversized["original"]["sequenceNumber"]) == ("dev-0", 0)
     assert len(oversized["attempts"]) == 1, "a permanent failure must not be retried"
     assert "size" in oversized["reason"].lower() or "larger" in oversized["reason"].lower()
     assert base64.b64decode(oversized["original"]["bodyBase64"]) == b"x" * 2000
-    # Held behind the oversized one; or, where the hub refused dev-0's whole batch, failed with it.
-    assert {x["code"] for x in letters[1:]} == ({"held-behind"} if where == "sender" else {"delivery-failed"})
+    assert received["dev-8"] == [events[1].body, events[3].body]
+    if where == "sender":
+        # Refused alone before sending: a message that can never be delivered never stops its device.
+        assert received["dev-0"] == [events[2].body, events[4].body] and len(letters) == 1
+    else:
+        # The hub refused dev-0's whole batch: what it held failed with it, for good, and nothing waits.
+        assert "dev-0" not in received
+        assert [(x["code"], x["original"]["sequenceNumber"]) for x in letters] == [
+            ("delivery-failed", 0),
+            ("delivery-failed", 2),
+            ("delivery-failed", 4),
+        ]
+    assert not deployed.parked()
 
 
 def test_event_grid_413_is_permanent_and_not_retried(functions: dict[str, Any], deployed: Deployed) -> None:
@@ -331,9 +352,10 @@ def test_a_missing_hub_is_reported_as_not_found(functions: dict[str, Any], deplo
     finally:
         deployed.peer.set_entities(HUBS)
     letters = sorted(deployed.dead_letters(), key=lambda x: x["original"]["sequenceNumber"])
-    assert [x["code"] for x in letters] == ["delivery-failed", "held-behind"]
-    assert "'raw-hub' was not found" in letters[0]["reason"]
-    assert len(letters[0]["attempts"]) == 1
+    # Each tried and refused for good: a permanent refusal holds nothing back, nor parks anything.
+    assert [x["code"] for x in letters] == ["delivery-failed", "delivery-failed"]
+    assert all("'raw-hub' was not found" in x["reason"] and len(x["attempts"]) == 1 for x in letters)
+    assert not deployed.parked()
 
 
 def test_clients_are_reused_across_invocations(functions: dict[str, Any], deployed: Deployed) -> None:
@@ -422,7 +444,7 @@ def test_a_device_longer_than_a_batch_keeps_its_order_across_batches(
     assert not deployed.dead_letters()
 
 
-def test_a_failed_batch_fails_its_devices_holds_their_rest_and_spares_the_others(
+def test_a_refused_batch_fails_what_it_holds_and_its_devices_and_the_others_go_on(
     functions: dict[str, Any], deployed: Deployed
 ) -> None:
     # dev-0, dev-1 and dev-2 share partition 0 (two partitions); dev-8 is on partition 1. Batches of about
@@ -438,15 +460,21 @@ def test_a_failed_batch_fails_its_devices_holds_their_rest_and_spares_the_others
         deployed.peer.max_message_size = 1024 * 1024
     got = by_device(deployed.peer.received("raw-hub"))
     want = expected_by_device(events)
-    assert got == {"dev-2": want["dev-2"], "dev-8": want["dev-8"]}
     letters = sorted(deployed.dead_letters(), key=lambda x: x["original"]["sequenceNumber"])
-    codes = {key: [x["code"] for x in letters if x["orderKey"] == key] for key in ("dev-0", "dev-1")}
-    assert codes["dev-0"] == ["delivery-failed", "delivery-failed"]
-    assert codes["dev-1"][0] == "delivery-failed" and codes["dev-1"][-1] == "held-behind", codes
-    assert codes["dev-1"] == sorted(codes["dev-1"]) and len(codes["dev-1"]) == 6  # failed, then held
+    refused = {x["original"]["sequenceNumber"] for x in letters}
+    # The refused batch held both of dev-0's and dev-1's first ones; they fail for good, alone: dev-1's
+    # later messages are not held behind them (a message that can never be delivered never stops its
+    # device), and dev-2 and dev-8 never noticed.
+    assert {x["orderKey"] for x in letters} == {"dev-0", "dev-1"} and {0, 1, 3} <= refused
+    assert got == {
+        device: [body for body in bodies if json.loads(body)["n"] not in refused]
+        for device, bodies in want.items()
+        if device != "dev-0"
+    }
+    assert len(got["dev-1"]) >= 3
     for letter in letters:
-        if letter["code"] == "delivery-failed":
-            assert len(letter["attempts"]) == 1 and "size" in letter["attempts"][0]["error"].lower()
+        assert len(letter["attempts"]) == 1 and "size" in letter["attempts"][0]["error"].lower()
+    assert not deployed.parked()
 
 
 def test_a_transient_fault_retries_the_packed_batch_whole_without_duplicates(
@@ -531,8 +559,10 @@ def test_event_grid_sdk_retries_are_off_so_each_try_is_one_request(
     )
     functions["route_twins"].get_user_function()(worker_batch([event]))
     assert [r.status for r in deployed.grid.requests()] == [503, 503, 503]  # the sender's three tries, no more
-    [letter] = [x for x in deployed.dead_letters() if x["endpoint"] == "grid"]
-    assert len(letter["attempts"]) == 3
+    # Still failing after them: parked (redelivered later, in order), with every attempt; not a dead letter.
+    [parked] = [x for x in deployed.parked() if x["endpoint"] == "grid"]
+    assert len(parked["attempts"]) == 3 and "503" in parked["attempts"][-1]["error"]
+    assert not deployed.dead_letters()
 
 
 def test_a_connection_setting_missing_from_the_app_is_named_and_not_retried(
@@ -542,6 +572,8 @@ def test_a_connection_setting_missing_from_the_app_is_named_and_not_retried(
     wiring.reset()
     functions["route_telemetry"].get_user_function()(worker_batch(telemetry_batch(2, devices=1)))
     letters = sorted(deployed.dead_letters(), key=lambda x: x["original"]["sequenceNumber"])
-    assert [x["code"] for x in letters] == ["delivery-failed", "held-behind"]
-    assert "app setting RAW is not set" in letters[0]["reason"]
-    assert len(letters[0]["attempts"]) == 1  # no retries: the setting will not appear within the invocation
+    # Not retried (the setting will not appear within the invocation), not parked: each is a dead letter
+    # that names the setting, to replay once it is set.
+    assert [x["code"] for x in letters] == ["delivery-failed", "delivery-failed"]
+    assert all("app setting RAW is not set" in x["reason"] and len(x["attempts"]) == 1 for x in letters)
+    assert not deployed.parked()

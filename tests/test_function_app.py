@@ -26,7 +26,7 @@ EXPECTED_TRIGGERS = {
 
 
 def test_two_batched_binary_event_hub_triggers_with_names_from_settings(functions: dict[str, Any]) -> None:
-    assert set(functions) == set(EXPECTED_TRIGGERS)
+    assert set(functions) == set(EXPECTED_TRIGGERS) | {"redeliver_parked"}
     for name, (connection, hub, group) in EXPECTED_TRIGGERS.items():
         [binding] = json.loads(functions[name].get_function_json())["bindings"]
         binding["cardinality"] = binding["cardinality"].lower()  # the library writes "MANY"; the host ignores case
@@ -42,8 +42,16 @@ def test_two_batched_binary_event_hub_triggers_with_names_from_settings(function
         }
 
 
+def test_the_redelivery_is_a_timer_every_ten_seconds_on_one_instance(functions: dict[str, Any]) -> None:
+    [binding] = json.loads(functions["redeliver_parked"].get_function_json())["bindings"]
+    # Six NCRONTAB fields, seconds first. The host runs a timer function as a singleton (a blob lease in
+    # AzureWebJobsStorage), so two redeliveries never run at once.
+    assert binding["type"] == "timerTrigger" and binding["schedule"] == "*/10 * * * * *"
+    assert binding.get("runOnStartup") in (None, False)
+
+
 def test_a_raised_batch_is_retried_with_backoff_until_handled(functions: dict[str, Any]) -> None:
-    for fn in functions.values():
+    for fn in (functions[name] for name in EXPECTED_TRIGGERS):
         policy = fn.get_settings_dict("retry_policy")
         assert policy["strategy"] == "exponential_backoff"
         assert policy["max_retry_count"] == "-1"

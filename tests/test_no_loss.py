@@ -126,24 +126,30 @@ def test_every_event_is_accounted_for_and_each_key_stays_in_order(
     got = delivered(wire, since=before)
     everything = delivered(wire)
     for pair, ids in everything.items():
-        assert ids == want[pair][: len(ids)], f"{pair}: delivered out of order or with a gap, over both tries"
+        assert is_subsequence(ids, want[pair]), f"{pair}: delivered out of order, over both tries"
     letters = dict(store.blobs)
-    dead: dict[tuple[str, str], list[str]] = defaultdict(list)
+    dead: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     for record in letters.values():
         if record["endpoint"]:
-            dead[(record["endpoint"], record["orderKey"])].append(record["id"])
+            dead[(record["endpoint"], record["orderKey"])][record["id"]] = record
 
     for pair, ids in want.items():
         sent = got.get(pair, [])
-        # Delivered: an in-order prefix with no gaps; dead-lettered: exactly the rest.
-        assert sent == ids[: len(sent)], f"{pair}: delivered out of order or with a gap"
-        assert sorted(dead.get(pair, [])) == sorted(ids[len(sent) :]), f"{pair}: the tail is not dead-lettered"
+        assert is_subsequence(sent, ids), f"{pair}: delivered out of order"
+        # Every message is delivered or a dead letter, never both, never neither.
+        assert sorted(dead.get(pair, {})) == sorted(set(ids) - set(sent)), f"{pair}: not accounted for exactly"
+        # Stop-the-line for transient faults: nothing after one is delivered. A permanent refusal fails
+        # alone, and the key goes on after it.
+        transient = [i for i, id_ in enumerate(ids) if id_ in dead[pair] and not _refused_for_good(dead[pair][id_])]
+        if transient:
+            assert not set(ids[transient[0] :]) & set(sent), f"{pair}: delivered past a transient failure"
     assert set(everything) <= set(want), "delivered something nobody wanted"
     garbage = sum(1 for kind, *_ in plan if kind == "garbage")
     assert sum(1 for r in letters.values() if r["endpoint"] is None) == garbage
     assert report.unrouted[EventType.SPACE_CHANGE] == sum(1 for kind, *_ in plan if kind == "space")
 
-    # Replay once the endpoints are healthy: every key completes, in order; only garbage stays.
+    # Replay once the endpoints are healthy: every message arrives; a key with no permanent failure keeps
+    # its order whole (a replayed refusal arrives after the messages that went on past it); only garbage stays.
     wire.faults.clear()
     wire.too_large.clear()
     outcome = replay(
@@ -153,19 +159,34 @@ def test_every_event_is_accounted_for_and_each_key_stays_in_order(
         delete=store.delete,
     )
     assert not outcome.failed
-    assert delivered(wire) == dict(want)
+    final = delivered(wire)
+    for pair, ids in want.items():
+        assert sorted(final.get(pair, [])) == sorted(ids), f"{pair}: not every message arrived after the replay"
+        if not any(_refused_for_good(r) for r in dead.get(pair, {}).values()):
+            assert final[pair] == ids, f"{pair}: out of order after the replay"
     assert len(store.blobs) == garbage == len(outcome.kept)
+
+
+def is_subsequence(items: list[str], of: list[str]) -> bool:
+    remaining = iter(of)
+    return all(item in remaining for item in items)
+
+
+def _refused_for_good(record: dict[str, Any]) -> bool:
+    """A letter the endpoint refused for good (the fake's permanent fault, or too large): not held behind."""
+    return any(word in record["reason"] for word in ("message rejected", "too large"))
 
 
 @pytest.mark.parametrize(
     ("batch_size", "delivered_a", "codes"),
     [
-        (1, 1, ["delivery-failed", "held-behind"]),
+        # Refused alone: a's messages before and after it are delivered.
+        (1, 2, ["delivery-failed"]),
         # A batch fails whole: all of key a's messages were in the refused batch.
         (3, 0, ["delivery-failed"] * 3),
     ],
 )
-def test_a_permanent_failure_holds_the_rest_of_its_key_but_not_other_keys(
+def test_a_permanent_failure_fails_what_it_refuses_and_the_key_goes_on(
     batch_size: int, delivered_a: int, codes: list[str]
 ) -> None:
     messages = [message("telemetry", key, seq) for seq, key in enumerate(["a", "b", "a", "b", "a"])]
@@ -284,15 +305,16 @@ def test_many_keys_go_out_in_few_batches_each_key_in_order() -> None:
     }
 
 
-def test_a_failed_packed_batch_fails_its_keys_holds_their_rest_and_the_other_keys_go_on() -> None:
-    # Keys in first-seen order, two messages to a batch: [a0 a1] [a2 b0] [b1 c0]; the second batch is refused.
+def test_a_refused_packed_batch_fails_what_it_holds_and_the_keys_go_on() -> None:
+    # Keys in first-seen order, two messages to a batch: [a0 a2] [a5 b1] [b4 c3]; the second batch is refused.
     plan = ["a", "b", "a", "c", "b", "a"]  # a: 0, 2, 5; b: 1, 4; c: 3
     wire = FakeWire(batch_size=2, mixed=True)
     _events, store, _senders = route_telemetry(plan, wire, {1: ["permanent"]})
-    # c's message waited behind the failed batch in its sequence, and went in the next round, alone.
-    assert sequences(wire.batches) == [[0, 2], [3]]
+    # The third batch waited behind the refused one in its sequence, and went in the next round: b goes on
+    # after its refused message.
+    assert sequences(wire.batches) == [[0, 2], [4, 3]]
     codes = {r["original"]["sequenceNumber"]: r["code"] for r in store.blobs.values()}
-    assert codes == {5: "delivery-failed", 1: "delivery-failed", 4: "held-behind"}
+    assert codes == {5: "delivery-failed", 1: "delivery-failed"}
     failed = [r for r in store.blobs.values() if r["code"] == "delivery-failed"]
     assert all([a["error"] for a in r["attempts"]] == ["message rejected"] for r in failed)
 
@@ -306,13 +328,14 @@ def test_a_transient_fault_retries_the_packed_batch_whole() -> None:
     assert not store.blobs
 
 
-def test_a_message_too_large_for_any_batch_fails_alone_and_holds_only_its_key() -> None:
+def test_a_message_too_large_for_any_batch_fails_alone_and_its_key_goes_on() -> None:
     plan = ["a", "b", "a", "b", "a"]  # a: 0, 2, 4; b: 1, 3
     wire = FakeWire(batch_size=10, mixed=True)
     _events, store, _senders = route_telemetry(plan, wire, {2: ["too large"]})
-    assert sequences(wire.batches) == [[0, 1, 3]]
+    # a's packing stops before it; the rest of a goes in the next round.
+    assert sequences(wire.batches) == [[0, 1, 3], [4]]
     codes = {r["original"]["sequenceNumber"]: r["code"] for r in store.blobs.values()}
-    assert codes == {2: "delivery-failed", 4: "held-behind"}
+    assert codes == {2: "delivery-failed"}
     [too_large] = [r for r in store.blobs.values() if r["code"] == "delivery-failed"]
     assert len(too_large["attempts"]) == 1 and "too large" in too_large["reason"]
 

@@ -22,7 +22,7 @@ from routing.replay import Letter, replay
 from routing.routes.table import parse_routes
 from tests.azurite import Azurite
 from tests.conftest import WorkerEvent, sensor_data, worker_batch
-from tests.deployment import deployed_app
+from tests.deployment import deployed_app, stored_letters
 from tests.peers.amqp import NOT_ALLOWED, AmqpPeer
 
 ORDERS, LEDGER = "orders", "ledger"
@@ -78,7 +78,7 @@ def sensor_events(count: int, sensors: int, *, start: int = 0) -> list[WorkerEve
 
 
 def dead_letters(letters: ContainerClient) -> dict[str, dict[str, Any]]:
-    return {b.name: json.loads(letters.download_blob(b.name).readall()) for b in letters.list_blobs()}
+    return stored_letters(letters)
 
 
 def shape_of(message: Any) -> str:

@@ -13,12 +13,15 @@ import pytest
 from tests.worker import FunctionLoadError, add_indexed_function, build_retry_options, index_function_app
 
 
-def test_the_worker_indexes_both_functions_with_their_retry_policy(functions: dict[str, Any]) -> None:
+def test_the_worker_indexes_the_three_functions_and_both_triggers_retry(functions: dict[str, Any]) -> None:
     # The `functions` fixture indexed function_app the worker's way; each function passes again here.
-    assert set(functions) == {"route_telemetry", "route_twins"}
+    assert set(functions) == {"route_telemetry", "route_twins", "redeliver_parked"}
     for fn in functions.values():
         add_indexed_function(fn)
-        assert build_retry_options(fn) == {
+    # The timer has no retry policy: its next run (10 s later) is its retry, and what it did not deliver stays.
+    assert build_retry_options(functions["redeliver_parked"]) is None
+    for name in ("route_telemetry", "route_twins"):
+        assert build_retry_options(functions[name]) == {
             "max_retry_count": -1,
             "strategy": "exponential_backoff",
             "minimum_interval": 2,

@@ -258,6 +258,7 @@ def _options(
     order_key: str | None = None,
     enrich: list[str] | None = None,
     partitioning: str | None = None,
+    time_to_live: int | None = None,
 ) -> dict[str, Any]:
     """The fields the user gave, in the routes-file form (left out when not given)."""
     given: dict[str, Any] = {}
@@ -281,6 +282,8 @@ def _options(
         given["orderKey"] = order_key
     if partitioning is not None:
         given["partitioning"] = partitioning
+    if time_to_live is not None:
+        given["timeToLiveMinutes"] = time_to_live
     if enrich:
         enrichments: dict[str, str] = {}
         for item in enrich:
@@ -331,6 +334,15 @@ PartitioningOption = Annotated[
         "--partitioning",
         help="EventHub: 'router' (default) picks each key's partition with the service's hash and sends a batch "
         "per partition; 'service' sends a batch per key and lets the service pick.",
+    ),
+]
+TimeToLiveOption = Annotated[
+    int | None,
+    typer.Option(
+        "--time-to-live",
+        metavar="MINUTES",
+        help="How long a message waits, parked in order, for this endpoint to answer again before it is "
+        "dead-lettered as expired (default 1440: a day, as Digital Twins; at most 10080).",
     ),
 ]
 FilterOption = Annotated[
@@ -410,6 +422,7 @@ ENDPOINT_OPTIONS: dict[str, Any] = {
     "order_key": OrderKeyOption,
     "enrich": EnrichOption,
     "partitioning": PartitioningOption,
+    "time_to_live": TimeToLiveOption,
 }
 # Fields an empty value removes (with `update`; with `add`, an empty one is as if not given).
 REMOVABLE_FIELDS = ("secondaryConnection", "filter", "orderKey")

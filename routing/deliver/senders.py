@@ -315,25 +315,34 @@ class Plan:
 
 
 class _Key:
-    """Where one order key stands: its first `sent` messages are delivered; the rest before `end` wait."""
+    """Where one order key stands: `pending` are its messages neither delivered nor failed yet, in order."""
 
-    __slots__ = ("end", "key", "messages", "sent")
+    __slots__ = ("key", "pending")
 
     def __init__(self, group: KeyGroup) -> None:
         self.key = group.key
-        self.messages = group.messages
-        self.sent = 0
-        self.end = len(group.messages)
+        self.pending = list(group.messages)
 
-    def fail(self, failed: list[Failure], index: int, count: int, failure: BatchFailed) -> None:
-        """Messages `index` to `index + count` failed with `failure`; the rest of the key is held behind them."""
-        for message in self.messages[index : index + count]:
+    def delivered(self, count: int) -> None:
+        del self.pending[:count]
+
+    def fail(self, failed: list[Failure], count: int, failure: BatchFailed, *, at: int = 0) -> None:
+        """The `count` pending messages from `at` failed with `failure`.
+
+        A permanent failure costs those messages alone: the key goes on with its next one (a message that
+        can never be delivered must never stop its device). A transient one holds the rest of the key behind
+        them (stop-the-line: none of it may be delivered ahead), to be parked or dead-lettered in order.
+        """
+        for message in self.pending[at : at + count]:
             failed.append(
                 Failure(message=message, reason=failure.reason, permanent=failure.permanent, attempts=failure.attempts)
             )
-        for message in self.messages[index + count : self.end]:
+        if failure.permanent:
+            del self.pending[at : at + count]
+            return
+        for message in self.pending[at + count :]:
             failed.append(Failure(message=message, reason=HELD_BEHIND, permanent=False))
-        self.end = index
+        del self.pending[at:]
 
 
 class _TryWorker:
@@ -354,7 +363,8 @@ class _TryWorker:
 class ClientSender(ABC, Generic[ClientT]):
     """What every SDK sender shares: clients per connection, reused; failover from the primary connection to
     the secondary when the primary is refused; many keys packed into few batches; retries of a failed batch
-    as a whole; and stop-the-line per key, so a key's messages are never delivered past one that failed.
+    as a whole; and stop-the-line per key, so a key's messages are never delivered past one that failed
+    transiently (one refused for good fails alone).
 
     Subclasses say where a key's messages may go together (`_route`: the keys of one route may share a
     batch), open and fill a batch, and send it.
@@ -472,9 +482,10 @@ class ClientSender(ABC, Generic[ClientT]):
     def send(self, endpoint: Endpoint, groups: Sequence[KeyGroup]) -> SendReport:
         """Every key's messages in order, many keys to a batch; the batches of independent routes at once.
 
-        In rounds: pack what is pending, send the batches; a batch that fails fails its messages and holds
-        the rest of its keys; batches that were not sent because an earlier one of their sequence failed
-        (or was refused for mixing keys) are packed again in the next round, without the held keys.
+        In rounds: pack what is pending, send the batches; a batch that fails fails its messages, and a
+        transient failure holds the rest of its keys (a permanent one lets them go on: `_Key.fail`);
+        batches that were not sent because an earlier one of their sequence failed (or was refused for
+        mixing keys) are packed again in the next round, without the held keys.
         """
         deadline = time.monotonic() + self.retry.budget
         keys = [_Key(group) for group in groups if group.messages]
@@ -482,12 +493,12 @@ class ClientSender(ABC, Generic[ClientT]):
         delivered: list[Outgoing] = []
         failed: list[Failure] = []
         # Each round settles at least one batch or changes how keys are packed; this bound is a guard.
-        for _round in range(sum(len(state.messages) for state in keys) + 2):
-            pending = [state for state in keys if state.sent < state.end]
+        for _round in range(sum(len(state.pending) for state in keys) + 2):
+            pending = [state for state in keys if state.pending]
             if not pending:
                 break
-            slices = [(state.key, state.messages[state.sent : state.end]) for state in pending]
-            first = pending[0].messages[pending[0].sent]
+            slices = [(state.key, tuple(state.pending)) for state in pending]
+            first = pending[0].pending[0]
             try:
                 # On lane 0, whose client asks what packing needs (sizes, partitions) once.
                 with self._holding(0, deadline):
@@ -495,28 +506,29 @@ class ClientSender(ABC, Generic[ClientT]):
                         0, partial(self._pack, pending=slices), first, sum(len(m) for _k, m in slices), deadline
                     )
             except BatchFailed as unprepared:
-                # Nothing could be prepared: each key's next message failed, and the rest waits behind it.
+                # Nothing could be prepared: a permanent cause (a setting missing) fails every message, a
+                # transient one each key's next message, with the rest of the key held behind it.
                 for state in pending:
-                    state.fail(failed, state.sent, 1, unprepared)
+                    state.fail(failed, len(state.pending) if unprepared.permanent else 1, unprepared)
                 break
-            for position, offset, reason in plan.rejected:
-                # Too large for any batch: it fails at once, and its key stops before it. What came
-                # before it is in this round's batches.
+            # Too large for any batch, or unsendable: it fails at once, alone; what came before it is in this
+            # round's batches, what comes after it in the next round's. Latest first, so positions hold.
+            for position, offset, reason in sorted(plan.rejected, key=lambda item: item[1], reverse=True):
                 refusal = BatchFailed(reason, permanent=True)
                 refusal.attempts = (Attempt(time=_now(), error=reason),)
-                pending[position].fail(failed, pending[position].sent + offset, 1, refusal)
+                pending[position].fail(failed, 1, refusal, at=offset)
             for prepared, failure in self._run(plan.sequences, deadline):
                 if failure is None:
                     delivered.extend(prepared.messages)
                     for key, count in prepared.counts.items():
-                        by_key[key].sent += count
+                        by_key[key].delivered(count)
                 else:
                     for key, count in prepared.counts.items():
-                        by_key[key].fail(failed, by_key[key].sent, count, failure)
+                        by_key[key].fail(failed, count, failure)
         else:
             for state in keys:
-                if state.sent < state.end:
-                    state.fail(failed, state.sent, 1, BatchFailed("the sender made no progress", permanent=False))
+                if state.pending:
+                    state.fail(failed, 1, BatchFailed("the sender made no progress", permanent=False))
         return SendReport(delivered=tuple(delivered), failed=tuple(failed))
 
     def _run(

@@ -46,6 +46,10 @@ MAX_ENRICHMENTS = 20
 # Event Hubs: the router picks each key's partition with the service's hash and sends a batch per
 # partition (default), or sends a batch per key and lets the service pick.
 PARTITIONING = ("router", "service")
+# How long a parked message waits for its endpoint before it is dead-lettered (`expired`): Digital Twins
+# keeps retrying an endpoint for 24 hours; at most a week (a parked key holds its device that long).
+DEFAULT_TIME_TO_LIVE_MINUTES = 24 * 60
+MAX_TIME_TO_LIVE_MINUTES = 7 * 24 * 60
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +68,7 @@ class Endpoint:
     order_key: ValueTemplate | None = None
     enrichments: tuple[tuple[str, ValueTemplate], ...] = ()
     partitioning: str = PARTITIONING[0]
+    time_to_live_minutes: int = DEFAULT_TIME_TO_LIVE_MINUTES
     # What sets this endpoint's message ids apart from other shapes of an event, once per load (None: the
     # default shape, which keeps the event's ids); see `routing.model.shape_seed`.
     id_seed: bytes | None = field(default=None, init=False, repr=False, compare=False)
@@ -107,6 +112,8 @@ class Endpoint:
             out["enrichments"] = {name: template.raw for name, template in self.enrichments}
         if self.partitioning != PARTITIONING[0]:
             out["partitioning"] = self.partitioning
+        if self.time_to_live_minutes != DEFAULT_TIME_TO_LIVE_MINUTES:
+            out["timeToLiveMinutes"] = self.time_to_live_minutes
         return out
 
 
@@ -331,6 +338,7 @@ class RouteFields(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_f
     order_key: str | None = None
     enrichments: dict[str, Any] | None = None
     partitioning: str = PARTITIONING[0]
+    time_to_live_minutes: int = DEFAULT_TIME_TO_LIVE_MINUTES
 
 
 _DECLARED = msgspec.structs.fields(RouteFields)
@@ -343,6 +351,7 @@ _CHECKED_AS: dict[str, Any] = {
     "eventTypes": list[Any],
     "enrichments": dict[Any, Any],
 }
+_TTL_PROBLEM = f"must be a whole number of minutes from 1 to {MAX_TIME_TO_LIVE_MINUTES} (a week)"
 _PATH_PROBLEM = "must be a non-empty string (the hub, queue or topic name, or the Event Grid topic host)"
 _SETTING_PROBLEM = "must name an app setting (a non-empty string)"
 # What a value of the wrong type is told.
@@ -359,6 +368,7 @@ _WRONG_TYPE: dict[str, Callable[[Any], str]] = {
     "orderKey": lambda value: f"must be a string (a path or a template, see docs/FILTERS.md), got {value!r}",
     "enrichments": lambda value: f"must be an object of property name -> value, got {type(value).__name__}",
     "partitioning": lambda value: f"must be 'router' or 'service', got {value!r}",
+    "timeToLiveMinutes": lambda value: _TTL_PROBLEM + f", got {value!r}",
 }
 
 
@@ -529,6 +539,13 @@ def _partitioning(value: str, found: _Rules) -> str | None:
     return None
 
 
+def _time_to_live(value: int, found: _Rules) -> int | None:
+    if isinstance(value, bool) or not 1 <= value <= MAX_TIME_TO_LIVE_MINUTES:
+        found.problem("timeToLiveMinutes", _TTL_PROBLEM + f", got {value!r}")
+        return None
+    return value
+
+
 # The rules, in the order their problems are reported; a field without one needs only its type.
 _RULES: dict[str, Rule] = {
     "name": _name,
@@ -542,6 +559,7 @@ _RULES: dict[str, Rule] = {
     "orderKey": _order_key,
     "enrichments": _enrichments,
     "partitioning": _partitioning,
+    "timeToLiveMinutes": _time_to_live,
 }
 
 
@@ -597,6 +615,7 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
         order_key=values.get("orderKey"),
         enrichments=values.get("enrichments", ()),
         partitioning=values.get("partitioning", PARTITIONING[0]),
+        time_to_live_minutes=values.get("timeToLiveMinutes", DEFAULT_TIME_TO_LIVE_MINUTES),
     )
 
 

@@ -1,0 +1,270 @@
+"""Redelivery: parked messages sent again, in order per key, once their endpoint answers.
+
+The timer function `redeliver_parked` (function_app.py) runs it; the Functions host runs a timer
+function on one instance at a time, so one redelivery runs at once. Each run:
+
+1. reads every parked blob (routing/parking.py);
+2. per endpoint, in original order per key (hub, partition, sequence number, position), one message
+   once however many blobs hold it: what has outlived the endpoint's time to live (`timeToLiveMinutes`,
+   counted from when it was first parked) becomes a dead letter (`expired`) with every attempt, an alert
+   is logged, and the key goes on without it (the one documented way order can break);
+3. if the endpoint is in the table, enabled, and its circuit allows a probe now (routing/health.py:
+   capped exponential backoff per endpoint), sends what is left through the same senders, stop-the-line
+   per key: what is delivered is removed, what the endpoint refuses for good is dead-lettered, what still
+   fails transiently waits for the next probe with the new attempt in its record;
+4. writes the dead letters first, then rewrites each blob with what is left, or deletes it, but only if
+   it is unchanged since it was read (a batch the host retried meanwhile rewrote it: the next run sees it,
+   and repeats what it repeats with the same message ids).
+
+A key is released once none of its messages is parked: the live pipeline, listing the partition before
+its next batch, then delivers the key's messages itself. Only removing happens here, so a key cannot be
+released while the live pipeline parks more of it: what it parks is in a blob this run did not read.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import AzureError, ResourceModifiedError
+
+from routing import observability as obs
+from routing.deadletters import DeadLetterStore, ingress_of, parse_time
+from routing.deliver.senders import HELD_BEHIND, KeyGroup, SenderFor
+from routing.health import Breaker, HealthStore
+from routing.model import Attempt, DeadLetter, Event, EventType, Outgoing, message_id
+from routing.parking import BlobParking, ParkedBlob, keys_of, pack, record_key, record_position
+from routing.routes.table import DEFAULT_TIME_TO_LIVE_MINUTES, RouteTable
+
+log = logging.getLogger(__name__)
+
+# Attempts kept per parked message: the first ones (how it started) and the latest; the count is kept too.
+ATTEMPTS_KEPT = 20
+
+
+@dataclass
+class RedeliveryReport:
+    delivered: Counter[str] = field(default_factory=Counter)  # per endpoint
+    expired: Counter[str] = field(default_factory=Counter)
+    dead_lettered: Counter[str] = field(default_factory=Counter)  # refused for good on redelivery
+    waiting: dict[str, str] = field(default_factory=dict)  # endpoint -> why it was not tried this run
+    # What is still parked after the run, per endpoint.
+    parked_messages: Counter[str] = field(default_factory=Counter)
+    parked_keys: Counter[str] = field(default_factory=Counter)
+    stale_blobs: int = 0  # blobs changed meanwhile, left for the next run
+
+
+@dataclass(slots=True)
+class _Item:
+    blob: ParkedBlob
+    record: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.record["id"])
+
+
+def outgoing_of(record: Mapping[str, Any]) -> Outgoing:
+    """The message a parked record holds, exactly as the live pipeline built it."""
+    ingress = ingress_of(record)
+    index = int(record.get("index") or 0)
+    envelope = record["envelope"]
+    key = str(record["orderKey"])
+    event = Event(
+        event_type=EventType(record["eventType"]),
+        order_key=key,
+        message_id=message_id(ingress, index),
+        ingress=ingress,
+        index=index,
+    )
+    return Outgoing(
+        endpoint=str(record["endpoint"]),
+        event=event,
+        body=base64.b64decode(envelope["bodyBase64"]),
+        content_type=envelope.get("contentType"),
+        properties=envelope.get("properties") or {},
+        order_key=key,
+        message_id=str(record["id"]),
+    )
+
+
+def letter_of(record: Mapping[str, Any], *, code: str, reason: str, attempts: list[Attempt]) -> DeadLetter:
+    message = outgoing_of(record)
+    return DeadLetter(
+        code=code,
+        reason=reason,
+        ingress=message.event.ingress,
+        index=message.event.index,
+        endpoint=message.endpoint,
+        message=message,
+        attempts=tuple(attempts),
+    )
+
+
+def _attempts(record: Mapping[str, Any]) -> list[Attempt]:
+    return [Attempt(time=str(a.get("time")), error=str(a.get("error"))) for a in record.get("attempts") or []]
+
+
+def _with_attempt(record: dict[str, Any], attempt: Attempt) -> dict[str, Any]:
+    attempts = [*(record.get("attempts") or []), {"time": attempt.time, "error": attempt.error}]
+    count = int(record.get("attemptCount") or len(record.get("attempts") or [])) + 1
+    if len(attempts) > ATTEMPTS_KEPT:
+        half = ATTEMPTS_KEPT // 2
+        attempts = attempts[:half] + attempts[-half:]
+    return {**record, "attempts": attempts, "attemptCount": count}
+
+
+def _now_text(now: datetime) -> str:
+    return now.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def redeliver(
+    *,
+    store: BlobParking,
+    table: RouteTable,
+    senders: SenderFor,
+    dead_letters: DeadLetterStore,
+    breaker: Breaker,
+    health: HealthStore | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> RedeliveryReport:
+    """One run over everything parked (see the module). Raises `DeadLetterStoreError` if the dead letters
+    of the run cannot be kept; what was delivered is removed first all the same."""
+    now = (clock or (lambda: datetime.now(UTC)))()
+    report = RedeliveryReport()
+    blobs = store.snapshot()
+    if not blobs:
+        return report
+    shared = health.read_all() if health is not None else {}
+    by_endpoint: dict[str, list[_Item]] = {}
+    for blob in blobs:
+        for record in blob.records:
+            by_endpoint.setdefault(str(record["endpoint"]), []).append(_Item(blob, record))
+
+    removed: set[tuple[str, str]] = set()  # (blob name, message id): delivered or repeated
+    to_letter: set[tuple[str, str]] = set()  # dead-lettered this run: removed once the letter is kept
+    updated: dict[tuple[str, str], dict[str, Any]] = {}  # records with a new attempt
+    letters: list[DeadLetter] = []
+
+    for name, items in by_endpoint.items():
+        items.sort(key=lambda item: (record_key(item.record)[:2], record_position(item.record)))
+        unique: list[_Item] = []
+        seen: set[str] = set()
+        for item in items:
+            if item.id in seen:
+                removed.add((item.blob.name, item.id))  # the same message in two blobs: sent once
+            else:
+                seen.add(item.id)
+                unique.append(item)
+        endpoint = table.get(name)
+        ttl = timedelta(minutes=endpoint.time_to_live_minutes if endpoint else DEFAULT_TIME_TO_LIVE_MINUTES)
+        live: list[_Item] = []
+        for item in unique:
+            parked_at = parse_time(item.record.get("parkedAt")) or now
+            if parked_at + ttl <= now:
+                reason = (
+                    f"parked for '{name}' since {item.record.get('parkedAt')} and not delivered within its time to "
+                    f"live ({ttl.total_seconds() / 60:g} min): {item.record.get('reason')}"
+                )
+                letters.append(letter_of(item.record, code="expired", reason=reason, attempts=_attempts(item.record)))
+                to_letter.add((item.blob.name, item.id))
+                report.expired[name] += 1
+            else:
+                live.append(item)
+        if report.expired[name]:
+            obs.EXPIRED.add(report.expired[name], {"endpoint": name})
+            log.error(
+                "endpoint '%s': %d parked message(s) expired after %g min and were dead-lettered; their keys go on "
+                "without them (order breaks here: replay them with `routing deadletters replay --endpoint %s`)",
+                name,
+                report.expired[name],
+                ttl.total_seconds() / 60,
+                name,
+                extra={"endpoint": name, "alert": "parked-expired"},
+            )
+            if live:
+                breaker.expiring(name)
+        if not live:
+            continue
+        if endpoint is None:
+            report.waiting[name] = "no longer in the route table: its messages wait until their time to live"
+            continue
+        if not endpoint.enabled:
+            report.waiting[name] = "disabled: its messages wait until it is enabled or their time to live"
+            continue
+        if not breaker.may_probe(name, shared.get(name)):
+            report.waiting[name] = "its next probe is not due yet (backoff)"
+            continue
+
+        by_message: dict[int, _Item] = {}
+        groups: dict[str, list[Outgoing]] = {}
+        for item in live:
+            message = outgoing_of(item.record)
+            by_message[id(message)] = item
+            groups.setdefault(message.order_key, []).append(message)
+        sent = senders(endpoint).send(endpoint, [KeyGroup(key, tuple(messages)) for key, messages in groups.items()])
+        for message in sent.delivered:
+            item = by_message[id(message)]
+            removed.add((item.blob.name, item.id))
+        report.delivered[name] += len(sent.delivered)
+        if sent.delivered:
+            obs.REDELIVERED.add(len(sent.delivered), {"endpoint": name})
+        transient = permanent = None
+        for failure in sent.failed:
+            item = by_message[id(failure.message)]
+            if failure.permanent:
+                permanent = permanent or failure.reason
+                attempts = _attempts(item.record) + list(failure.attempts)
+                reason = f"redelivery to '{name}' failed: {failure.reason}"
+                letters.append(letter_of(item.record, code="delivery-failed", reason=reason, attempts=attempts))
+                to_letter.add((item.blob.name, item.id))
+                report.dead_lettered[name] += 1
+            elif failure.reason != HELD_BEHIND:
+                transient = transient or failure.reason
+                attempt = failure.attempts[-1] if failure.attempts else Attempt(_now_text(now), failure.reason)
+                updated[(item.blob.name, item.id)] = _with_attempt(item.record, attempt)
+        breaker.probed(name, delivered=len(sent.delivered), transient=transient, permanent=permanent)
+
+    unkept: Exception | None = None
+    try:
+        dead_letters.write(letters)
+        removed |= to_letter
+    except Exception as exc:  # delivered messages still go from the parking; the rest waits for the next run
+        unkept = exc
+
+    remaining: list[ParkedBlob] = []
+    for blob in blobs:
+        left = [
+            updated.get((blob.name, str(record["id"])), record)
+            for record in blob.records
+            if (blob.name, str(record["id"])) not in removed
+        ]
+        changed = len(left) != len(blob.records) or any((blob.name, str(r["id"])) in updated for r in blob.records)
+        try:
+            if not left:
+                store.delete(blob.name, etag=blob.etag)
+            elif changed:
+                store.write(blob.name, pack(left, **blob.header), etag=blob.etag)
+                remaining.append(ParkedBlob(name=blob.name, etag="", header=blob.header, records=left))
+            else:
+                remaining.append(blob)
+        except ResourceModifiedError:
+            report.stale_blobs += 1  # rewritten by a retried batch since it was read: the next run takes it
+            remaining.append(blob)
+        except AzureError as exc:
+            log.warning("could not update the parked blob %s: %s", blob.name, type(exc).__name__)
+            remaining.append(blob)
+    for key, count in keys_of(remaining).items():
+        report.parked_messages[key[2]] += count
+        report.parked_keys[key[2]] += 1
+    for name in by_endpoint:
+        obs.PARKED_MESSAGES.set(report.parked_messages[name], {"endpoint": name})
+        obs.PARKED_KEYS.set(report.parked_keys[name], {"endpoint": name})
+    if unkept is not None:
+        raise unkept
+    return report
