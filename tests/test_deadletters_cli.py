@@ -19,10 +19,18 @@ from azure.storage.blob import AccountSasPermissions, ContainerClient, ResourceT
 from typer.testing import CliRunner
 
 from routing.cli.main import app
-from routing.deadletters import UNCLASSIFIED_FOLDER, BlobDeadLetters, blob_name, public_url, redact
+from routing.deadletters import (
+    UNCLASSIFIED_FOLDER,
+    BlobDeadLetters,
+    FileDeadLetters,
+    blob_name,
+    public_url,
+    record_name,
+    redact,
+)
+from routing.errors import RouteTableError
 from routing.model import DeadLetter
 from routing.pipeline import Router, StaticRoutes
-from routing.errors import RouteTableError
 from routing.routes.table import parse_routes
 from tests.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
 from tests.conftest import sensor_data, telemetry, twin_event
@@ -626,3 +634,88 @@ def test_a_failed_replay_adds_its_attempt_to_the_letter(
         assert {k: v for k, v in record.items() if k != "attempts"} == {
             k: v for k, v in before[item["name"]].items() if k != "attempts"
         }
+
+
+# --- a local run's folder (--dir) --------------------------------------------------------------------------
+
+
+def local_letters(out: Path) -> None:
+    """The Letters fixture's messages and failures, into a local folder's deadletter.jsonl, plus a line of
+    an events file that could not be read."""
+    wire = FakeWire(refused_settings={"RAW", "BUS"})
+    store = FileDeadLetters(out, clock=lambda: WHEN)
+    messages = [
+        telemetry("dev-0", b'{"n":0}', seq=0),
+        telemetry("dev-1", b'{"n":1}', seq=1),
+        telemetry("dev-0", b'{"n":2}', seq=2),
+        twin_event(sensor_data("s-0"), seq=3, properties={"Type": "SensorChange"}),
+        twin_event(None, seq=4, raw=b"not json"),
+    ]
+    Router(routes=StaticRoutes(parse_routes(ROUTES)), senders=FakeSenders(wire), dead_letters=store).route(messages)
+    store.write([DeadLetter(code="bad-line", reason="line 9 is not JSON", ingress=None, raw_line="oops")])
+    store.close()
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_local_folders_letters_are_the_blob_stores_records_under_the_same_names(
+    letters: Letters, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    local_letters(out)
+    *records, raw = lines(out / "deadletter.jsonl")
+    assert raw == {"code": "bad-line", "reason": "line 9 is not JSON", "endpoint": None, "raw": "oops"}
+    blobs = {n: json.loads(letters.container.download_blob(n).readall()) for n in letters.names()}
+    for blob in blobs.values():
+        blob.pop("write")  # the Blob store's write id (pending markers); a local run writes once
+        for attempt in blob["attempts"]:
+            attempt.pop("time")
+    for record in records:
+        for attempt in record["attempts"]:
+            attempt.pop("time")
+    assert {record_name(r): r for r in records} == blobs
+
+    listed = cli.invoke(app, ["deadletters", "list", "--dir", str(out), "-o", "json"])
+    assert listed.exit_code == 0, listed.output
+    assert sorted(r["name"] for r in json.loads(listed.stdout)) == letters.names()
+    assert "line 6: an events-file line that could not be read (line 9 is not JSON)" in listed.stderr
+    [bus] = [n for n in letters.names() if n.startswith("bus/")]
+    shown = cli.invoke(app, ["deadletters", "show", bus, "--dir", str(out)])
+    assert shown.exit_code == 0 and '"Id": "s-0"' in shown.stdout, shown.output
+
+
+def test_replay_of_a_local_folder_delivers_into_its_endpoint_files_and_rewrites_its_letters(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    local_letters(out)
+    before = lines(out / "deadletter.jsonl")
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps(ROUTES))
+    result = cli.invoke(app, ["deadletters", "replay", "--dir", str(out), "--routes", str(routes), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["delivered"], report["failed"]) == (4, 0)
+    assert [(x["partitionKey"], x["body"]) for x in lines(out / "Raw.jsonl") if x["partitionKey"] == "dev-0"] == [
+        ("dev-0", {"n": 0}),
+        ("dev-0", {"n": 2}),
+    ]
+    assert [x["sessionId"] for x in lines(out / "bus.jsonl")] == ["s-0"]
+    # What was delivered is gone; what could not be (still not JSON) and the unreadable events line stay.
+    assert lines(out / "deadletter.jsonl") == [x for x in before if x.get("code") in ("not-json", "bad-line")]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # the rewrite left no temporary file
+
+
+def test_delete_and_purge_of_a_local_folder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    local_letters(out)
+    names = sorted(record_name(r) for r in lines(out / "deadletter.jsonl") if "raw" not in r)
+    deleted = cli.invoke(app, ["deadletters", "delete", names[0], "--dir", str(out), "--yes"])
+    assert deleted.exit_code == 0 and "Deleted 1 dead letter" in deleted.stdout, deleted.output
+    assert sorted(record_name(r) for r in lines(out / "deadletter.jsonl") if "raw" not in r) == names[1:]
+    purged = cli.invoke(app, ["deadletters", "purge", "--dir", str(out), "--yes", "-o", "json"])
+    assert purged.exit_code == 0 and sorted(json.loads(purged.stdout)["deleted"]) == names[1:], purged.output
+    assert [x["raw"] for x in lines(out / "deadletter.jsonl")] == ["oops"]
+
+    nowhere = cli.invoke(app, ["deadletters", "list", "--dir", str(tmp_path / "nope")])
+    assert nowhere.exit_code == 2 and f"--dir {tmp_path / 'nope'} does not exist" in nowhere.stderr
