@@ -300,8 +300,9 @@ def check_container_name(name: str) -> None:
 
 def check_letter_name(name: str) -> None:
     """Refuse a letter name that could reach outside its container: a leading `/`, a `.` or `..` (or
-    empty) segment, a backslash, `%` (URL-encoded traversal), `?`, `#` or control characters. Letter names
-    (`<endpoint>/<yyyy>/<mm>/<dd>/<hh>/<id>.json`) never contain any of these."""
+    empty) segment, a backslash, `%` (URL-encoded traversal), `?`, `#` or control characters; and one in a
+    folder that holds no letters (`_pending/...`: a command must never show or delete those as letters).
+    Letter names (`<endpoint>/<yyyy>/<mm>/<dd>/<hh>/<id>.json`) never contain any of these."""
     problem = None
     if not name.strip():
         problem = "it is empty"

@@ -1,7 +1,10 @@
 """`python -m routing deadletters ...` against a real Azurite (and, for `replay`, the local AMQP peer the
-real SDKs send to): letters listed, filtered and shown; replay in order per key, deleting only what was
-delivered, keeping what fails with why; a dry run that sends and deletes nothing; and clear errors
-(exit 2) for missing or unreachable storage, a missing route table or a missing connection setting."""
+real SDKs send to): letters summarised, listed in replay order with what held letters wait for, filtered
+and shown with their bodies decoded; replay in order per key, deleting only what was delivered, keeping
+what fails with why and the try added to its attempts; a dry run that sends and deletes nothing;
+delete and purge after asking; the folders that hold no letters left alone; a local run's folder
+(`--dir`) with the same records and names; and clear one-line errors (exit 2) for a missing container,
+missing or unreachable storage, refused credentials, a missing route table or a missing setting."""
 
 from __future__ import annotations
 

@@ -399,7 +399,7 @@ def _letters(count: int) -> str:
 
 
 def _hour(moment: datetime | None) -> str:
-    return f"{moment:%Y-%m-%dT%H}:00Z" if moment is not None else "undated"
+    return f"{moment:%Y-%m-%dT%H}Z" if moment is not None else "undated"  # ISO 8601 to the hour
 
 
 def _endpoint_text(endpoint: Any) -> str:
@@ -407,16 +407,16 @@ def _endpoint_text(endpoint: Any) -> str:
 
 
 def summary_table(letters: Sequence[Letter], title: str) -> Table:
-    """Letters per endpoint and code: how many, and the oldest and newest enqueued hour."""
+    """Letters per endpoint and code: how many, and the oldest and newest hour they were enqueued (UTC)."""
     groups: dict[tuple[str, str], list[Letter]] = {}
     for letter in in_order(letters):
         groups.setdefault((letter.name.split("/", 1)[0], str(letter.record.get("code"))), []).append(letter)
     table = Table(title=title, title_justify="left")
     table.add_column("Endpoint", overflow="fold", min_width=14)
     table.add_column("Code", no_wrap=True)
-    table.add_column("Letters", justify="right", no_wrap=True)
-    table.add_column("Oldest enqueued", no_wrap=True)
-    table.add_column("Newest enqueued", no_wrap=True)
+    table.add_column("Count", justify="right", no_wrap=True)
+    table.add_column("Oldest hour", no_wrap=True)
+    table.add_column("Newest hour", no_wrap=True)
     for (_folder, code), members in groups.items():
         dated = sorted(m for m in (enqueued(x) for x in members) if m is not None)
         undated = len(dated) < len(members)
@@ -522,7 +522,7 @@ def list_letters(
         more = f" of {len(chosen)} (--limit)" if len(shown) < len(chosen) else ""
         console.print(f"\n{_letters(len(shown))}{more}", highlight=False, soft_wrap=True)
     else:
-        console.print(summary_table(chosen, f"Dead letters in {escape(store.where)}"))
+        console.print(summary_table(chosen, f"Dead letters in {escape(store.where)} (hours enqueued, UTC)"))
         console.print(
             f"{_letters(len(chosen))}; `deadletters list --all` lists each, `deadletters show NAME` shows one",
             highlight=False,
