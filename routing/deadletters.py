@@ -1,9 +1,11 @@
 """Dead letters: where messages that cannot be routed or delivered are kept, with a reason.
 
 The protocol every dead-letter store keeps; the file store the local runner uses
-(`<dir>/deadletter.jsonl`, one `{"reason", "code", "original", ...}` line per dead letter); and the
-Blob Storage store deployments use (one blob per letter, `<endpoint>/<yyyy>/<mm>/<dd>/<hh>/<id>.json`,
-the hour the message was enqueued on its ingress hub, so that a retried write lands on the same name).
+(`<dir>/deadletter.jsonl`, one line per dead letter holding the same record as a blob); the Blob Storage
+store deployments use (one blob per letter, `<endpoint>/<yyyy>/<mm>/<dd>/<hh>/<id>.json`, the hour the
+message was enqueued on its ingress hub, so that a retried write lands on the same name); and, for the
+CLI, a local folder's letters read back by those names (`LocalDeadLetters`). Top-level folders starting
+with `_` other than `_unclassified` hold no letters (pending markers, parked messages, endpoint health).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,12 +24,12 @@ from typing import IO, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
+from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings, LinearRetry, StorageErrorCode
 
 from routing.connections import resolve
 from routing.errors import RoutingError
-from routing.ingest.ingress import to_line
 from routing.model import DeadLetter, IngressMessage, Outgoing, message_id
 
 log = logging.getLogger(__name__)
@@ -46,24 +48,18 @@ class DeadLetterStore(Protocol):
     def close(self) -> None: ...
 
 
-def record(letter: DeadLetter) -> dict[str, Any]:
-    out: dict[str, Any] = {"reason": letter.reason, "code": letter.code}
-    if letter.endpoint is not None:
-        out["endpoint"] = letter.endpoint
+def file_record(letter: DeadLetter, when: datetime) -> dict[str, Any]:
+    """A line of `deadletter.jsonl`: the blob record, or, for a line of an events file that could not be
+    read as a message at all, the line as it was (`raw`)."""
     if letter.ingress is not None:
-        out["index"] = letter.index
-        if letter.count > 1:  # one letter for several rejected events of the message (routing/model.py)
-            out["count"] = letter.count
-            out["positions"] = list(letter.positions)
-        out["original"] = to_line(letter.ingress)
-    else:
-        out["original"] = letter.raw_line
-    return out
+        return blob_record(letter, when)
+    return {"code": letter.code, "reason": letter.reason, "endpoint": letter.endpoint, "raw": letter.raw_line}
 
 
 class FileDeadLetters:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, clock: Callable[[], datetime] | None = None) -> None:
         self.path = directory / FILE_NAME
+        self.clock = clock or (lambda: datetime.now(UTC))
         self._handle: IO[bytes] | None = None
         self._lock = threading.Lock()
 
@@ -71,7 +67,8 @@ class FileDeadLetters:
         # The local runner writes each letter once, in one run: no earlier try can have left one.
         if not letters:
             return
-        data = b"".join(orjson.dumps(record(letter)) + b"\n" for letter in letters)
+        when = self.clock()
+        data = b"".join(orjson.dumps(file_record(letter, when)) + b"\n" for letter in letters)
         with self._lock:
             if self._handle is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +126,14 @@ def blob_name(letter: DeadLetter) -> str:
     the same for the same letter however often and whenever it is written."""
     folder = letter.endpoint or UNCLASSIFIED_FOLDER
     return f"{folder}/{hour_folder(letter.ingress)}/{letter_id(letter)}.json"
+
+
+def record_name(record: Mapping[str, Any]) -> str:
+    """The blob name of a letter's record (`blob_name` of the letter it was made from): how a local
+    folder's letters are named, so that `deadletters show|delete|replay` take the same names everywhere."""
+    moment = parse_time((record.get("original") or {}).get("enqueuedTime"))
+    hour = f"{moment:%Y/%m/%d/%H}" if moment is not None else UNDATED_FOLDER
+    return f"{record.get('endpoint') or UNCLASSIFIED_FOLDER}/{hour}/{record['id']}.json"
 
 
 def letter_id(letter: DeadLetter) -> str:
@@ -242,6 +247,21 @@ def client_options() -> dict[str, Any]:
 # name, a new write) or delivered its message: replay must not send it again (docs/FAILURE_HANDLING.md).
 # An endpoint folder of the same name cannot clash: its letters are `<folder>/<hour>/<id>.json`.
 PENDING_FOLDER = "_pending"
+# Top-level folders of the container that hold no letters: those starting with `_` (the pending markers,
+# parked messages `_parked/`, endpoint health `_health/`, and any the store adds later), except the
+# unclassified letters' folder. Endpoint names cannot be these (`RESERVED_NAMES` in routing/routes/table.py).
+RESERVED_FOLDER_PREFIX = "_"
+
+
+def is_reserved_folder(folder: str) -> bool:
+    """Whether a top-level folder of the dead-letter container holds something other than letters."""
+    return folder.startswith(RESERVED_FOLDER_PREFIX) and folder != UNCLASSIFIED_FOLDER
+
+
+def in_reserved_folder(name: str) -> bool:
+    """Whether a blob name lies in a folder that holds no letters (`_pending/...`, `_parked/...`)."""
+    folder, slash, _rest = name.partition("/")
+    return bool(slash) and is_reserved_folder(folder)
 
 
 class DeadLetterStoreError(RoutingError):
@@ -280,8 +300,9 @@ def check_container_name(name: str) -> None:
 
 def check_letter_name(name: str) -> None:
     """Refuse a letter name that could reach outside its container: a leading `/`, a `.` or `..` (or
-    empty) segment, a backslash, `%` (URL-encoded traversal), `?`, `#` or control characters. Letter names
-    (`<endpoint>/<yyyy>/<mm>/<dd>/<hh>/<id>.json`) never contain any of these."""
+    empty) segment, a backslash, `%` (URL-encoded traversal), `?`, `#` or control characters; and one in a
+    folder that holds no letters (`_pending/...`: a command must never show or delete those as letters).
+    Letter names (`<endpoint>/<yyyy>/<mm>/<dd>/<hh>/<id>.json`) never contain any of these."""
     problem = None
     if not name.strip():
         problem = "it is empty"
@@ -291,6 +312,8 @@ def check_letter_name(name: str) -> None:
         problem = f"it contains {match.group()!r}"
     elif any(segment in ("", ".", "..") for segment in name.split("/")):
         problem = "it has an empty, '.' or '..' part"
+    elif in_reserved_folder(name):
+        problem = f"'{name.split('/', 1)[0]}/' holds no dead letters"
     if problem is not None:
         raise LetterNameError(
             f"{name!r} is not a dead letter's name ({problem}): give the name as "
@@ -307,7 +330,8 @@ def redact(text: str) -> str:
     return _SECRET.sub(lambda m: f"{m.group(1)}=***", text)
 
 
-def _is_container_missing(error: ResourceNotFoundError) -> bool:
+def is_container_missing(error: ResourceNotFoundError) -> bool:
+    """Whether the SDK's not-found error is about the container (rather than one blob in it)."""
     return bool(getattr(error, "error_code", None) == StorageErrorCode.CONTAINER_NOT_FOUND)
 
 
@@ -319,8 +343,8 @@ class BlobDeadLetters:
         self.container = container
         self.clock = clock or (lambda: datetime.now(UTC))
         # The account's URL: the container's without its last part (the container's name) and query.
-        account = public_url(container.url).rsplit("/", 1)[0]
-        self.where = f"container '{container.container_name}' at {account}"
+        self.account = public_url(container.url).rsplit("/", 1)[0]
+        self.where = f"container '{container.container_name}' at {self.account}"
         # Letters this process uploaded (or tried to) in writes that failed: name -> write id. A later
         # write deletes those whose message its batch delivered (the retry of the failed batch).
         self._unconfirmed: dict[str, str] = {}
@@ -354,7 +378,7 @@ class BlobDeadLetters:
         try:
             upload()
         except ResourceNotFoundError as exc:
-            if not _is_container_missing(exc):
+            if not is_container_missing(exc):
                 raise
             try:
                 self.container.create_container(timeout=SERVER_TIMEOUT_SECONDS)
@@ -468,15 +492,54 @@ class BlobDeadLetters:
             with self._lock:
                 self._failed_writes.discard(write_id)
 
-    def names(self, prefix: str | None = None) -> Iterator[str]:
-        """Blob names of the letters, oldest enqueued hour first within each endpoint folder (the names
-        sort by time), undated letters last. Pending markers are not letters."""
+    def names(self, endpoint: str | None = None, *, missing_ok: bool = True) -> list[str]:
+        """Blob names of the letters (of one endpoint's folder, case-insensitively), oldest enqueued hour
+        first within each endpoint folder (the names sort by time), undated letters last. Folders that
+        hold no letters (`is_reserved_folder`) are not listed at all, however much they hold. A container
+        that does not exist has no letters, or, with `missing_ok=False`, raises ResourceNotFoundError."""
+        wanted = endpoint.strip().lower() if endpoint is not None else None
         try:
-            yield from sorted(
-                b.name for b in self.container.list_blobs(name_starts_with=prefix) if not _is_marker(b.name)
-            )
+            names: list[str] = []
+            for item in self.container.walk_blobs(delimiter="/"):
+                folder = item.name.rstrip("/")
+                if item.name.endswith("/"):  # a folder (BlobPrefix): an endpoint's, or a reserved one
+                    if is_reserved_folder(folder) or (wanted is not None and folder.lower() != wanted):
+                        continue
+                    names.extend(b.name for b in self.container.list_blobs(name_starts_with=item.name))
+                elif wanted is None:
+                    names.append(item.name)  # not a letter's name: listed, so that it is reported
         except ResourceNotFoundError:
-            return  # no container yet: nothing was ever dead-lettered
+            if missing_ok:
+                return []  # no container yet: nothing was ever dead-lettered
+            raise
+        return sorted(names)
+
+    def exists(self, name: str) -> bool:
+        """Whether the letter is there; raises ResourceNotFoundError when the container is not."""
+        try:
+            self.container.get_blob_client(name).get_blob_properties(timeout=SERVER_TIMEOUT_SECONDS)
+        except ResourceNotFoundError as exc:
+            if is_container_missing(exc):
+                raise
+            return False
+        return True
+
+    def record_attempt(self, name: str, error: str) -> None:
+        """Add a delivery attempt (now, `error`) to a letter and write it back, unless it changed since it
+        was read (a write of the pipeline, or someone's replay): then ResourceModifiedError, and the
+        newer letter stands."""
+        downloader = self.container.download_blob(name, timeout=SERVER_TIMEOUT_SECONDS)
+        record = orjson.loads(downloader.readall())
+        record["attempts"] = [*(record.get("attempts") or []), {"time": rfc3339(self.clock()), "error": error}]
+        self.container.upload_blob(
+            name,
+            orjson.dumps(record, option=orjson.OPT_INDENT_2),
+            overwrite=True,
+            content_settings=ContentSettings(content_type="application/json"),
+            etag=downloader.properties.etag,
+            match_condition=MatchConditions.IfNotModified,
+            timeout=SERVER_TIMEOUT_SECONDS,
+        )
 
     def pending_writes(self) -> set[str]:
         """Ids of the writes under way or failed (their markers): their letters are not to be replayed."""
@@ -508,3 +571,122 @@ def _is_marker(name: str) -> bool:
 def delivered_name(message: Outgoing) -> str:
     """The blob name a letter for `message` has at its endpoint (`blob_name` of that letter)."""
     return f"{message.endpoint}/{hour_folder(message.event.ingress)}/{message.message_id}.json"
+
+
+class LocalDeadLetters:
+    """A local folder's dead letters (`<dir>/deadletter.jsonl`, as the local runner writes them), by the
+    names their blobs would have (`record_name`), for the CLI to list, show, replay and delete.
+
+    The file is read once. Deletions and attempts are kept until `save()`, which rewrites the file at once
+    (a temporary file moved into place: a reader sees the old file or the new one), so a replay of many
+    letters rewrites it once. Lines that are no letter (an events-file line that could not be read as a
+    message, `raw`; anything unreadable) are kept as they are."""
+
+    def __init__(self, directory: Path, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.directory = directory
+        self.path = directory / FILE_NAME
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.where = f"folder '{directory}'"
+        # Every line of the file, in order: the bytes as read, and the letter's name and record (None for
+        # a line that is no letter).
+        self._lines: list[tuple[bytes, str | None, dict[str, Any] | None]] | None = None
+        self._changed = False
+
+    def _load(self) -> list[tuple[bytes, str | None, dict[str, Any] | None]]:
+        if self._lines is None:
+            try:
+                data = self.path.read_bytes()
+            except FileNotFoundError:
+                data = b""  # a run without dead letters leaves no file
+            self._lines = [self._parse(line) for line in data.splitlines() if line.strip()]
+        return self._lines
+
+    @staticmethod
+    def _parse(line: bytes) -> tuple[bytes, str | None, dict[str, Any] | None]:
+        try:
+            record = orjson.loads(line)
+            if isinstance(record, dict) and isinstance(record.get("original"), dict) and record.get("id"):
+                return line, record_name(record), record
+        except orjson.JSONDecodeError:
+            pass
+        return line, None, None
+
+    def names(self, endpoint: str | None = None, *, missing_ok: bool = True) -> list[str]:
+        """The letters' names, in name order (as the Blob store lists them); `missing_ok` is the Blob
+        store's (a folder without the file has no letters)."""
+        wanted = endpoint.strip().lower() if endpoint is not None else None
+        found = {n for _line, n, _r in self._load() if n is not None}
+        return sorted(n for n in found if wanted is None or n.split("/", 1)[0].lower() == wanted)
+
+    def others(self) -> dict[str, str]:
+        """The lines that are no letter (`line N` -> what it is): they cannot be shown or replayed by name."""
+        out: dict[str, str] = {}
+        for number, (line, name, _record) in enumerate(self._load(), start=1):
+            if name is not None:
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                record = None
+            if isinstance(record, dict) and "raw" in record:
+                out[f"line {number}"] = f"an events-file line that could not be read ({record.get('reason')})"
+            else:
+                out[f"line {number}"] = "not a dead letter (not a record of this version)"
+        return out
+
+    def _last(self, name: str) -> int:
+        lines = self._load()
+        for at in range(len(lines) - 1, -1, -1):
+            if lines[at][1] == name:
+                return at
+        raise KeyError(name)
+
+    def exists(self, name: str) -> bool:
+        return any(n == name for _line, n, _r in self._load())
+
+    def read(self, name: str) -> dict[str, Any]:
+        """The letter's record (the last line of that name: a name written again is the same letter,
+        rewritten, as a blob is overwritten); KeyError if there is none."""
+        record = self._load()[self._last(name)][2]
+        assert record is not None
+        return record
+
+    def pending_writes(self) -> set[str]:
+        return set()  # a local run writes each letter once: no write is ever left half-done
+
+    def delete(self, name: str) -> None:
+        """Forget every line of the letter (until `save()`); KeyError if there is none."""
+        self._last(name)
+        self._lines = [entry for entry in self._load() if entry[1] != name]
+        self._changed = True
+
+    def record_attempt(self, name: str, error: str) -> None:
+        """Add a delivery attempt (now, `error`) to the letter (until `save()`)."""
+        at = self._last(name)
+        _line, _name, record = self._load()[at]
+        assert record is not None
+        record = {
+            **record,
+            "attempts": [*(record.get("attempts") or []), {"time": rfc3339(self.clock()), "error": error}],
+        }
+        self._load()[at] = (orjson.dumps(record), name, record)
+        self._changed = True
+
+    def save(self) -> None:
+        """Write the changes: the file rewritten whole and moved into place, or removed when it is empty."""
+        if not self._changed:
+            return
+        lines = self._load()
+        if not lines:
+            self.path.unlink(missing_ok=True)
+        else:
+            staged = self.path.with_name(f".{FILE_NAME}.{uuid.uuid4().hex}")
+            try:
+                staged.write_bytes(b"".join(line + b"\n" for line, _n, _r in lines))
+                staged.replace(self.path)
+            finally:
+                staged.unlink(missing_ok=True)
+        self._changed = False
+
+    def close(self) -> None:
+        pass

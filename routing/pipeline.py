@@ -93,8 +93,11 @@ class BatchReport:
 # An ingress partition: (hub, partition).
 _Where = tuple[str, str | None]
 
-# Endpoints delivered to at once (each sender then spreads its keys over lanes of its own).
-ENDPOINT_CONCURRENCY = 8
+# Endpoints delivered to at once (each sender then spreads its keys over lanes of its own). Threads start
+# only as needed, so this costs nothing with few endpoints; it is high so that endpoints black-holed at
+# once (each holding a thread for up to its send budget, once: then its circuit opens) do not make the
+# healthy ones of the batch wait for a thread.
+ENDPOINT_CONCURRENCY = 64
 
 
 class Router:

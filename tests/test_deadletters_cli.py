@@ -1,7 +1,10 @@
 """`python -m routing deadletters ...` against a real Azurite (and, for `replay`, the local AMQP peer the
-real SDKs send to): letters listed, filtered and shown; replay in order per key, deleting only what was
-delivered, keeping what fails with why; a dry run that sends and deletes nothing; and clear errors
-(exit 2) for missing or unreachable storage, a missing route table or a missing connection setting."""
+real SDKs send to): letters summarised, listed in replay order with what held letters wait for, filtered
+and shown with their bodies decoded; replay in order per key, deleting only what was delivered, keeping
+what fails with why and the try added to its attempts; a dry run that sends and deletes nothing;
+delete and purge after asking; the folders that hold no letters left alone; a local run's folder
+(`--dir`) with the same records and names; and clear one-line errors (exit 2) for a missing container,
+missing or unreachable storage, refused credentials, a missing route table or a missing setting."""
 
 from __future__ import annotations
 
@@ -19,8 +22,17 @@ from azure.storage.blob import AccountSasPermissions, ContainerClient, ResourceT
 from typer.testing import CliRunner
 
 from routing.cli.main import app
-from routing.deadletters import UNCLASSIFIED_FOLDER, BlobDeadLetters, blob_name, public_url, redact
-from routing.model import DeadLetter
+from routing.deadletters import (
+    UNCLASSIFIED_FOLDER,
+    BlobDeadLetters,
+    FileDeadLetters,
+    blob_name,
+    public_url,
+    record_name,
+    redact,
+)
+from routing.errors import RouteTableError
+from routing.model import DeadLetter, IngressMessage, message_id
 from routing.pipeline import Router, StaticRoutes
 from routing.routes.table import parse_routes
 from tests.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
@@ -38,31 +50,48 @@ WHEN = datetime(2026, 11, 26, 9, tzinfo=UTC)
 SETTINGS = ("DEADLETTER_STORAGE", "DEADLETTER_CONTAINER", "ROUTES_STORAGE", "ROUTES_TABLE", "RAW", "BUS")
 
 
+def fixture_messages() -> list[IngressMessage]:
+    return [
+        telemetry("dev-0", b'{"n":0}', seq=0),
+        telemetry("dev-1", b'{"n":1}', seq=1),
+        telemetry("dev-0", b'{"n":2}', seq=2),
+        twin_event(sensor_data("s-0"), seq=3, properties={"Type": "SensorChange"}),
+        twin_event(None, seq=4, raw=b"not json"),
+    ]
+
+
+def failing_wire(messages: list[IngressMessage]) -> FakeWire:
+    """`Raw` refuses dev-1's message for good and fails dev-0's first one transiently, every try; `bus`
+    refuses every send (its credentials)."""
+    wire = FakeWire(refused_settings={"BUS"}, batch_size=1)
+    wire.faults[f"Raw/{message_id(messages[0], 0)}"] = ["transient"] * 3
+    wire.faults[f"Raw/{message_id(messages[1], 0)}"] = ["permanent"]
+    return wire
+
+
 class Letters:
-    """A container of real dead letters: both endpoints refused every send."""
+    """A container of real dead letters: `Raw` refused dev-1's message for good and failed dev-0's first one
+    transiently (no parking here, as in a local run: its second is held behind it); `bus` refused every send."""
 
     def __init__(self, connection_string: str) -> None:
         self.connection_string = connection_string
         self.name = f"dl{uuid.uuid4().hex[:16]}"
         self.container = ContainerClient.from_connection_string(connection_string, self.name)
-        messages = [
-            telemetry("dev-0", b'{"n":0}', seq=0),
-            telemetry("dev-1", b'{"n":1}', seq=1),
-            telemetry("dev-0", b'{"n":2}', seq=2),
-            twin_event(sensor_data("s-0"), seq=3, properties={"Type": "SensorChange"}),
-            twin_event(None, seq=4, raw=b"not json"),
-        ]
-        wire = FakeWire(refused_settings={"RAW", "BUS"})
+        messages = fixture_messages()
+        wire = failing_wire(messages)
         store = BlobDeadLetters(self.container, clock=lambda: WHEN)
         Router(routes=StaticRoutes(parse_routes(ROUTES)), senders=FakeSenders(wire), dead_letters=store).route(messages)
 
-    def __call__(self, *args: str, connect: bool = True) -> Any:
+    def __call__(self, *args: str, connect: bool = True, input: str | None = None) -> Any:
         target = ["--connection-string", self.connection_string, "--container", self.name] if connect else []
-        return cli.invoke(app, ["deadletters", *args, *target])
+        return cli.invoke(app, ["deadletters", *args, *target], input=input)
 
     def json(self, *args: str) -> Any:
+        return self.json_exit(0, *args)
+
+    def json_exit(self, code: int, *args: str) -> Any:
         result = self(*args, "-o", "json")
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == code, result.output
         return json.loads(result.stdout)
 
     def names(self) -> list[str]:
@@ -95,24 +124,68 @@ def peer(amqp: AmqpPeer) -> Iterator[AmqpPeer]:
 # --- list and show ---------------------------------------------------------------------------------------
 
 
-def test_list_shows_each_letter_with_endpoint_code_type_key_time_and_reason(letters: Letters) -> None:
+def test_list_json_gives_each_letter_with_endpoint_code_type_key_time_and_reason(letters: Letters) -> None:
     rows = letters.json("list")
     assert sorted((r["endpoint"] or "", r["code"], r["eventType"] or "", r["orderKey"] or "") for r in rows) == [
         ("", "not-json", "", ""),
         ("Raw", "delivery-failed", "DeviceMessages", "dev-0"),
-        ("Raw", "delivery-failed", "DeviceMessages", "dev-0"),
         ("Raw", "delivery-failed", "DeviceMessages", "dev-1"),
+        ("Raw", "held-behind", "DeviceMessages", "dev-0"),
         ("bus", "delivery-failed", "SensorChange", "s-0"),
     ]
-    assert [r["name"] for r in rows] == letters.names()  # by endpoint folder, then hour
+    assert sorted(r["name"] for r in rows) == letters.names()
     assert all(r["time"] == "2026-11-26T09:00:00Z" and r["reason"] for r in rows)
-    raw = next(r for r in rows if r["endpoint"] == "Raw")
-    assert "unauthorized with RAW" in raw["reason"] and raw["attempts"] == 1
+    refused = next(r for r in rows if r["orderKey"] == "dev-1")
+    assert "message rejected" in refused["reason"] and refused["attempts"] == 1
+    busy = next(r for r in rows if r["orderKey"] == "dev-0" and r["code"] == "delivery-failed")
+    assert "server busy" in busy["reason"] and busy["attempts"] == 3
+    bus = next(r for r in rows if r["endpoint"] == "bus")
+    assert "unauthorized with BUS" in bus["reason"] and bus["attempts"] == 1
+    bus = next(r for r in rows if r["endpoint"] == "bus")
+    assert bus["enqueuedTime"] == "2026-11-26T09:00:00Z"
 
+
+def test_list_summarises_letters_per_endpoint_and_code_with_their_enqueued_hours(letters: Letters) -> None:
     table = letters("list")
     assert table.exit_code == 0, table.output
-    for text in ("Raw", "bus", "delivery-failed", "not-json", "dev-1", "5 dead letters"):
-        assert text in table.stdout
+    lines = [" ".join(line.replace("│", " ").split()) for line in table.stdout.splitlines()]
+    assert "Raw delivery-failed 2 undated undated" in lines  # telemetry of the tests has no enqueued time
+    assert "Raw held-behind 1 undated undated" in lines
+    assert "bus delivery-failed 1 2026-11-26T09Z 2026-11-26T09Z" in lines
+    assert "5 dead letters; `deadletters list --all` lists each" in table.stdout
+    assert not [n for n in letters.names() if n in table.stdout]  # a summary, not a row per letter
+
+
+def test_list_all_gives_each_letter_whole_in_original_order_per_key_and_what_a_held_letter_waits_for(
+    letters: Letters,
+) -> None:
+    rows = letters.json("list", "--all")
+    dev0 = [r for r in rows if r["orderKey"] == "dev-0"]
+    assert [r["code"] for r in dev0] == ["delivery-failed", "held-behind"]  # sequence 0, then 2
+    assert dev0[1]["waitsFor"] == dev0[0]["name"] and "waitsFor" not in dev0[0]
+
+    listing = letters("list", "--all")
+    assert listing.exit_code == 0, listing.output
+    lines = listing.stdout.splitlines()
+    for name in letters.names():  # on one line, never folded: `show` and `delete` take it
+        assert any(line.strip() == name for line in lines), listing.stdout
+    assert f"    waits for {dev0[0]['name']}" in lines
+    shown = [line.strip() for line in lines if line.strip() in letters.names()]
+    assert shown.index(dev0[0]["name"]) == shown.index(dev0[1]["name"]) - 1
+
+
+def test_list_since_and_limit_choose_letters_by_enqueued_time_and_count(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert {r["endpoint"] for r in letters.json("list", "--since", "2026-11-26T09:00Z")} == {"bus", None}
+    assert letters.json("list", "--since", "2026-11-26T09:00:01+00:00") == []
+    assert letters.json("list", "--since", "1h") == []  # enqueued in 2026-11, long before the last hour
+    assert len(letters.json("list", "--since", "3650d")) == 2  # undated letters have no time to compare
+    assert len(letters.json("list", "--limit", "2")) == 2
+    limited = letters("list", "--limit", "2")
+    assert limited.exit_code == 0 and "2 dead letters of 5 (--limit)" in limited.stdout, limited.output
+    bad = letters("list", "--since", "yesterday")
+    assert bad.exit_code == 2 and "--since 'yesterday' is neither a time" in bad.stderr and "2h" in bad.stderr
 
 
 def test_list_filters_by_endpoint_case_insensitively_and_by_code(letters: Letters) -> None:
@@ -122,14 +195,37 @@ def test_list_filters_by_endpoint_case_insensitively_and_by_code(letters: Letter
     assert letters.json("list", "--endpoint", "nowhere") == []
 
 
-def test_show_prints_the_whole_record_and_an_unknown_name_is_a_clear_error(letters: Letters) -> None:
+def test_show_prints_the_record_with_its_bodies_decoded_and_json_gives_it_as_stored(letters: Letters) -> None:
     [name] = [n for n in letters.names() if n.startswith("bus/")]
-    result = letters("show", name)
+    result = letters("show", name, "-o", "json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
+    assert record == json.loads(letters.container.download_blob(name).readall())
     assert record["orderKey"] == "s-0" and record["original"]["sequenceNumber"] == 3
     assert record["attempts"] and record["envelope"]["bodyBase64"]
 
+    shown = letters("show", name)
+    assert shown.exit_code == 0, shown.output
+    assert name in shown.stdout.splitlines()[0]
+    assert "Original message (JSON" in shown.stdout and '"Id": "s-0"' in shown.stdout  # decoded, pretty
+    assert "Envelope sent (JSON" in shown.stdout and '"eventType": "SensorChange"' in shown.stdout
+    assert "unauthorized with BUS" in shown.stdout and record["original"]["bodyBase64"] not in shown.stdout
+
+    [text] = [n for n in letters.names() if n.startswith(f"{UNCLASSIFIED_FOLDER}/")]
+    assert "Original message (text, 8 bytes)\nnot json" in letters("show", text).stdout
+
+
+def test_show_says_what_a_binary_body_is_and_keeps_control_characters_off_the_terminal(letters: Letters) -> None:
+    store = BlobDeadLetters(letters.container, clock=lambda: WHEN)
+    binary = DeadLetter(code="not-json", reason="binary", ingress=twin_event(None, seq=20, raw=b"\xff\x00\x01"))
+    escape_sequence = DeadLetter(code="not-json", reason="ansi", ingress=twin_event(None, seq=21, raw=b"\x1b[2Jhi"))
+    store.write([binary, escape_sequence])
+    assert "3 bytes, not UTF-8 text (bodyBase64 in -o json)" in letters("show", blob_name(binary)).stdout
+    shown = letters("show", blob_name(escape_sequence))
+    assert "\x1b" not in shown.stdout and "\\x1b[2Jhi" in shown.stdout
+
+
+def test_an_unknown_name_is_a_clear_error(letters: Letters) -> None:
     missing = letters("show", "bus/2026/11/26/09/nope.json")
     assert missing.exit_code == 2
     assert "no dead letter 'bus/2026/11/26/09/nope.json'" in missing.stderr and "deadletters list" in missing.stderr
@@ -153,7 +249,7 @@ def test_the_storage_comes_from_the_environment_or_local_settings_json(
 
     # The environment comes before the file.
     monkeypatch.setenv("DEADLETTER_CONTAINER", "emptycontainer")
-    assert letters("list", "-o", "json", connect=False).stdout.strip() == "[]"
+    assert "container 'emptycontainer' does not exist" in letters("list", connect=False).stderr
 
 
 def dead_port() -> int:
@@ -411,3 +507,230 @@ def test_secrets_are_redacted_from_sdk_messages_and_urls() -> None:
         public_url("https://acct.blob.core.windows.net/dl?sv=1&sig=s3cr3t") == "https://acct.blob.core.windows.net/dl"
     )
     assert public_url("https://user:pw@acct.blob.core.windows.net:443/") == "https://acct.blob.core.windows.net:443"
+
+
+# --- a container that is not there, errors in one line -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list"],
+        ["show", "bus/2026/11/26/09/x.json"],
+        ["replay", "--dry-run", "--routes", "routes.json"],
+        ["delete", "bus/2026/11/26/09/x.json", "--yes"],
+        ["purge", "--yes"],
+    ],
+)
+def test_a_container_that_does_not_exist_is_an_error_naming_it(letters: Letters, command: list[str]) -> None:
+    result = cli.invoke(
+        app, ["deadletters", *command, "--connection-string", letters.connection_string, "--container", "nosuchdl"]
+    )
+    assert result.exit_code == 2, result.output
+    endpoint = letters.container.primary_endpoint.rsplit("/", 1)[0]
+    assert result.stderr == (
+        f"error: container 'nosuchdl' does not exist at {endpoint} "
+        "(nothing was ever dead-lettered there, or wrong --container)\n"
+    )
+
+
+def bad_key(connection_string: str) -> str:
+    return connection_string.replace(ACCOUNT_KEY, "d3Jvbmcga2V5IG9mIHRoZSByaWdodCBsZW5ndGg=")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list"],
+        ["show", "bus/2026/11/26/09/x.json"],
+        ["replay", "--dry-run", "--routes", "routes.json"],
+        ["delete", "bus/2026/11/26/09/x.json", "--yes"],
+        ["purge", "--yes"],
+    ],
+)
+@pytest.mark.parametrize("failure", ["refused", "wrong key"])
+def test_storage_errors_are_one_line_without_secrets(letters: Letters, command: list[str], failure: str) -> None:
+    if failure == "refused":
+        connection = (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{dead_port()}/{ACCOUNT};"
+        )
+        expected = "cannot reach container"
+    else:
+        connection, expected = bad_key(letters.connection_string), "refused the credentials"
+    result = cli.invoke(app, ["deadletters", *command, "--connection-string", connection, "--container", letters.name])
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == "", result.output
+    for secret in (ACCOUNT_KEY, "d3Jvbmcga2V5", "AccountKey", "sig="):
+        assert secret not in result.output
+
+
+# --- delete and purge --------------------------------------------------------------------------------------
+
+
+def test_delete_asks_then_deletes_the_named_letters_and_refuses_without_a_terminal(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [bus] = [n for n in letters.names() if n.startswith("bus/")]
+    no_terminal = letters("delete", bus)
+    assert no_terminal.exit_code == 2 and "pass --yes" in no_terminal.stderr and bus in letters.names()
+
+    unknown = letters("delete", bus, "bus/2026/11/26/09/nope.json", "--yes")
+    assert unknown.exit_code == 2 and "'bus/2026/11/26/09/nope.json'" in unknown.stderr
+    assert "nothing was deleted" in unknown.stderr and bus in letters.names()
+
+    monkeypatch.setattr("routing.cli.routes.interactive", lambda: True)
+    declined = letters("delete", bus, input="n\n")
+    assert declined.exit_code == 1 and "Delete 1 dead letter from" in declined.output and bus in letters.names()
+    accepted = letters("delete", bus, input="y\n")
+    assert accepted.exit_code == 0 and "Deleted 1 dead letter from" in accepted.stdout, accepted.output
+    assert bus not in letters.names() and len(letters.names()) == 4
+
+
+@pytest.mark.parametrize("name", ["_pending/abc", "_parked/raw/2026/x.json", "../x.json"])
+def test_delete_refuses_names_outside_the_letters(letters: Letters, name: str) -> None:
+    letters.container.upload_blob(name.lstrip("./"), b"{}", overwrite=True)
+    result = letters("delete", name, "--yes")
+    assert result.exit_code == 2 and "is not a dead letter's name" in result.stderr, result.output
+
+
+def test_purge_shows_what_goes_asks_and_deletes_only_the_filtered_letters(
+    letters: Letters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("routing.cli.routes.interactive", lambda: True)
+    declined = letters("purge", "--endpoint", "raw", "--code", "held-behind", input="n\n")
+    assert declined.exit_code == 1 and "Delete these 1 dead letter from" in declined.stderr
+    assert "held-behind" in declined.stderr and len(letters.names()) == 5
+
+    held = letters("purge", "--endpoint", "raw", "--code", "held-behind", "--yes", "-o", "json")
+    assert held.exit_code == 0, held.output
+    [gone] = json.loads(held.stdout)["deleted"]
+    assert gone.startswith("Raw/") and gone not in letters.names() and len(letters.names()) == 4
+
+    by_time = letters.json("purge", "--before", "2026-11-26T10:00Z", "--yes")  # the dated ones
+    assert sorted(n.split("/")[0] for n in by_time["deleted"]) == [UNCLASSIFIED_FOLDER, "bus"]
+    assert letters.json("purge", "--since", "1h", "--yes") == {"deleted": []}
+    assert [n.split("/")[0] for n in letters.names()] == ["Raw", "Raw"]
+
+
+def test_reserved_folders_are_never_listed_shown_replayed_or_purged(letters: Letters) -> None:
+    record = json.loads(letters.container.download_blob(letters.names()[0]).readall())
+    reserved = ["_pending/0123abcd", "_parked/Raw/2026/11/26/09/p.json", "_health/Raw.json", "_later/x/y.json"]
+    for name in reserved:
+        letters.container.upload_blob(name, json.dumps(record).encode())
+    store = BlobDeadLetters(letters.container)
+    assert not [n for n in store.names() if n.startswith("_") and not n.startswith(UNCLASSIFIED_FOLDER)]
+    assert len(letters.json("list")) == 5
+    assert len(letters.json("replay", "--dry-run", "--routes", "routes.json")["wouldSend"]) == 4
+    assert letters("show", "_parked/Raw/2026/11/26/09/p.json").exit_code == 2
+    assert len(letters.json("purge", "--yes")["deleted"]) == 5
+    assert letters.names() == sorted(reserved)
+
+
+def test_endpoints_cannot_take_the_names_of_the_reserved_folders() -> None:
+    for name in ("_parked", "_health", "_pending", "_unclassified"):
+        route = {**ROUTES[0], "name": name}
+        with pytest.raises(RouteTableError, match="reserved"):
+            parse_routes([route])
+
+
+# --- a failed replay is an attempt -----------------------------------------------------------------------
+
+
+def test_a_failed_replay_adds_its_attempt_to_the_letter(
+    letters: Letters, peer: AmqpPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    peer.refuse_auth(key="ROTATED")
+    monkeypatch.setenv("RAW", peer.connection_string(key="ROTATED"))
+    monkeypatch.setenv("BUS", peer.connection_string())
+    before = {n: json.loads(letters.container.download_blob(n).readall()) for n in letters.names()}
+    refused = letters.json_exit(1, "replay", "--routes", "routes.json")
+    assert refused["failed"] == 3
+    for item in refused["failedLetters"]:
+        record = json.loads(letters.container.download_blob(item["name"]).readall())
+        old = before[item["name"]]["attempts"]
+        assert record["attempts"][: len(old)] == old and len(record["attempts"]) == len(old) + 1
+        assert record["attempts"][-1]["error"] == item["reason"] and record["attempts"][-1]["time"].endswith("Z")
+        assert {k: v for k, v in record.items() if k != "attempts"} == {
+            k: v for k, v in before[item["name"]].items() if k != "attempts"
+        }
+
+
+# --- a local run's folder (--dir) --------------------------------------------------------------------------
+
+
+def local_letters(out: Path) -> None:
+    """The Letters fixture's messages and failures, into a local folder's deadletter.jsonl, plus a line of
+    an events file that could not be read."""
+    messages = fixture_messages()
+    wire = failing_wire(messages)
+    store = FileDeadLetters(out, clock=lambda: WHEN)
+    Router(routes=StaticRoutes(parse_routes(ROUTES)), senders=FakeSenders(wire), dead_letters=store).route(messages)
+    store.write([DeadLetter(code="bad-line", reason="line 9 is not JSON", ingress=None, raw_line="oops")])
+    store.close()
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_local_folders_letters_are_the_blob_stores_records_under_the_same_names(
+    letters: Letters, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    local_letters(out)
+    *records, raw = lines(out / "deadletter.jsonl")
+    assert raw == {"code": "bad-line", "reason": "line 9 is not JSON", "endpoint": None, "raw": "oops"}
+    blobs = {n: json.loads(letters.container.download_blob(n).readall()) for n in letters.names()}
+    for blob in blobs.values():
+        blob.pop("write")  # the Blob store's write id (pending markers); a local run writes once
+        for attempt in blob["attempts"]:
+            attempt.pop("time")
+    for record in records:
+        for attempt in record["attempts"]:
+            attempt.pop("time")
+    assert {record_name(r): r for r in records} == blobs
+
+    listed = cli.invoke(app, ["deadletters", "list", "--dir", str(out), "-o", "json"])
+    assert listed.exit_code == 0, listed.output
+    assert sorted(r["name"] for r in json.loads(listed.stdout)) == letters.names()
+    assert "line 6: an events-file line that could not be read (line 9 is not JSON)" in listed.stderr
+    [bus] = [n for n in letters.names() if n.startswith("bus/")]
+    shown = cli.invoke(app, ["deadletters", "show", bus, "--dir", str(out)])
+    assert shown.exit_code == 0 and '"Id": "s-0"' in shown.stdout, shown.output
+
+
+def test_replay_of_a_local_folder_delivers_into_its_endpoint_files_and_rewrites_its_letters(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    local_letters(out)
+    before = lines(out / "deadletter.jsonl")
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps(ROUTES))
+    result = cli.invoke(app, ["deadletters", "replay", "--dir", str(out), "--routes", str(routes), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["delivered"], report["failed"]) == (4, 0)
+    assert [(x["partitionKey"], x["body"]) for x in lines(out / "Raw.jsonl") if x["partitionKey"] == "dev-0"] == [
+        ("dev-0", {"n": 0}),
+        ("dev-0", {"n": 2}),
+    ]
+    assert [x["sessionId"] for x in lines(out / "bus.jsonl")] == ["s-0"]
+    # What was delivered is gone; what could not be (still not JSON) and the unreadable events line stay.
+    assert lines(out / "deadletter.jsonl") == [x for x in before if x.get("code") in ("not-json", "bad-line")]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # the rewrite left no temporary file
+
+
+def test_delete_and_purge_of_a_local_folder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    local_letters(out)
+    names = sorted(record_name(r) for r in lines(out / "deadletter.jsonl") if "raw" not in r)
+    deleted = cli.invoke(app, ["deadletters", "delete", names[0], "--dir", str(out), "--yes"])
+    assert deleted.exit_code == 0 and "Deleted 1 dead letter" in deleted.stdout, deleted.output
+    assert sorted(record_name(r) for r in lines(out / "deadletter.jsonl") if "raw" not in r) == names[1:]
+    purged = cli.invoke(app, ["deadletters", "purge", "--dir", str(out), "--yes", "-o", "json"])
+    assert purged.exit_code == 0 and sorted(json.loads(purged.stdout)["deleted"]) == names[1:], purged.output
+    assert [x["raw"] for x in lines(out / "deadletter.jsonl")] == ["oops"]
+
+    nowhere = cli.invoke(app, ["deadletters", "list", "--dir", str(tmp_path / "nope")])
+    assert nowhere.exit_code == 2 and f"--dir {tmp_path / 'nope'} does not exist" in nowhere.stderr

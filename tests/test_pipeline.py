@@ -164,7 +164,7 @@ def test_every_message_is_delivered_dead_lettered_or_counted_unrouted(tmp_path: 
     assert report.delivered[("hub", EventType.SENSOR_CHANGE)] == 1
     letters = read(tmp_path / "deadletter.jsonl")
     assert [x["original"]["sequenceNumber"] for x in letters] == [2, 5]
-    assert letters[0]["original"]["bodyText"] == "garbage"
+    assert base64.b64decode(letters[0]["original"]["bodyBase64"]) == b"garbage"
     assert all(x["reason"] for x in letters)
 
 

@@ -278,8 +278,9 @@ Operation = Callable[[ClientT, float], T]
 # Clients (connections) per endpoint connection, and so batches of one endpoint sent at once.
 DEFAULT_LANES = 4
 # Threads that send the batches of the other lanes, shared by every sender of the process: bounded however
-# many endpoints there are (a thread per lane per endpoint would be thousands with a large route table).
-LANE_THREADS = 32
+# many endpoints there are (a thread per lane per endpoint would be thousands with a large route table),
+# and started only as needed; room for every lane of the endpoints one batch sends to at once.
+LANE_THREADS = 128
 _lane_threads: ThreadPoolExecutor | None = None
 _lane_threads_lock = threading.Lock()
 

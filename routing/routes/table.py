@@ -27,8 +27,9 @@ from routing.settings import looks_like_secret
 # Reserved because the local runner writes dead letters beside the endpoint files,
 # and the blob dead-letter store keeps unclassifiable messages under `_unclassified/`.
 # Names the dead letters use: the file store's file, the Blob store's folders (unclassified messages,
-# the pending markers of writes under way).
-RESERVED_NAMES = frozenset({"deadletter", "_unclassified", "_pending"})
+# the pending markers of writes under way, parked messages, endpoint health; listings of letters skip
+# the folders starting with `_` but `_unclassified`: routing/deadletters.py).
+RESERVED_NAMES = frozenset({"deadletter", "_unclassified", "_pending", "_parked", "_health"})
 MAX_NAME_LENGTH = 128
 # Characters Table Storage refuses in keys, plus what would escape the output folder.
 _BAD_NAME_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
