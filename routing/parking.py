@@ -104,6 +104,11 @@ def unpack(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return content, records
 
 
+def endpoint_of(name: str) -> str:
+    """The endpoint a parked blob is for, from its name (`_parked/<hub>/<partition>/<endpoint>/<batch>.json`)."""
+    return name.split("/")[3]
+
+
 def record_key(record: Mapping[str, Any]) -> ParkedKey:
     original = record["original"]
     return (
@@ -138,8 +143,17 @@ class BlobParking:
 
     def names(self, prefix: str = f"{PARKED_FOLDER}/") -> dict[str, str]:
         """Blob name -> ETag of the parked blobs under `prefix`."""
+        return {name: etag for name, (etag, _created) in self.listing(prefix).items()}
+
+    def listing(self, prefix: str = f"{PARKED_FOLDER}/") -> dict[str, tuple[str, datetime]]:
+        """Blob name -> (ETag, when it was created) of the parked blobs under `prefix`: one request per
+        5,000. A blob is created when its first messages are parked (a rewrite keeps the time), so no record
+        in it was parked before then."""
         try:
-            return {b.name: str(b.etag) for b in self.container.list_blobs(name_starts_with=prefix)}
+            return {
+                b.name: (str(b.etag), b.creation_time or b.last_modified)
+                for b in self.container.list_blobs(name_starts_with=prefix)
+            }
         except ResourceNotFoundError:
             return {}
 
@@ -189,8 +203,12 @@ class BlobParking:
 
     def snapshot(self, prefix: str = f"{PARKED_FOLDER}/") -> list[ParkedBlob]:
         """Every parked blob under `prefix`, read (one that vanished meanwhile is left out)."""
+        return self.read_all(sorted(self.names(prefix)))
+
+    def read_all(self, names: Iterable[str]) -> list[ParkedBlob]:
+        """These parked blobs, read, in the order given (one that vanished meanwhile is left out)."""
         blobs = []
-        for name in sorted(self.names(prefix)):
+        for name in names:
             blob = self.read(name)
             if blob is not None:
                 blobs.append(blob)

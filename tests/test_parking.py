@@ -294,3 +294,22 @@ def test_replay_parks_a_dead_letter_of_a_parked_key_so_the_key_is_redelivered_in
     assert sequence(wire, "hub", "dev-1") == []
     a.redeliver()
     assert sequence(wire, "hub", "dev-1") == [0, 1, 2]
+
+
+def test_a_redelivery_run_reads_no_parked_blob_of_an_endpoint_whose_probe_is_not_due(
+    container: ContainerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wire = FakeWire(mixed=True)
+    clock = Clock()
+    a = Instance(container, wire, clock)
+    fail(wire, "hub", "dev-1", 0)
+    a.router.route(batch(("dev-1", 0), ("dev-2", 1)))
+    reads: list[str] = []
+    real_read = BlobParking.read
+    monkeypatch.setattr(BlobParking, "read", lambda self, name: reads.append(name) or real_read(self, name))
+    a.redeliver()  # the probe is not due: one listing, no read
+    assert reads == []
+    clock.advance(PROBE_INITIAL_SECONDS)
+    a.redeliver()
+    assert len(reads) == 1 and parked_blobs(container) == []
+    assert sequence(wire, "hub", "dev-1") == [0]
