@@ -6,24 +6,29 @@ fake wire under the real `ClientSender`, so packing, retries and stop-the-line a
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from azure.storage.blob import ContainerClient
+from typer.testing import CliRunner
 
-from routing.deadletters import client_options
+from routing.cli.main import app as cli_app
+from routing.deadletters import BlobDeadLetters, client_options
 from routing.health import PROBE_INITIAL_SECONDS, REFRESH_SECONDS, BlobHealth, Breaker, State
 from routing.model import IngressMessage, message_id
-from routing.parking import PARKED_FOLDER, BlobParking, Parking, ParkingStoreError, keys_of
+from routing.parking import PARKED_FOLDER, BlobParking, ParkedBlob, Parking, ParkingStoreError, keys_of
 from routing.pipeline import Router, StaticRoutes
 from routing.redeliver import redeliver
 from routing.replay import Letter, replay
 from routing.routes.table import RouteTable, parse_routes
 from tests.azurite import Azurite
 from tests.conftest import telemetry
+from tests.deployment import stored_letters
 from tests.fakes import FakeSenders, FakeWire, MemoryDeadLetters
 
 TABLE = parse_routes(
@@ -306,10 +311,42 @@ def test_a_redelivery_run_reads_no_parked_blob_of_an_endpoint_whose_probe_is_not
     a.router.route(batch(("dev-1", 0), ("dev-2", 1)))
     reads: list[str] = []
     real_read = BlobParking.read
-    monkeypatch.setattr(BlobParking, "read", lambda self, name: reads.append(name) or real_read(self, name))
+
+    def counted(self: BlobParking, name: str) -> ParkedBlob | None:
+        reads.append(name)
+        return real_read(self, name)
+
+    monkeypatch.setattr(BlobParking, "read", counted)
     a.redeliver()  # the probe is not due: one listing, no read
     assert reads == []
     clock.advance(PROBE_INITIAL_SECONDS)
     a.redeliver()
     assert len(reads) == 1 and parked_blobs(container) == []
     assert sequence(wire, "hub", "dev-1") == [0]
+
+
+def test_the_replay_command_parks_a_letter_of_a_parked_key_instead_of_sending_it(
+    container: ContainerClient, azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wire = FakeWire(mixed=True, batch_size=1)
+    a = Instance(container, wire, Clock(), breaker=False)
+    a.router.dead_letters = BlobDeadLetters(container)
+    wire.faults[f"hub/{mid('dev-1', 0)}"] = ["permanent"]
+    fail(wire, "hub", "dev-1", 1)
+    a.router.route(batch(("dev-1", 0), ("dev-1", 1)))
+    wire.faults.clear()
+    (tmp_path / "routes.json").write_text(json.dumps([e.to_dict() for e in TABLE.endpoints]))
+    monkeypatch.chdir(tmp_path)
+    # Never used: the letter is parked, not sent (a send would fail on this address, and the command with it).
+    monkeypatch.setenv("A", "Endpoint=sb://127.0.0.1:9/;SharedAccessKeyName=k;SharedAccessKey=a2V5;EntityPath=h")
+    result = CliRunner().invoke(
+        cli_app,
+        ["deadletters", "replay", "--routes", "routes.json", "--connection-string", azurite.connection_string,
+         "--container", container.container_name, "-o", "json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout)
+    assert (outcome["delivered"], outcome["failed"], outcome["parked"]) == (0, 0, 1)
+    assert not stored_letters(container)
+    a.redeliver()
+    assert sequence(wire, "hub", "dev-1") == [0, 1]

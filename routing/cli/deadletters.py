@@ -66,6 +66,7 @@ from routing.deliver.pool import SenderPool
 from routing.deliver.senders import FileSender, KeyGroup, SenderFor, SendReport
 from routing.errors import RoutingError
 from routing.model import Outgoing
+from routing.parking import BlobParking, ParkedKey, Parking, keys_of
 from routing.replay import Letter, ReplayReport, replay
 from routing.routes.files import load_routes_file
 from routing.routes.table import Endpoint, RouteTable
@@ -832,7 +833,9 @@ def _report_json(report: ReplayReport) -> dict[str, Any]:
         "delivered": len(report.delivered),
         "failed": len(report.failed),
         "kept": len(report.kept),
+        "parked": len(report.parked),
         "deliveredLetters": list(report.delivered),
+        "parkedLetters": list(report.parked),
         "failedLetters": [{"name": n, "reason": r} for n, r in report.failed.items()],
         "keptLetters": [{"name": n, "reason": r} for n, r in report.kept.items()],
     }
@@ -912,6 +915,14 @@ def replay_letters(
                 )
             pool = SenderPool(env=env)
             senders, closing = pool, pool.close
+        # Keys parked now (an endpoint's outage, routing/parking.py): their letters are parked behind them,
+        # at their own position, rather than sent ahead of (or behind) the parked messages.
+        parking: Parking | None = None
+        parked: frozenset[ParkedKey] = frozenset()
+        if isinstance(store.letters, BlobDeadLetters):
+            parking = Parking(BlobParking(store.letters.container))
+            with reported(store):
+                parked = frozenset(keys_of(parking.store.snapshot()))
 
         sending = progress.add_task("replaying", total=len(letters))
         try:
@@ -923,6 +934,8 @@ def replay_letters(
                     delete=_deleter(store),
                     progress=lambda n: progress.advance(sending, n),
                     unconfirmed=unconfirmed,
+                    parked=parked,
+                    park=None if parking is None else parking.park_replayed,
                 )
         finally:
             closing()
@@ -941,7 +954,12 @@ def replay_letters(
     else:
         console.print(
             f"Replayed from {escape(store.where)}: {len(report.delivered)} delivered (and deleted), "
-            f"{len(report.failed)} failed, {len(report.kept)} kept",
+            f"{len(report.failed)} failed, {len(report.kept)} kept"
+            + (
+                f", {len(report.parked)} parked behind their key (the redelivery sends them in order)"
+                if report.parked
+                else ""
+            ),
             highlight=False,
             soft_wrap=True,
         )
