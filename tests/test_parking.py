@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.storage.blob import ContainerClient
@@ -350,3 +351,37 @@ def test_the_replay_command_parks_a_letter_of_a_parked_key_instead_of_sending_it
     assert not stored_letters(container)
     a.redeliver()
     assert sequence(wire, "hub", "dev-1") == [0, 1]
+
+
+def test_a_key_released_while_the_live_pipeline_parks_more_of_it_loses_and_reorders_nothing(
+    container: ContainerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wire = FakeWire(mixed=True)
+    clock = Clock()
+    live = Instance(container, wire, clock, breaker=False)
+    timer = Instance(container, wire, clock, breaker=False)
+    fail(wire, "hub", "dev-1", 0)
+    live.router.route(batch(("dev-1", 0)))  # dev-1 parked for hub
+    wire.faults.clear()
+
+    # The race: the live pipeline has listed the partition (dev-1 parked) and decided to park dev-1 #1;
+    # before it writes, the redelivery delivers #0 and deletes the only blob that parked dev-1.
+    real_park = Parking.park
+    raced: list[bool] = []
+
+    def park_after_a_redelivery(self: Parking, *args: Any, **kwargs: Any) -> str:
+        if not raced:
+            raced.append(True)
+            timer.redeliver()
+            assert parked_blobs(container) == [] and sequence(wire, "hub", "dev-1") == [0]
+        return real_park(self, *args, **kwargs)
+
+    monkeypatch.setattr(Parking, "park", park_after_a_redelivery)
+    assert live.router.route(batch(("dev-1", 1))).parked == {"hub": 1}
+    # #1 is parked in a blob the redelivery did not read: dev-1 is still parked, so #2 waits behind it.
+    assert live.router.route(batch(("dev-1", 2))).parked == {"hub": 1}
+    assert sequence(wire, "hub", "dev-1") == [0]
+    timer.redeliver()
+    assert sequence(wire, "hub", "dev-1") == [0, 1, 2]
+    assert not live.router.route(batch(("dev-1", 3))).parked
+    assert sequence(wire, "hub", "dev-1") == [0, 1, 2, 3]
