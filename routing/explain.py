@@ -30,7 +30,10 @@ def explain(results: list[Result], table: RouteTable) -> list[dict[str, Any]]:
         not_sent: list[dict[str, Any]] = []
         other_types: list[dict[str, Any]] = []
         filtered_out: list[str] = []
+        fallbacks = [e for e in table.endpoints if e.fallback]
         for e in table.endpoints:
+            if e.fallback:
+                continue  # decided once the others are: it takes only what none of them took
             item: dict[str, Any] = {"name": e.name, "type": e.type.value}
             if e.filter is not None:
                 item["filter"] = e.filter.text
@@ -46,6 +49,17 @@ def explain(results: list[Result], table: RouteTable) -> list[dict[str, Any]]:
             else:
                 filtered_out.append(e.name)
                 not_sent.append({**item, "filterMatched": False, "why": f"takes {takes} but its filter did not match"})
+        for e in fallbacks:
+            item = {"name": e.name, "type": e.type.value, "fallback": True}
+            if event_type not in e.event_types:
+                types = ", ".join(t.value for t in e.event_types)
+                other_types.append({**item, "why": f"the fallback, but it does not take {takes} (takes {types})"})
+            elif not e.enabled:
+                not_sent.append({**item, "why": f"the fallback, for {takes} too, but disabled"})
+            elif sent:
+                not_sent.append({**item, "why": "the fallback: other endpoints took the event"})
+            else:
+                sent.append({**item, "why": f"the fallback: no other enabled endpoint took this {takes}"})
         decision: dict[str, Any] = {
             "index": result.index,
             "result": "routed" if sent else "unrouted",

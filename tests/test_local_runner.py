@@ -56,6 +56,7 @@ def test_make_run_command_routes_every_sample_line(tmp_path: Path) -> None:
     written = {p.stem: read(p) for p in out.glob("*.jsonl")}
     assert set(written) == {
         "telemetry-hub",
+        "unmatched-telemetry",  # the fallback: telemetry of devices telemetry-hub's filter does not take
         "twins-hub",
         "sensor-alerts",
         "topology-grid",

@@ -64,6 +64,7 @@ def test_the_fields_are_the_routes_file_fields_in_camel_case() -> None:
         "enrichments",
         "partitioning",
         "timeToLiveMinutes",
+        "fallback",
     )
     assert REQUIRED == ("name", "type", "eventTypes", "connection", "path")
     assert problems({"name": "x", "order_key": "$body.Id"})[0] == (

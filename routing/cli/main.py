@@ -64,8 +64,9 @@ def _root(
 PROGRESS_MIN_BYTES = 1 << 20
 
 
-def report_json(report: BatchReport) -> dict[str, Any]:
+def report_json(report: BatchReport, fallback: str | None = None) -> dict[str, Any]:
     return {
+        "fallback": fallback,
         "messages": report.messages,
         "events": {str(t): n for t, n in report.events.items()},
         "delivered": [
@@ -80,13 +81,14 @@ def report_json(report: BatchReport) -> dict[str, Any]:
     }
 
 
-def print_report(report: BatchReport, out: Path) -> None:
+def print_report(report: BatchReport, out: Path, fallback: str | None = None) -> None:
     delivered = Table(title=f"Delivered ({out})", title_justify="left")
     delivered.add_column("Endpoint")
     delivered.add_column("Event type")
     delivered.add_column("Messages", justify="right")
     for (endpoint, event_type), count in sorted(report.delivered.items()):
-        delivered.add_row(endpoint, str(event_type), str(count))
+        # What the fallback got is what no other endpoint took: shown as such, as IoT Hub names its route.
+        delivered.add_row(f"{endpoint} (fallback)" if endpoint == fallback else endpoint, str(event_type), str(count))
     if not report.delivered:
         delivered.add_row("(none)", "", "0")
     console.print(delivered)
@@ -163,9 +165,10 @@ def run(
     if metrics_to_console:
         observability.shutdown()
     if output is OutputFormat.json:
-        sys.stdout.write(orjson.dumps(report_json(report), option=orjson.OPT_INDENT_2).decode() + "\n")
+        fallback = table.fallback.name if table.fallback is not None else None
+        sys.stdout.write(orjson.dumps(report_json(report, fallback), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print_report(report, out)
+        print_report(report, out, table.fallback.name if table.fallback is not None else None)
     for text, count in warnings.others():
         times = f" ({count} times)" if count > 1 else ""
         errors.print(f"[bold yellow]warning:[/] {escape(text)}{times}", highlight=False, soft_wrap=True)

@@ -259,6 +259,7 @@ def _options(
     enrich: list[str] | None = None,
     partitioning: str | None = None,
     time_to_live: int | None = None,
+    fallback: bool | None = None,
 ) -> dict[str, Any]:
     """The fields the user gave, in the routes-file form (left out when not given)."""
     given: dict[str, Any] = {}
@@ -284,6 +285,8 @@ def _options(
         given["partitioning"] = partitioning
     if time_to_live is not None:
         given["timeToLiveMinutes"] = time_to_live
+    if fallback is not None:
+        given["fallback"] = fallback
     if enrich:
         enrichments: dict[str, str] = {}
         for item in enrich:
@@ -343,6 +346,14 @@ TimeToLiveOption = Annotated[
         metavar="MINUTES",
         help="How long a message waits, parked in order, for this endpoint to answer again before it is "
         "dead-lettered as expired (default 1440: a day, as Digital Twins; at most 10080).",
+    ),
+]
+FallbackOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--fallback/--no-fallback",
+        help="IoT Hub's fallback route: this endpoint receives, among its event types, every event no other "
+        "enabled endpoint took (at most one per table; no filter).",
     ),
 ]
 FilterOption = Annotated[
@@ -423,6 +434,7 @@ ENDPOINT_OPTIONS: dict[str, Any] = {
     "enrich": EnrichOption,
     "partitioning": PartitioningOption,
     "time_to_live": TimeToLiveOption,
+    "fallback": FallbackOption,
 }
 # Fields an empty value removes (with `update`; with `add`, an empty one is as if not given).
 REMOVABLE_FIELDS = ("secondaryConnection", "filter", "orderKey")

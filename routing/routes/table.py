@@ -70,6 +70,8 @@ class Endpoint:
     enrichments: tuple[tuple[str, ValueTemplate], ...] = ()
     partitioning: str = PARTITIONING[0]
     time_to_live_minutes: int = DEFAULT_TIME_TO_LIVE_MINUTES
+    # IoT Hub's fallback route: takes, among its event types, what no other enabled endpoint took.
+    fallback: bool = False
     # What sets this endpoint's message ids apart from other shapes of an event, once per load (None: the
     # default shape, which keeps the event's ids); see `routing.model.shape_seed`.
     id_seed: bytes | None = field(default=None, init=False, repr=False, compare=False)
@@ -115,6 +117,8 @@ class Endpoint:
             out["partitioning"] = self.partitioning
         if self.time_to_live_minutes != DEFAULT_TIME_TO_LIVE_MINUTES:
             out["timeToLiveMinutes"] = self.time_to_live_minutes
+        if self.fallback:
+            out["fallback"] = True
         return out
 
 
@@ -133,10 +137,19 @@ class RouteTable:
     _reads_event: Mapping[EventType, bool] = field(init=False, repr=False, compare=False)
     # Per type without filters: the targets of every event, decided once.
     _unfiltered: Mapping[EventType, tuple[Endpoint, ...]] = field(init=False, repr=False, compare=False)
+    # The enabled fallback endpoint (IoT Hub's fallback route), if any, and per type what it adds: itself
+    # for an event no other endpoint took, if it takes the type.
+    fallback: Endpoint | None = field(init=False, repr=False, compare=False)
+    _spare: Mapping[EventType, tuple[Endpoint, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        index = {t: tuple(e for e in self.endpoints if e.enabled and t in e.event_types) for t in EventType}
+        routed = [e for e in self.endpoints if e.enabled and not e.fallback]
+        index = {t: tuple(e for e in routed if t in e.event_types) for t in EventType}
         object.__setattr__(self, "_by_type", index)
+        fallback = next((e for e in self.endpoints if e.enabled and e.fallback), None)
+        object.__setattr__(self, "fallback", fallback)
+        spare = {t: (fallback,) if fallback is not None and t in fallback.event_types else () for t in EventType}
+        object.__setattr__(self, "_spare", spare)
         first: dict[tuple[str, ...], str] = {}
         same_as = {}
         for endpoint in self.endpoints:
@@ -147,11 +160,15 @@ class RouteTable:
         object.__setattr__(self, "same_as", same_as)
         filtered = {t: _Selector.of(index[t]) for t in EventType}
         object.__setattr__(self, "_filtered", filtered)
-        reads = {t: filtered[t] is not None or any(e.order_key or e.enrichments for e in index[t]) for t in EventType}
+        reads = {
+            t: filtered[t] is not None or any(e.order_key or e.enrichments for e in index[t] + spare[t])
+            for t in EventType
+        }
         object.__setattr__(self, "_reads_event", reads)
-        object.__setattr__(self, "_unfiltered", {t: self.once(index[t]) for t in EventType})
+        object.__setattr__(self, "_unfiltered", {t: self.once(index[t]) or spare[t] for t in EventType})
 
     def for_type(self, event_type: EventType) -> tuple[Endpoint, ...]:
+        """The enabled endpoints taking `event_type`, the fallback aside."""
         return self._by_type[event_type]
 
     def reads_event(self, event_type: EventType) -> bool:
@@ -159,11 +176,14 @@ class RouteTable:
 
     def targets(self, event: Event, body: EventBody | None = None) -> tuple[Endpoint, ...]:
         """Where `event` goes: the endpoints taking its type (an index look-up), then those whose filter
-        passes, each destination once."""
+        passes, each destination once; if none, the fallback endpoint, if it takes the type."""
         selector = self._filtered[event.event_type]
         if selector is None:
             return self._unfiltered[event.event_type]
-        return self.once(selector.select(event, EventBody(event) if body is None else body))
+        return (
+            self.once(selector.select(event, EventBody(event) if body is None else body))
+            or self._spare[event.event_type]
+        )
 
     def once(self, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
         """`endpoints` without those that repeat an earlier one's destination: an event goes there once."""
@@ -340,6 +360,7 @@ class RouteFields(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_f
     enrichments: dict[str, Any] | None = None
     partitioning: str = PARTITIONING[0]
     time_to_live_minutes: int = DEFAULT_TIME_TO_LIVE_MINUTES
+    fallback: bool = False
 
 
 _DECLARED = msgspec.structs.fields(RouteFields)
@@ -370,6 +391,7 @@ _WRONG_TYPE: dict[str, Callable[[Any], str]] = {
     "enrichments": lambda value: f"must be an object of property name -> value, got {type(value).__name__}",
     "partitioning": lambda value: f"must be 'router' or 'service', got {value!r}",
     "timeToLiveMinutes": lambda value: _TTL_PROBLEM + f", got {value!r}",
+    "fallback": lambda value: f"must be true or false, got {value!r}",
 }
 
 
@@ -547,6 +569,12 @@ def _time_to_live(value: int, found: _Rules) -> int | None:
     return value
 
 
+def _fallback(value: bool, found: _Rules) -> bool:
+    if value and found.values.get("filter") is not None:
+        found.problem("fallback", "a fallback endpoint takes what no other endpoint took: it cannot have a filter")
+    return value
+
+
 # The rules, in the order their problems are reported; a field without one needs only its type.
 _RULES: dict[str, Rule] = {
     "name": _name,
@@ -561,6 +589,7 @@ _RULES: dict[str, Rule] = {
     "enrichments": _enrichments,
     "partitioning": _partitioning,
     "timeToLiveMinutes": _time_to_live,
+    "fallback": _fallback,
 }
 
 
@@ -617,6 +646,7 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
         enrichments=values.get("enrichments", ()),
         partitioning=values.get("partitioning", PARTITIONING[0]),
         time_to_live_minutes=values.get("timeToLiveMinutes", DEFAULT_TIME_TO_LIVE_MINUTES),
+        fallback=values.get("fallback", False),
     )
 
 
@@ -641,6 +671,22 @@ def parse_routes(raw: Any, source: str = "route table") -> RouteTable:
             problems.extend(parsed)
         else:
             endpoints.append(parsed)
+    problems.extend(problem for _position, problem in fallback_problems(endpoints))
     if problems:
         raise RouteTableError(problems, source)
     return RouteTable(tuple(endpoints))
+
+
+def fallback_problems(endpoints: Sequence[Endpoint]) -> list[tuple[int, Problem]]:
+    """(position, problem) of every fallback endpoint after the first: a table has at most one."""
+    fallbacks = [(i, e) for i, e in enumerate(endpoints) if e.fallback]
+    return [
+        (
+            i,
+            Problem(
+                f"endpoint '{e.name}', field 'fallback'",
+                f"'{fallbacks[0][1].name}' is the fallback already: a table has at most one",
+            ),
+        )
+        for i, e in fallbacks[1:]
+    ]

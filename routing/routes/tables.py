@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from azure.data.tables import TableClient, TableEntity, UpdateMode
 from routing import observability as obs
 from routing.connections import Connection, resolve
 from routing.errors import Problem, RouteTableError, RoutingError
-from routing.routes.table import Endpoint, RouteTable, parse_endpoint
+from routing.routes.table import Endpoint, RouteTable, fallback_problems, parse_endpoint
 from routing.settings import DEFAULT_ROUTES_REFRESH_SECONDS, ROUTES_STORAGE
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,13 @@ def parse_rows(entities: Iterable[Mapping[str, Any]]) -> TableLoad:
             endpoints.append(parsed)
         else:
             invalid.append(InvalidRow(str(entity.get("RowKey", "")), tuple(parsed)))
-    return TableLoad(RouteTable(tuple(endpoints)), tuple(invalid))
+    # A rule across rows: a second fallback makes its row invalid (and so the table, as any invalid row).
+    extra = fallback_problems(endpoints)
+    for position, problem in extra:
+        invalid.append(InvalidRow(row_key(endpoints[position].name), (problem,)))
+    dropped = {position for position, _problem in extra}
+    kept = tuple(e for i, e in enumerate(endpoints) if i not in dropped)
+    return TableLoad(RouteTable(kept), tuple(invalid))
 
 
 def load(client: TableClient, *, budget: float | None = None, clock: Callable[[], float] = time.monotonic) -> TableLoad:
@@ -459,8 +465,27 @@ class RouteRows:
         with contextlib.suppress(ResourceExistsError):
             self.client.create_table()
 
+    def _check_fallback(self, endpoints: Sequence[Endpoint], *, replacing: bool = False) -> None:
+        """Refuse to write a second fallback endpoint: the table would not load (at most one per table)."""
+        fallback = next((e for e in endpoints if e.fallback), None)
+        if fallback is None or replacing:
+            return
+        written = {row_key(e.name) for e in endpoints}
+        for entity in self.entities():
+            if entity.get("Fallback") is True and str(entity.get("RowKey")) not in written:
+                raise RouteTableError(
+                    [
+                        Problem(
+                            f"endpoint '{fallback.name}', field 'fallback'",
+                            f"'{entity.get('Name') or entity.get('RowKey')}' is the fallback already: a table has "
+                            "at most one (update that one with --no-fallback first)",
+                        )
+                    ]
+                )
+
     def add(self, endpoint: Endpoint) -> None:
         self.ensure_table()
+        self._check_fallback([endpoint])
         try:
             self.client.create_entity(to_entity(endpoint))
         except ResourceExistsError:
@@ -486,6 +511,7 @@ class RouteRows:
             raise RouteTableError(
                 [Problem(f"endpoint '{name}', field 'name'", "cannot be changed: delete it and add the new name")]
             )
+        self._check_fallback([endpoint])
         self.replace(endpoint, row.etag)
         return endpoint
 
@@ -506,6 +532,7 @@ class RouteRows:
         import again completes it, since every operation is idempotent.
         """
         self.ensure_table()
+        self._check_fallback(table.endpoints, replacing=replace)
         existing = [str(e["RowKey"]) for e in self.entities()]
         wanted = {row_key(e.name) for e in table.endpoints}
         operations: list[Any] = [("upsert", to_entity(e), {"mode": UpdateMode.REPLACE}) for e in table.endpoints]
