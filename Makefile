@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: help run test lint typecheck unit infra-check bench clean python-version azurite
+.PHONY: help run demo test lint typecheck unit infra-check bench clean python-version azurite
 .DEFAULT_GOAL := help
 
 # `make` alone: what each target does (the `## ` comment after a target's name).
@@ -37,6 +37,17 @@ $(VENV)/.dev: requirements.txt requirements-cli.txt requirements-dev.txt constra
 
 run: $(VENV)/.cli ## route samples/events.jsonl with samples/routes.json into out/, no Azure at all
 	$(BIN)/routing run --events samples/events.jsonl --routes samples/routes.json --out out
+
+# An outage without Azure: sensor-alerts down for batches 2-4 (its keys parked in order, its circuit open,
+# the redelivery catching up), then down for the whole run (what is still parked stays in parked.jsonl),
+# then the dead letters of the samples' bad messages, summarised.
+demo: $(VENV)/.cli ## watch an endpoint outage locally: parking, the circuit breaker, redelivery, dead letters
+	$(BIN)/routing run --events samples/events.jsonl --routes samples/routes.json --out out-demo --batch-size 5 \
+	  --fail sensor-alerts:2-4
+	$(BIN)/routing run --events samples/events.jsonl --routes samples/routes.json --out out-demo-down --batch-size 5 \
+	  --fail sensor-alerts
+	@echo "still parked (out-demo-down/parked.jsonl): $$(wc -l < out-demo-down/parked.jsonl) messages of sensor-alerts"
+	$(BIN)/routing deadletters list --dir out-demo
 
 lint: $(VENV)/.dev ## ruff, ruff format and the layers contract (import-linter)
 	$(BIN)/ruff check .

@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from azure.core import MatchConditions
@@ -134,6 +134,78 @@ class ParkedBlob:
     records: list[dict[str, Any]]
 
 
+class ParkStore(Protocol):
+    """Where parked blobs are kept: Blob Storage when deployed, memory for a local run."""
+
+    where: str
+
+    def names(self, prefix: str = ...) -> dict[str, str]: ...
+
+    def listing(self, prefix: str = ...) -> dict[str, tuple[str, datetime]]: ...
+
+    def read(self, name: str) -> ParkedBlob | None: ...
+
+    def read_all(self, names: Iterable[str]) -> list[ParkedBlob]: ...
+
+    def snapshot(self, prefix: str = ...) -> list[ParkedBlob]: ...
+
+    def write(self, name: str, data: bytes, *, etag: str | None = None) -> str: ...
+
+    def delete(self, name: str, *, etag: str | None = None) -> None: ...
+
+
+class MemoryParking:
+    """Parked blobs in this process: the local runner's (`routing run --fail`), where the run is the
+    process. Same contract as `BlobParking`, ETags and creation times included."""
+
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        self.clock = clock
+        self.where = "memory"
+        self._blobs: dict[str, tuple[bytes, str, datetime]] = {}
+        self._versions = 0
+        self._lock = threading.Lock()
+
+    def names(self, prefix: str = f"{PARKED_FOLDER}/") -> dict[str, str]:
+        return {name: etag for name, (etag, _created) in self.listing(prefix).items()}
+
+    def listing(self, prefix: str = f"{PARKED_FOLDER}/") -> dict[str, tuple[str, datetime]]:
+        with self._lock:
+            return {n: (etag, created) for n, (_d, etag, created) in self._blobs.items() if n.startswith(prefix)}
+
+    def read(self, name: str) -> ParkedBlob | None:
+        with self._lock:
+            found = self._blobs.get(name)
+        if found is None:
+            return None
+        header, records = unpack(found[0])
+        return ParkedBlob(name=name, etag=found[1], header=header, records=records)
+
+    def read_all(self, names: Iterable[str]) -> list[ParkedBlob]:
+        return [blob for blob in map(self.read, names) if blob is not None]
+
+    def snapshot(self, prefix: str = f"{PARKED_FOLDER}/") -> list[ParkedBlob]:
+        return self.read_all(sorted(self.names(prefix)))
+
+    def write(self, name: str, data: bytes, *, etag: str | None = None) -> str:
+        with self._lock:
+            current = self._blobs.get(name)
+            if etag is not None and (current is None or current[1] != etag):
+                raise ResourceModifiedError("the parked blob changed meanwhile")
+            self._versions += 1
+            created = current[2] if current is not None else self.clock()
+            self._blobs[name] = (data, str(self._versions), created)
+            return str(self._versions)
+
+    def delete(self, name: str, *, etag: str | None = None) -> None:
+        with self._lock:
+            current = self._blobs.get(name)
+            if current is None:
+                return
+            if etag is not None and current[1] != etag:
+                raise ResourceModifiedError("the parked blob changed meanwhile")
+            del self._blobs[name]
+
+
 class BlobParking:
     """The parked blobs, in the dead-letter container (its client, with the dead-letter store's time budget)."""
 
@@ -231,7 +303,7 @@ class _View:
 class Parking:
     """The live pipeline's side: which keys are parked, per ingress partition, and parking more."""
 
-    def __init__(self, store: BlobParking, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, store: ParkStore, *, clock: Callable[[], datetime] | None = None) -> None:
         self.store = store
         self.clock = clock or (lambda: datetime.now(UTC))
         self._views: dict[tuple[str, str], _View] = {}

@@ -70,8 +70,11 @@ class BatchReport:
     dead_lettered: int = 0
     dead_letter_examples: dict[str, str] = field(default_factory=dict)
     unrouted: Counter[EventType] = field(default_factory=Counter)
-    # Messages parked behind an endpoint's outage, per endpoint (routing/parking.py).
+    # Messages parked behind an endpoint's outage, per endpoint (routing/parking.py); for a local run, what
+    # the redelivery delivered of them and what was still parked at the end.
     parked: Counter[str] = field(default_factory=Counter)
+    redelivered: Counter[str] = field(default_factory=Counter)
+    still_parked: Counter[str] = field(default_factory=Counter)
 
     def merge(self, other: BatchReport) -> None:
         self.messages += other.messages
@@ -83,6 +86,8 @@ class BatchReport:
             self.dead_letter_examples.setdefault(code, reason)
         self.unrouted.update(other.unrouted)
         self.parked.update(other.parked)
+        self.redelivered.update(other.redelivered)
+        self.still_parked.update(other.still_parked)
 
     def count_dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters[letter.code] += 1

@@ -39,7 +39,7 @@ from routing.deadletters import DeadLetterStore, ingress_of, parse_time
 from routing.deliver.senders import HELD_BEHIND, KeyGroup, SenderFor
 from routing.health import Breaker, HealthStore
 from routing.model import Attempt, DeadLetter, Event, EventType, Outgoing, message_id
-from routing.parking import BlobParking, ParkedBlob, endpoint_of, keys_of, pack, record_key, record_position
+from routing.parking import ParkedBlob, ParkStore, endpoint_of, keys_of, pack, record_key, record_position
 from routing.routes.table import DEFAULT_TIME_TO_LIVE_MINUTES, Endpoint, RouteTable
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class _Run:
 
 def redeliver(
     *,
-    store: BlobParking,
+    store: ParkStore,
     table: RouteTable,
     senders: SenderFor,
     dead_letters: DeadLetterStore,
@@ -307,7 +307,7 @@ def _endpoint_run(  # noqa: PLR0917 - one endpoint's share of `redeliver`, on a 
     return run
 
 
-def _settle(store: BlobParking, run: _Run, removed: set[tuple[str, str]], report: RedeliveryReport) -> list[ParkedBlob]:
+def _settle(store: ParkStore, run: _Run, removed: set[tuple[str, str]], report: RedeliveryReport) -> list[ParkedBlob]:
     """Rewrite each of the run's blobs with what is left, or delete it, if unchanged since it was read;
     what stays parked."""
     remaining: list[ParkedBlob] = []

@@ -258,3 +258,59 @@ def test_router_metrics_console_prints_the_runs_metrics_on_stderr(tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["messages"] == 36  # stdout stays the summary alone
     assert '"name": "router.events.in"' in done.stderr and '"name": "router.messages.delivered"' in done.stderr
+
+
+def per_key(records: list[dict[str, Any]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for record in records:
+        out.setdefault(record.get("sessionId") or record.get("partitionKey") or "", []).append(record["messageId"])
+    return out
+
+
+def sample_run(out: Path, *extra: str) -> Any:
+    args = ["--events", str(SAMPLES / "events.jsonl"), "--routes", str(SAMPLES / "routes.json"), "--out", str(out)]
+    return run(*args, "--batch-size", "5", *extra)
+
+
+def test_an_endpoint_made_to_fail_for_some_batches_gets_every_message_in_order_once_it_is_back(tmp_path: Path) -> None:
+    assert sample_run(tmp_path / "clean").exit_code == 0
+    result = sample_run(tmp_path / "outage", "--fail", "sensor-alerts:2-4", "-o", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    [parked] = summary["parked"]
+    assert parked["endpoint"] == "sensor-alerts" and parked["parked"] == parked["redelivered"] > 0
+    assert parked["stillParked"] == 0 and not (tmp_path / "outage" / "parked.jsonl").exists()
+    # Every session got exactly its messages, in the order of the clean run; the other endpoints the same.
+    for name in ("sensor-alerts", "twins-hub", "telemetry-hub"):
+        clean, outage = (read(tmp_path / run_ / f"{name}.jsonl") for run_ in ("clean", "outage"))
+        assert per_key(outage) == per_key(clean), name
+    letters = [
+        [(x["id"], x["code"]) for x in read(tmp_path / run_ / "deadletter.jsonl")] for run_ in ("clean", "outage")
+    ]
+    assert letters[0] == letters[1]  # the outage dead-lettered nothing
+
+
+def test_an_endpoint_down_for_the_whole_run_leaves_its_messages_parked_in_order(tmp_path: Path) -> None:
+    assert sample_run(tmp_path / "clean").exit_code == 0
+    result = sample_run(tmp_path / "outage", "--fail", "sensor-alerts")
+    assert result.exit_code == 0, result.output
+    assert "Parked while an endpoint was down" in result.stdout
+    assert not (tmp_path / "outage" / "sensor-alerts.jsonl").exists()
+    still = read(tmp_path / "outage" / "parked.jsonl")
+    clean = read(tmp_path / "clean" / "sensor-alerts.jsonl")
+    by_key: dict[str, list[str]] = {}
+    for record in still:
+        by_key.setdefault(record["orderKey"], []).append(record["id"])
+    assert by_key == per_key(clean) and all(r["parkedAt"] and r["endpoint"] == "sensor-alerts" for r in still)
+    # A run without the outage replaces the parked file: it belongs to the run that wrote it.
+    assert sample_run(tmp_path / "outage").exit_code == 0
+    assert not (tmp_path / "outage" / "parked.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("sensor-alerts:0", "counted from 1"), ("sensor-alerts:4-2", "comes before"), ("nobody", "no endpoint named")],
+)
+def test_a_bad_fail_option_is_refused_naming_what_to_fix(tmp_path: Path, spec: str, message: str) -> None:
+    result = sample_run(tmp_path / "out", "--fail", spec)
+    assert result.exit_code == 2 and message in result.output, result.output

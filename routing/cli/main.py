@@ -78,6 +78,15 @@ def report_json(report: BatchReport, fallback: str | None = None) -> dict[str, A
             for code, n in sorted(report.dead_letters.items())
         ],
         "unrouted": {str(t): n for t, n in report.unrouted.items()},
+        "parked": [
+            {
+                "endpoint": name,
+                "parked": report.parked[name],
+                "redelivered": report.redelivered[name],
+                "stillParked": report.still_parked[name],
+            }
+            for name in sorted(set(report.parked) | set(report.still_parked))
+        ],
     }
 
 
@@ -101,6 +110,16 @@ def print_report(report: BatchReport, out: Path, fallback: str | None = None) ->
         for code, count in sorted(report.dead_letters.items()):
             dead.add_row(code, str(count), report.dead_letter_examples.get(code, ""))
         console.print(dead)
+    if report.parked or report.still_parked:
+        parked = Table(title="Parked while an endpoint was down (redelivered in order)", title_justify="left")
+        parked.add_column("Endpoint")
+        parked.add_column("Parked", justify="right")
+        parked.add_column("Redelivered", justify="right")
+        parked.add_column(f"Still parked ({runner.PARKED_FILE})", justify="right")
+        for name in sorted(set(report.parked) | set(report.still_parked)):
+            counts = (report.parked[name], report.redelivered[name], report.still_parked[name])
+            parked.add_row(name, *map(str, counts))
+        console.print(parked)
     if report.unrouted:
         unrouted = Table(title="Unrouted (no endpoint wants the type)", title_justify="left")
         unrouted.add_column("Event type")
@@ -112,13 +131,16 @@ def print_report(report: BatchReport, out: Path, fallback: str | None = None) ->
     total_dead = sum(report.dead_letters.values())
     console.print(
         f"{report.messages} messages in, {sum(report.events.values())} events, "
-        f"{total_delivered} messages delivered, {total_dead} dead letters, "
+        f"{total_delivered} messages delivered"
+        + (f" (and {redelivered} redelivered after parking)" if (redelivered := report.redelivered.total()) else "")
+        + f", {total_dead} dead letters, "
         f"{sum(report.unrouted.values())} unrouted"
     )
 
 
 @app.command()
 def run(
+    *,
     events: Annotated[Path, typer.Option(help="Ingress messages, one JSON object per line.")],
     routes: Annotated[Path, typer.Option(help="Routes file: a JSON list of endpoints.")],
     out: Annotated[Path, typer.Option(help="Output folder: <endpoint>.jsonl and deadletter.jsonl.")],
@@ -128,14 +150,28 @@ def run(
     output: Annotated[
         OutputFormat, typer.Option("--output", "-o", help="Summary as a table or as JSON.")
     ] = OutputFormat.table,
+    fail_endpoint: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail",
+            metavar="NAME[:FROM[-TO]]",
+            help="Take an endpoint down for batches FROM to TO (counted from 1; without them, the whole run): "
+            "watch its keys parked in order, its circuit open and the redelivery catch up. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Route a file of ingress messages through the same pipeline the functions use, into files."""
+    try:
+        outages = [runner.Outage.parse(text) for text in fail_endpoint or []]
+    except RoutingError as exc:
+        raise fail(str(exc)) from None
     if not events.is_file():
         raise fail(f"--events {events}: no such file")
     if out.exists() and not out.is_dir():
         raise fail(f"--out {out}: exists and is not a folder")
     try:
         table = load_routes_file(routes)
+        runner.check_outages(outages, table)
     except RoutingError as exc:
         raise fail(str(exc)) from None
 
@@ -161,6 +197,7 @@ def run(
                 out=out,
                 batch_size=batch_size,
                 progress=lambda n: progress.advance(task, n),
+                outages=outages,
             )
     if metrics_to_console:
         observability.shutdown()
@@ -172,7 +209,7 @@ def run(
     for text, count in warnings.others():
         times = f" ({count} times)" if count > 1 else ""
         errors.print(f"[bold yellow]warning:[/] {escape(text)}{times}", highlight=False, soft_wrap=True)
-    written = {f"{e.name}.jsonl" for e in table.endpoints} | {DEAD_LETTER_FILE}
+    written = {f"{e.name}.jsonl" for e in table.endpoints} | {DEAD_LETTER_FILE, runner.PARKED_FILE}
     stale = sorted(p.name for p in out.glob("*.jsonl") if p.name not in written)
     if stale:
         errors.print(
