@@ -591,3 +591,22 @@ def test_show_prints_enrichments_as_json(routes: Routes) -> None:
     assert shown.exit_code == 0, shown.output
     assert '{"site":"plant-7"}' in shown.output.replace(" ", "").replace("\n", "")
     assert "$body.DeviceId" in shown.output
+
+
+def test_update_repairs_a_row_with_a_property_the_router_does_not_know(routes: Routes) -> None:
+    add_alerts(routes)
+    routes.someone_else_sets("Sensor-Alerts", Enabeld=False)  # misspelt in Storage Explorer: the row is invalid
+    refused = routes("update", "Sensor-Alerts", "--path", "q2")
+    assert refused.exit_code == 2
+    assert "unknown field (did you mean 'enabled'?)" in refused.output
+    assert "routing routes update Sensor-Alerts --remove-property enabeld" in refused.output
+    repaired = routes.json("update", "Sensor-Alerts", "--remove-property", "Enabeld", "--disabled")
+    assert repaired["enabled"] is False
+    [row] = routes.rows()
+    assert "Enabeld" not in row and row["Enabled"] is False
+    assert routes("validate").exit_code == 0
+    # Only properties the router does not know, and only ones the row has.
+    known = routes("update", "Sensor-Alerts", "--remove-property", "Path")
+    assert known.exit_code == 2 and "a field the router knows" in known.output
+    absent = routes("update", "Sensor-Alerts", "--remove-property", "Nope")
+    assert absent.exit_code == 2 and "has no property nope to remove" in absent.output

@@ -28,12 +28,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from routing.connections import Connection, resolve
-from routing.errors import RoutingError
+from routing.errors import Problem, RouteTableError, RoutingError
 from routing.explain import explain
 from routing.ingest.classify import classify
 from routing.ingest.ingress import parse_line
 from routing.routes.files import load_routes_file
-from routing.routes.table import Endpoint, RouteTable
+from routing.routes.table import FIELDS, Endpoint, RouteTable
 from routing.routes.tables import (
     RouteRows,
     Row,
@@ -494,16 +494,40 @@ def update(
     name: NameArgument,
     *,
     given: dict[str, Any],
+    remove_property: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--remove-property",
+            metavar="PROPERTY",
+            help="Remove a property the router does not know from the row (written around the CLI); repeatable.",
+        ),
+    ] = None,
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
-    """Change the given fields of an endpoint (validated; refused if someone changed it meanwhile)."""
-    if not given:
-        flags = ", ".join(_flag(annotation) for annotation in ENDPOINT_OPTIONS.values())
+    """Change the given fields of an endpoint (validated; refused if someone changed it meanwhile).
+
+    A row written around the CLI with a property the router does not know (a misspelt `Enabeld` in
+    Storage Explorer) is repaired with --remove-property NAME, together with the field it meant."""
+    removed = {name.strip().lower() for name in remove_property or [] if name.strip()}
+    if not given and not removed:
+        flags = ", ".join([*(_flag(annotation) for annotation in ENDPOINT_OPTIONS.values()), "--remove-property"])
         raise fail(f"nothing to change: pass one or more of {flags}")
+    known = {field.lower() for field in FIELDS}
+    if refused := sorted(removed & known):
+        raise fail(
+            f"--remove-property {', '.join(refused)}: a field the router knows; change it with its option "
+            "(or '' to remove an optional one) instead"
+        )
 
     def change(raw: dict[str, Any]) -> dict[str, Any]:
+        missing = removed - {key.lower() for key in raw}
+        if missing:
+            raise RouteTableError(
+                [Problem(f"endpoint '{name}'", f"has no property {', '.join(sorted(missing))} to remove")]
+            )
+        raw = {key: value for key, value in raw.items() if key.lower() not in removed}
         changed = {**raw, **given}
         for optional in REMOVABLE_FIELDS:
             if changed.get(optional) == "":
@@ -519,7 +543,15 @@ def update(
 
     rows = open_rows(connection_string, table)
     with reported(rows):
-        endpoint = rows.edit(name, change)
+        try:
+            endpoint = rows.edit(name, change)
+        except RouteTableError as exc:
+            unknown = [p for p in exc.problems if "unknown field" in p.message]
+            if not unknown:
+                raise
+            # The row holds a property no field has: say how to repair it with this very command.
+            names = " ".join(f"--remove-property {p.where.rsplit(chr(39), 2)[-2]}" for p in unknown)
+            raise fail(f"{exc}\nrepair the row: routing routes update {name} {names} (and set what it meant)") from None
     _print_endpoint(endpoint, output, f"Updated endpoint '{endpoint.name}'")
 
 
