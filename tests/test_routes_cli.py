@@ -610,3 +610,16 @@ def test_update_repairs_a_row_with_a_property_the_router_does_not_know(routes: R
     assert known.exit_code == 2 and "a field the router knows" in known.output
     absent = routes("update", "Sensor-Alerts", "--remove-property", "Nope")
     assert absent.exit_code == 2 and "has no property nope to remove" in absent.output
+
+
+def test_add_warns_when_a_connection_setting_is_defined_nowhere_here(
+    routes: Routes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("BUS", raising=False)
+    result = routes("add", "a", *ALERTS)
+    assert result.exit_code == 0
+    assert "app setting BUS is not defined in this shell or in local.settings.json" in result.stderr
+    assert "BUS__fullyQualifiedNamespace" in result.stderr
+    # Defined in local.settings.json (as Core Tools reads it), or as identity settings: no warning.
+    (tmp_path / "local.settings.json").write_text(json.dumps({"Values": {"BUS__fullyQualifiedNamespace": "x"}}))
+    assert "not defined" not in routes("add", "b", *ALERTS).stderr

@@ -32,6 +32,7 @@ from routing.errors import Problem, RouteTableError, RoutingError
 from routing.explain import explain
 from routing.ingest.classify import classify
 from routing.ingest.ingress import parse_line
+from routing.model import EndpointType
 from routing.routes.files import load_routes_file
 from routing.routes.table import FIELDS, Endpoint, RouteTable
 from routing.routes.tables import (
@@ -189,6 +190,21 @@ def reported(rows: RouteRows) -> Iterator[None]:
         ) from None
     except AzureError as exc:
         raise fail(f"{describe(rows.client)}: {short_reason(exc)}") from None
+
+
+def _warn_undefined(endpoint: Endpoint) -> None:
+    """Say so when a connection the endpoint names is set neither here nor in local.settings.json: the
+    function app must have it, or every message to the endpoint is dead-lettered naming it."""
+    local = _local_settings()
+    names = [endpoint.connection, *([endpoint.secondary_connection] if endpoint.secondary_connection else [])]
+    identity = "topicEndpointUri" if endpoint.type is EndpointType.EVENT_GRID else "fullyQualifiedNamespace"
+    for setting in names:
+        if not (connection_is_set(setting, os.environ) or connection_is_set(setting, local)):
+            warn(
+                f"endpoint '{endpoint.name}': app setting {setting} is not defined in this shell or in "
+                f"{LOCAL_SETTINGS}; the function app needs it (a connection string, or {setting}__{identity} for its "
+                "identity), else its messages are dead-lettered naming it"
+            )
 
 
 def _warn_invalid(loaded: TableLoad) -> None:
@@ -486,6 +502,7 @@ def add(
     with reported(rows):
         rows.add(endpoint)
     _print_endpoint(endpoint, output, f"Added endpoint '{endpoint.name}'")
+    _warn_undefined(endpoint)
 
 
 @routes_app.command()
@@ -553,6 +570,7 @@ def update(
             names = " ".join(f"--remove-property {p.where.rsplit(chr(39), 2)[-2]}" for p in unknown)
             raise fail(f"{exc}\nrepair the row: routing routes update {name} {names} (and set what it meant)") from None
     _print_endpoint(endpoint, output, f"Updated endpoint '{endpoint.name}'")
+    _warn_undefined(endpoint)
 
 
 def _set_enabled(name: str, enabled: bool, connection_string: str | None, table: str | None) -> Endpoint:
