@@ -849,7 +849,11 @@ def _print_reasons(title: str, reasons: Mapping[str, str]) -> None:
         console.print(Padding(Text(printable(why)), (0, 0, 0, 4)), highlight=False)
 
 
-@deadletters_app.command("replay")
+@deadletters_app.command(
+    "replay",
+    epilog="Examples: routing deadletters replay --dry-run  |  routing deadletters replay --endpoint raw "
+    "--routes routes.json  |  routing deadletters replay --dir out",
+)
 def replay_letters(
     *,
     endpoint: EndpointOption = None,

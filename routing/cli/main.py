@@ -34,7 +34,8 @@ from routing.routes.files import load_routes_file
 app = typer.Typer(
     help="Route Digital Twins events and device telemetry to Event Hubs, Service Bus and Event Grid.",
     no_args_is_help=True,
-    add_completion=False,
+    # `routing --install-completion` (bash, zsh, fish, PowerShell), as `az` offers.
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 app.add_typer(routes_app, name="routes")
@@ -138,7 +139,10 @@ def print_report(report: BatchReport, out: Path, fallback: str | None = None) ->
     )
 
 
-@app.command()
+@app.command(
+    epilog="Examples: routing run --events samples/events.jsonl --routes samples/routes.json --out out  |  "
+    "... --fail sensor-alerts:2-4 --batch-size 5 (an outage: parking and redelivery)  |  ... -o json"
+)
 def run(
     *,
     events: Annotated[Path, typer.Option(help="Ingress messages, one JSON object per line.")],

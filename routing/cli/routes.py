@@ -482,7 +482,12 @@ def endpoint_fields(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
-@routes_app.command()
+@routes_app.command(
+    epilog=(
+        "Example: routing routes add raw --type EventHub --event-types DeviceMessages "
+        "--connection RAW_HUB --path raw --order-key '$body.DeviceId'"
+    )
+)
 @endpoint_fields
 def add(
     name: NameArgument,
@@ -505,7 +510,13 @@ def add(
     _warn_undefined(endpoint)
 
 
-@routes_app.command()
+@routes_app.command(
+    epilog=(
+        'Examples: routing routes update raw --filter "$body.Temperature > 25"  |  '
+        "routing routes update raw --time-to-live 60  |  routing routes update raw "
+        "--remove-property Enabeld --disabled"
+    )
+)
 @endpoint_fields
 def update(
     name: NameArgument,
@@ -799,7 +810,14 @@ def _test_line(
     return orjson.dumps(line), "--body"
 
 
-@routes_app.command("test")
+@routes_app.command(
+    "test",
+    epilog=(
+        'Examples: routing routes test --body \'{"Id": "s-1"}\' --properties \'{"Type": '
+        '"SensorChange"}\' --routes routes.json  |  routing routes test --event line.json '
+        "-o json"
+    ),
+)
 def test_route(
     *,
     event: Annotated[
