@@ -288,10 +288,10 @@ def status_table(items: Sequence[EndpointStatus], at: datetime) -> Table:
         box=box.SIMPLE_HEAD,
         show_edge=False,
         padding=(0, 1, 0, 0),
-        caption="Since, last success, oldest parked: how long ago; -o json gives UTC times",
+        caption="Since, last success, oldest parked: how long ago. TTL: time to live.",
         caption_justify="left",
     )
-    table.add_column("Endpoint", overflow="fold", min_width=8)
+    table.add_column("Endpoint", overflow="fold", min_width=13)
     table.add_column("State", no_wrap=True)
     table.add_column("Since", no_wrap=True)
     table.add_column("Last\nsuccess", no_wrap=True)
@@ -299,7 +299,8 @@ def status_table(items: Sequence[EndpointStatus], at: datetime) -> Table:
     table.add_column("Parked\nkeys", justify="right", no_wrap=True)
     table.add_column("Parked\nmessages", justify="right", no_wrap=True)
     table.add_column("Oldest\nparked", no_wrap=True)
-    table.add_column("Time to\nlive", no_wrap=True)
+    # "TTL", as Service Bus names it: "Time to live" would take the width long endpoint names need.
+    table.add_column("TTL", no_wrap=True)
     for item in items:
         health, parked = item.health, item.parked
         ttl = item.time_to_live_minutes
