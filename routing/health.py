@@ -262,6 +262,7 @@ class Breaker:
                 and (current.since is None or shared.last_success > current.since)
             ):
                 self._local[endpoint] = replace(shared, updated=now)
+                obs.ENDPOINT_STATE.set(STATE_VALUES[shared.state], {"endpoint": endpoint})
                 log.info("endpoint '%s' answers again (%s): its circuit closes", endpoint, shared.state.value)
                 return False
             return current.state.is_open

@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 from azure.core import MatchConditions
@@ -104,6 +104,13 @@ def unpack(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return content, records
 
 
+def _count(metadata: Mapping[str, str] | None) -> int | None:
+    try:
+        return int((metadata or {})[MESSAGES_METADATA])
+    except (KeyError, ValueError):
+        return None
+
+
 def endpoint_of(name: str) -> str:
     """The endpoint a parked blob is for, from its name (`_parked/<hub>/<partition>/<endpoint>/<batch>.json`)."""
     return name.split("/")[3]
@@ -124,6 +131,19 @@ def record_position(record: Mapping[str, Any]) -> tuple[int, int]:
     return (int(original.get("sequenceNumber") or 0), int(record.get("index") or 0))
 
 
+class Listed(NamedTuple):
+    """A parked blob as a listing shows it: its ETag, when it was created (a rewrite keeps the time: no
+    record in it was parked before), and how many messages it holds (its metadata; None if unknown)."""
+
+    etag: str
+    created: datetime
+    messages: int | None
+
+
+# The metadata of a parked blob that says how many messages it holds (read from listings: counts for free).
+MESSAGES_METADATA = "messages"
+
+
 @dataclass(slots=True)
 class ParkedBlob:
     """One parked blob as read: its name, the ETag it was read at, and its records in order."""
@@ -141,7 +161,7 @@ class ParkStore(Protocol):
 
     def names(self, prefix: str = ...) -> dict[str, str]: ...
 
-    def listing(self, prefix: str = ...) -> dict[str, tuple[str, datetime]]: ...
+    def listing(self, prefix: str = ...) -> dict[str, Listed]: ...
 
     def read(self, name: str) -> ParkedBlob | None: ...
 
@@ -149,7 +169,7 @@ class ParkStore(Protocol):
 
     def snapshot(self, prefix: str = ...) -> list[ParkedBlob]: ...
 
-    def write(self, name: str, data: bytes, *, etag: str | None = None) -> str: ...
+    def write(self, name: str, data: bytes, *, etag: str | None = None, messages: int | None = None) -> str: ...
 
     def delete(self, name: str, *, etag: str | None = None) -> None: ...
 
@@ -161,16 +181,20 @@ class MemoryParking:
     def __init__(self, clock: Callable[[], datetime]) -> None:
         self.clock = clock
         self.where = "memory"
-        self._blobs: dict[str, tuple[bytes, str, datetime]] = {}
+        self._blobs: dict[str, tuple[bytes, str, datetime, int | None]] = {}
         self._versions = 0
         self._lock = threading.Lock()
 
     def names(self, prefix: str = f"{PARKED_FOLDER}/") -> dict[str, str]:
-        return {name: etag for name, (etag, _created) in self.listing(prefix).items()}
+        return {name: listed.etag for name, listed in self.listing(prefix).items()}
 
-    def listing(self, prefix: str = f"{PARKED_FOLDER}/") -> dict[str, tuple[str, datetime]]:
+    def listing(self, prefix: str = f"{PARKED_FOLDER}/") -> dict[str, Listed]:
         with self._lock:
-            return {n: (etag, created) for n, (_d, etag, created) in self._blobs.items() if n.startswith(prefix)}
+            return {
+                n: Listed(etag, created, count)
+                for n, (_d, etag, created, count) in self._blobs.items()
+                if n.startswith(prefix)
+            }
 
     def read(self, name: str) -> ParkedBlob | None:
         with self._lock:
@@ -186,14 +210,14 @@ class MemoryParking:
     def snapshot(self, prefix: str = f"{PARKED_FOLDER}/") -> list[ParkedBlob]:
         return self.read_all(sorted(self.names(prefix)))
 
-    def write(self, name: str, data: bytes, *, etag: str | None = None) -> str:
+    def write(self, name: str, data: bytes, *, etag: str | None = None, messages: int | None = None) -> str:
         with self._lock:
             current = self._blobs.get(name)
             if etag is not None and (current is None or current[1] != etag):
                 raise ResourceModifiedError("the parked blob changed meanwhile")
             self._versions += 1
             created = current[2] if current is not None else self.clock()
-            self._blobs[name] = (data, str(self._versions), created)
+            self._blobs[name] = (data, str(self._versions), created, messages)
             return str(self._versions)
 
     def delete(self, name: str, *, etag: str | None = None) -> None:
@@ -215,16 +239,15 @@ class BlobParking:
 
     def names(self, prefix: str = f"{PARKED_FOLDER}/") -> dict[str, str]:
         """Blob name -> ETag of the parked blobs under `prefix`."""
-        return {name: etag for name, (etag, _created) in self.listing(prefix).items()}
+        return {name: listed.etag for name, listed in self.listing(prefix).items()}
 
-    def listing(self, prefix: str = f"{PARKED_FOLDER}/") -> dict[str, tuple[str, datetime]]:
-        """Blob name -> (ETag, when it was created) of the parked blobs under `prefix`: one request per
-        5,000. A blob is created when its first messages are parked (a rewrite keeps the time), so no record
-        in it was parked before then."""
+    def listing(self, prefix: str = f"{PARKED_FOLDER}/") -> dict[str, Listed]:
+        """The parked blobs under `prefix` as the listing shows them (one request per 5,000, metadata
+        included)."""
         try:
             return {
-                b.name: (str(b.etag), b.creation_time or b.last_modified)
-                for b in self.container.list_blobs(name_starts_with=prefix)
+                b.name: Listed(str(b.etag), b.creation_time or b.last_modified, _count(b.metadata))
+                for b in self.container.list_blobs(name_starts_with=prefix, include=["metadata"])
             }
         except ResourceNotFoundError:
             return {}
@@ -238,12 +261,14 @@ class BlobParking:
         header, records = unpack(data)
         return ParkedBlob(name=name, etag=str(download.properties.etag), header=header, records=records)
 
-    def write(self, name: str, data: bytes, *, etag: str | None = None) -> str:
-        """Put the blob (only if it is still at `etag`, when given); its new ETag. Raises
-        `ResourceModifiedError` when it changed meanwhile."""
+    def write(self, name: str, data: bytes, *, etag: str | None = None, messages: int | None = None) -> str:
+        """Put the blob (only if it is still at `etag`, when given), saying in its metadata how many
+        `messages` it holds; its new ETag. Raises `ResourceModifiedError` when it changed meanwhile."""
         options: dict[str, Any] = {}
         if etag is not None:
             options = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+        if messages is not None:
+            options["metadata"] = {MESSAGES_METADATA: str(messages)}
 
         def upload() -> str:
             result = self.container.get_blob_client(name).upload_blob(
@@ -360,7 +385,7 @@ class Parking:
         records = [blob_record(letter, when) | {"parkedAt": rfc3339(when)} for letter in letters]
         data = pack(records, hub=hub, partition=partition_of(partition), endpoint=endpoint)
         try:
-            etag = self.store.write(name, data)
+            etag = self.store.write(name, data, messages=len(records))
         except AzureError as exc:
             raise self._failed(f"could not park {len(letters)} message(s) for '{endpoint}'", exc) from exc
         keys = frozenset(record_key(r) for r in records)

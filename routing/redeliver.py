@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -165,6 +165,7 @@ def redeliver(
     report = RedeliveryReport()
     listing = store.listing()
     if not listing:
+        _nothing_parked(e.name for e in table.endpoints)
         return report
     shared = health.read_all() if health is not None else {}
     by_endpoint: dict[str, list[str]] = {}
@@ -176,7 +177,7 @@ def redeliver(
         report.parked_blobs[name] = len(names)
         endpoint = table.get(name)
         ttl = _ttl(endpoint)
-        expiring = any(listing[blob][1] + ttl <= now for blob in names)
+        expiring = any(listing[blob].created + ttl <= now for blob in names)
         if endpoint is None:
             waiting = "no longer in the route table: its messages wait until their time to live"
         elif not endpoint.enabled:
@@ -217,9 +218,24 @@ def redeliver(
         report.parked_keys[run.name] += len(counts)
         obs.PARKED_MESSAGES.set(report.parked_messages[run.name], {"endpoint": run.name})
         obs.PARKED_KEYS.set(report.parked_keys[run.name], {"endpoint": run.name})
+    # Gauges keep their last value until set again: every run sets every endpoint's. Of one it did not
+    # read, the messages come from the listing (each blob's count), and its keys are left as they were.
+    read = {run.name for run in runs}
+    for name, names in by_endpoint.items():
+        listed = [listing[blob].messages for blob in names]
+        if name not in read and all(count is not None for count in listed):
+            report.parked_messages[name] = sum(count or 0 for count in listed)
+            obs.PARKED_MESSAGES.set(report.parked_messages[name], {"endpoint": name})
+    _nothing_parked(e.name for e in table.endpoints if e.name not in by_endpoint)
     if unkept is not None:
         raise unkept
     return report
+
+
+def _nothing_parked(names: Iterable[str]) -> None:
+    for name in names:
+        obs.PARKED_MESSAGES.set(0, {"endpoint": name})
+        obs.PARKED_KEYS.set(0, {"endpoint": name})
 
 
 def _ttl(endpoint: Endpoint | None) -> timedelta:
@@ -322,7 +338,7 @@ def _settle(store: ParkStore, run: _Run, removed: set[tuple[str, str]], report: 
             if not left:
                 store.delete(blob.name, etag=blob.etag)
             elif changed:
-                store.write(blob.name, pack(left, **blob.header), etag=blob.etag)
+                store.write(blob.name, pack(left, **blob.header), etag=blob.etag, messages=len(left))
                 remaining.append(ParkedBlob(name=blob.name, etag="", header=blob.header, records=left))
             else:
                 remaining.append(blob)

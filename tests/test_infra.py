@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from opentelemetry.metrics import Instrument
 from pycep import BicepParser
 
+from routing import observability
+from routing.health import STATE_VALUES as HEALTH_STATE_VALUES
 from routing.model import EndpointType
 from routing.routes.table import parse_routes
 from routing.settings import SETTINGS_LIST
@@ -50,19 +53,12 @@ CONNECTION_TARGETS = {
     "EGRESS_GRID": ("topicEndpointUri", "eventGridTopicEndpoint"),
 }
 
-# The router's OpenTelemetry metrics, as they land in Application Insights' customMetrics.
-METRICS = (
-    "router.events.in",
-    "router.messages.delivered",
-    "router.delivery.retries",
-    "router.delivery.failovers",
-    "router.deadletters",
-    "router.unrouted",
-    "router.routes.refreshes",
-    "router.routes.invalid_rows",
-    "router.delivery.latency",
-    "router.lag",
-)
+# The router's OpenTelemetry metrics, as they land in Application Insights' customMetrics (by name): read
+# from routing/observability.py, so a new instrument the workbook does not chart fails a test.
+INSTRUMENT = re.compile(r'meter\.create_(?:counter|up_down_counter|histogram|gauge)\(\s*"([a-z_.]+)"')
+METRICS = tuple(INSTRUMENT.findall((ROOT / "routing" / "observability.py").read_text(encoding="utf-8")))
+# What each health state is exported as (router.endpoint.state), from routing/health.py.
+STATE_VALUES = {state.value: number for state, number in HEALTH_STATE_VALUES.items()}
 
 
 @cache
@@ -508,6 +504,13 @@ def workbook_queries() -> list[str]:
     return [q["query"] for q in queries]
 
 
+def test_the_metrics_are_the_instruments_routing_observability_defines() -> None:
+    # The pattern above finds every instrument: as many names as the module has instruments.
+    instruments = [v for v in vars(observability).values() if isinstance(v, Instrument)]
+    assert len(METRICS) == len(set(METRICS)) == len(instruments)
+    assert {"router.endpoint.state", "router.parked.messages", "router.expired"} <= set(METRICS)
+
+
 def test_workbook_charts_every_router_metric() -> None:
     text = "\n".join(workbook_queries())
     uncharted = [m for m in METRICS if f'"{m}"' not in text]
@@ -523,7 +526,48 @@ def test_workbook_charts_every_router_metric() -> None:
     assert main_value("workbook", "applicationInsightsId") == "monitoring.outputs.applicationInsightsId"
 
 
-def test_alerts_fire_on_any_dead_letter_and_on_lag_above_the_threshold() -> None:
+def workbook_tiles() -> dict[str, dict[str, Any]]:
+    workbook = json.loads((INFRA / "app" / "workbook.json").read_text(encoding="utf-8"))
+    return {item["name"]: item["content"] for item in workbook["items"] if item["type"] == 3}
+
+
+def charted(query: str) -> set[str]:
+    """The metric names a query reads."""
+    names = set(re.findall(r'name == "([a-z_.]+)"', query))
+    for listed in re.findall(r"name in \(([^)]*)\)", query):
+        names |= set(re.findall(r'"([a-z_.]+)"', listed))
+    return names
+
+
+def test_workbook_shows_each_endpoints_state_and_what_is_parked_for_it() -> None:
+    tiles = workbook_tiles()
+    every_name = set().union(*(charted(t["query"]) for t in tiles.values()))
+    assert every_name <= set(METRICS), f"the workbook charts metrics the router has not: {every_name - set(METRICS)}"
+    per_endpoint = {
+        "endpoint-health-now": {"router.endpoint.state"},
+        "endpoint-state": {"router.endpoint.state"},
+        "parked-messages": {"router.parked.messages"},
+        "parked-keys": {"router.parked.keys"},
+        "parked-redelivered-expired": {"router.parked", "router.redelivered", "router.expired"},
+    }
+    for name, metrics in per_endpoint.items():
+        query = tiles[name]["query"]
+        assert charted(query) == metrics, name
+        assert 'customDimensions["endpoint"]' in query, f"{name} is not split by endpoint"
+    # Gauges: the worst an instance reported (summing them would add instances up); counters: the sum.
+    for name in ("endpoint-state", "parked-messages", "parked-keys"):
+        assert "max(valueMax) by endpoint, bin(timestamp, {TimeRange:grain})" in tiles[name]["query"], name
+    assert "sum(valueSum)" in tiles["parked-redelivered-expired"]["query"]
+    # The health table names the states as the CLI does, from the numbers routing/health.py exports.
+    now = tiles["endpoint-health-now"]["query"]
+    for state, number in STATE_VALUES.items():
+        if number:
+            assert f'value >= {number}, "{state}"' in now, state
+    assert '"healthy")' in now and tiles["endpoint-health-now"]["visualization"] == "table"
+
+
+def alert_rules() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Each alert rule by the metric its query reads: (its properties, its one criterion)."""
     rules = resources("app/alerts.bicep", "Microsoft.Insights/scheduledQueryRules")
     by_metric = {}
     for body in rules.values():
@@ -532,7 +576,16 @@ def test_alerts_fire_on_any_dead_letter_and_on_lag_above_the_threshold() -> None
         by_metric[metric] = (body["properties"], criterion)
         assert body["properties"]["scopes"] == ["applicationInsightsId"]
         assert body["properties"]["actions"] == {"actionGroups": "actionGroups"}
-    assert set(by_metric) == {"router.deadletters", "router.lag"}
+        assert body["properties"]["enabled"] is True and body["properties"]["autoMitigate"] is True
+        assert metric in body["properties"]["description"], "the description names the metric it watches"
+    assert len(by_metric) == len(rules), "two rules watch the same metric"
+    assert set(by_metric) <= set(METRICS), f"alerts on metrics the router has not: {set(by_metric) - set(METRICS)}"
+    return by_metric
+
+
+def test_alerts_fire_on_any_dead_letter_and_on_lag_above_the_threshold() -> None:
+    by_metric = alert_rules()
+    assert set(by_metric) == {"router.deadletters", "router.lag", "router.endpoint.state", "router.expired"}
 
     properties, dead = by_metric["router.deadletters"]
     assert (dead["operator"], dead["threshold"], properties["windowSize"]) == ("GreaterThan", 0, "PT15M")
@@ -546,3 +599,31 @@ def test_alerts_fire_on_any_dead_letter_and_on_lag_above_the_threshold() -> None
     # Email only when an address is given; the alert rules exist either way.
     assert condition("app/alerts.bicep", "actionGroup") == "emailAlerts"
     assert bicep("main.bicep")["parameters"]["alertEmail"]["default"] == ""
+
+
+EVERY_ENDPOINT = [{"name": "endpoint", "operator": "Include", "values": ["*"]}]
+
+
+def test_an_endpoint_unhealthy_or_dead_for_15_minutes_alerts_once_per_endpoint() -> None:
+    properties, rule = alert_rules()["router.endpoint.state"]
+    # Even the best minute of the 15 (each minute the worst instance) was unhealthy or dead.
+    assert properties["windowSize"] == "PT15M"
+    assert "summarize worst = max(valueMax) by endpoint, minute = bin(timestamp, 1m)" in rule["query"]
+    assert rule["query"].endswith("| summarize state = min(worst) by endpoint")
+    assert (rule["timeAggregation"], rule["metricMeasureColumn"]) == ("Minimum", "state")
+    assert (rule["operator"], rule["threshold"]) == ("GreaterThanOrEqual", "unhealthyState")
+    assert bicep("app/alerts.bicep")["variables"]["unhealthyState"]["value"] == STATE_VALUES["unhealthy"]
+    assert STATE_VALUES["dead"] > STATE_VALUES["unhealthy"] > STATE_VALUES["degraded"]
+    assert rule["dimensions"] == EVERY_ENDPOINT
+    assert properties["severity"] == 2  # parked in order: nothing lost yet
+    assert "routing routes status" in properties["description"]
+
+
+def test_parked_messages_that_expire_alert_above_other_dead_letters() -> None:
+    by_metric = alert_rules()
+    properties, rule = by_metric["router.expired"]
+    assert (rule["operator"], rule["threshold"], rule["timeAggregation"]) == ("GreaterThan", 0, "Total")
+    assert "sum(valueSum) by endpoint" in rule["query"] and rule["dimensions"] == EVERY_ENDPOINT
+    # Order broke for those keys: more severe (lower) than a dead letter.
+    assert properties["severity"] < by_metric["router.deadletters"][0]["severity"]
+    assert "routing deadletters replay --endpoint" in properties["description"]

@@ -233,3 +233,37 @@ def test_no_combination_of_the_worker_settings_exports_anything_twice(
 
 def test_without_application_insights_nothing_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
     assert exports({"FUNCTIONS_WORKER_RUNTIME": "python", WORKER_EXPORTS_LOGS: "true"}, monkeypatch) == (0, 0)
+
+
+def test_endpoint_state_and_parked_gauges_follow_an_outage_to_its_end(
+    reader: InMemoryMetricReader, azurite: Azurite
+) -> None:
+    from azure.storage.blob import ContainerClient
+
+    from routing.deadletters import client_options
+    from routing.health import PROBE_INITIAL_SECONDS, REFRESH_SECONDS
+    from tests.test_parking import Clock, Instance, batch, fail
+
+    container = ContainerClient.from_connection_string(
+        azurite.connection_string, f"gauge{uuid.uuid4().hex[:12]}", **client_options()
+    )
+    container.create_container()
+    wire = FakeWire(mixed=True)
+    clock = Clock()
+    live, timer = Instance(container, wire, clock), Instance(container, wire, clock)
+    fail(wire, "hub", "dev-1", 0)
+    live.router.route(batch(("dev-1", 0), ("dev-1", 1)))
+    timer.redeliver()  # not due yet: parked, and counted by the run
+    found = points(reader)
+    assert total(found, "router.endpoint.state", endpoint="hub") == 2  # unhealthy
+    assert total(found, "router.parked.messages", endpoint="hub") == 2
+    assert total(found, "router.parked.messages", endpoint="other") == 0  # nothing parked: said so too
+
+    clock.advance(PROBE_INITIAL_SECONDS + REFRESH_SECONDS)
+    timer.redeliver()  # delivered: the gauges go back to 0, not stay at their last value
+    live.router.route(batch(("dev-2", 2)))  # the live instance reads the shared record and closes its circuit
+    found = points(reader)
+    assert total(found, "router.parked.messages", endpoint="hub") == 0
+    assert total(found, "router.parked.keys", endpoint="hub") == 0
+    assert total(found, "router.endpoint.state", endpoint="hub") == 1  # degraded: back, recovering
+    container.delete_container()

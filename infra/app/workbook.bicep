@@ -1,6 +1,7 @@
 // The operator's first screen: an Azure Monitor workbook over the router's metrics in Application
 // Insights (throughput per endpoint, events in, dead letters by reason, lag, latency, failures, unrouted
-// events, route-table refreshes). The layout lives in workbook.json, editable in the portal and pasted back.
+// events, route-table refreshes, and endpoint outages: each endpoint's health, what is parked for it, what
+// was redelivered or expired). The layout lives in workbook.json, editable in the portal and pasted back.
 param location string
 param tags object
 param displayName string

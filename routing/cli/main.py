@@ -21,7 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from routing import observability
-from routing.cli import runner
+from routing.cli import runner, status  # noqa: F401 - status registers `routes status`
 from routing.cli.deadletters import deadletters_app
 
 # One console, one error style for every command: the routes commands' (they cannot import this module).
