@@ -12,6 +12,7 @@ from typing import Any
 import azure.monitor.opentelemetry
 import pytest
 from azure.data.tables import TableClient
+from azure.storage.blob import ContainerClient
 from opentelemetry import metrics
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
@@ -20,6 +21,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from routing import observability
+from routing.deadletters import client_options
+from routing.health import PROBE_INITIAL_SECONDS, REFRESH_SECONDS
 from routing.ingest.classify import classify
 from routing.model import Event, IngressMessage
 from routing.pipeline import Router, StaticRoutes
@@ -29,6 +32,7 @@ from tests.azurite import Azurite
 from tests.conftest import sensor_data
 from tests.fakes import FakeSenders, FakeWire, MemoryDeadLetters
 from tests.test_infra import app_settings
+from tests.test_parking import Clock, Instance, batch, fail
 
 READER = InMemoryMetricReader()
 
@@ -238,12 +242,6 @@ def test_without_application_insights_nothing_is_configured(monkeypatch: pytest.
 def test_endpoint_state_and_parked_gauges_follow_an_outage_to_its_end(
     reader: InMemoryMetricReader, azurite: Azurite
 ) -> None:
-    from azure.storage.blob import ContainerClient
-
-    from routing.deadletters import client_options
-    from routing.health import PROBE_INITIAL_SECONDS, REFRESH_SECONDS
-    from tests.test_parking import Clock, Instance, batch, fail
-
     container = ContainerClient.from_connection_string(
         azurite.connection_string, f"gauge{uuid.uuid4().hex[:12]}", **client_options()
     )
