@@ -255,6 +255,7 @@ def _options(
     format_: str | None,
     enabled: bool | None,
     filter_: str | None = None,
+    filter_language: str | None = None,
     order_key: str | None = None,
     enrich: list[str] | None = None,
     partitioning: str | None = None,
@@ -276,6 +277,8 @@ def _options(
         given["format"] = format_
     if enabled is not None:
         given["enabled"] = enabled
+    if filter_language is not None:
+        given["filterLanguage"] = filter_language
     if filter_ is not None:
         given["filter"] = filter_
     if order_key is not None:
@@ -343,6 +346,14 @@ TimeToLiveOption = Annotated[
         metavar="MINUTES",
         help="How long a message waits, parked in order, for this endpoint to answer again before it is "
         "dead-lettered as expired (default 1440: a day, as Digital Twins; at most 10080).",
+    ),
+]
+FilterLanguageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--filter-language",
+        help="How --filter is written: 'digitaltwins' (a Digital Twins route filter, the default) or 'iothub' "
+        "(an IoT Hub routing query, for IoT Hub's messages); docs/FILTERS.md.",
     ),
 ]
 FilterOption = Annotated[
@@ -419,6 +430,7 @@ ENDPOINT_OPTIONS: dict[str, Any] = {
     "format_": FormatOption,
     "enabled": EnabledOption,
     "filter_": FilterOption,
+    "filter_language": FilterLanguageOption,
     "order_key": OrderKeyOption,
     "enrich": EnrichOption,
     "partitioning": PartitioningOption,
