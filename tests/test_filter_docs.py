@@ -230,11 +230,12 @@ TELEMETRY_TYPED = iot_hub_message(properties={"messageType": "telemetry", "sever
 # IOTHUB-ROUTING: "To filter a twin notification payload based on what changed, run your query on the
 # message body": a twin change event (IOTHUB-EVENTS' example, its desired property changed), enqueued
 # 2022-06-09T00:00:00Z, in AMQP's milliseconds as IoT Hub annotates it.
+TWIN_CHANGE_SYSTEM: dict[str, Any] = {"iothub-message-source": "twinChangeEvents", "iothub-enqueuedtime": 1654732800000}
 TWIN_CHANGE = iot_hub_message(
     {"version": 7, "properties": {"desired": {"telemetryConfig": {"sendFrequency": 15}, "$version": 6}}},
     encoding="utf-8",
     properties={"hubName": "contoso-routing-hub", "deviceId": "my-device", "opType": "updateTwin"},
-    **{"iothub-message-source": "twinChangeEvents", "iothub-enqueuedtime": 1654732800000},
+    **TWIN_CHANGE_SYSTEM,
 )
 MESSAGES = {
     "hot": HOT,
