@@ -69,6 +69,14 @@ KNOWN_EVENT_TYPES = (
 # envelope per endpoint.
 TELEMETRY_TYPES = frozenset({EventType.DEVICE_MESSAGES, EventType.TWIN_TELEMETRY})
 TWIN_EVENT_TYPES = frozenset(EventType) - TELEMETRY_TYPES
+# What Digital Twins itself emits (both generations, telemetry included): the events a Digital Twins
+# route filter describes as CloudEvents. The rest come from IoT Hub, where IoT Hub's routing queries apply.
+DIGITAL_TWINS_EVENT_TYPES = V2_EVENT_TYPES | {
+    EventType.TOPOLOGY_OPERATION,
+    EventType.SPACE_CHANGE,
+    EventType.SENSOR_CHANGE,
+    EventType.UDF_CUSTOM,
+}
 
 
 class EndpointType(StrEnum):
@@ -208,6 +216,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     topic: str | None = None
     source: str | None = None
     correlation_id: str | None = None
+    # The CloudEvents `dataschema` and `datacontenttype` the event came with (None: it had none).
+    dataschema: str | None = None
+    datacontenttype: str | None = None
 
 
 # A rejection or dead letter standing for many events of one message lists this many of their positions

@@ -14,7 +14,7 @@ import pytest
 from routing.errors import RouteTableError
 from routing.ingest.classify import classify
 from routing.model import KNOWN_EVENT_TYPES, TELEMETRY_TYPES, Event, EventType, IngressMessage, Rejection
-from routing.routes.filters import FilterSyntaxError, compile_filter
+from routing.routes.filters import compile_filter
 from routing.routes.table import parse_routes
 from tests.conftest import twin_event
 
@@ -364,7 +364,10 @@ def test_filters_on_v2_events(text: str, msg: IngressMessage, expected: bool) ->
     assert compile_filter(text).matches(only_event(msg)) is expected
 
 
-def test_a_dollar_key_in_a_filter_path_needs_brackets() -> None:
-    # Twin and relationship data keys start with `$`; `.name` cannot spell them, `['$name']` can.
-    with pytest.raises(FilterSyntaxError, match=r"expected a name after '\.'"):
-        compile_filter("$body.$targetId = 'device2'")
+def test_a_dollar_key_in_a_filter_path_is_written_dotted_as_digital_twins_does_or_in_brackets() -> None:
+    # Twin and relationship data keys start with `$`; Digital Twins' docs write them dotted
+    # (`$body.$metadata.$model`), and `['$name']` says the same.
+    event = only_event(RELATIONSHIP)
+    assert compile_filter("$body.$targetId = 'device2'").matches(event)
+    assert compile_filter("$body['$targetId'] = 'device2'").matches(event)
+    assert not compile_filter("$body.$targetId = 'room21'").matches(event)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ import routing.routes.filters
 from routing.ingest.classify import classify
 from routing.model import Event
 from routing.routes.filters import compile_filter
+from routing.routes.iothub_queries import compile_iot_hub_query
 from routing.routes.table import matching, parse_routes
 from tests.conftest import telemetry
 
@@ -175,3 +177,64 @@ def test_endpoints_with_the_same_filter_text_test_it_once_per_event(monkeypatch:
     unindexed = parse_routes([hub(f"e{i}", "$body.co2 != 1" if i % 2 else "$body.co2 != 2") for i in range(100)])
     assert len(unindexed.targets(event_of("d", b'{"co2": 700}'))) == 100
     assert len(comparisons) == 2  # two distinct texts
+
+
+# IoT Hub routing queries are indexed the same way, their paths apart from Digital Twins' (the same
+# `$body.n` reads a body IoT Hub would not read in one language and not the other).
+IOT_HUB_PATHS = st.sampled_from(["site", "$body.n", "$body.s", "$connectionDeviceId", "$iothub-connection-device-id"])
+IOT_HUB_CONDITIONS = st.one_of(
+    st.builds(
+        lambda p, v, op, flip: f"{v} {op} {p}" if flip else f"{p} {op} {v}",
+        IOT_HUB_PATHS,
+        VALUES,
+        st.sampled_from(["=", "=", "!=", ">", ">=", "<", "<="]),
+        st.booleans(),
+    ),
+    st.builds(lambda p, v: f"STARTS_WITH({p}, {v})", IOT_HUB_PATHS, st.sampled_from(["'a'", "'ab'", "''", "1"])),
+)
+IOT_HUB_QUERIES = st.one_of(
+    IOT_HUB_CONDITIONS,
+    st.builds(lambda a, b: f"{a} AND {b}", IOT_HUB_CONDITIONS, IOT_HUB_CONDITIONS),
+    st.builds(lambda a, b: f"{a} OR {b}", IOT_HUB_CONDITIONS, IOT_HUB_CONDITIONS),
+    st.builds(lambda a, b: f"NOT ({a}) AND {b}", IOT_HUB_CONDITIONS, IOT_HUB_CONDITIONS),
+)
+
+
+def test_iot_hub_queries_are_indexed_by_their_top_level_conjuncts() -> None:
+    index = compile_iot_hub_query("$body.t > 3 AND $connectionDeviceId = 'device-7'").index
+    assert index is not None and (index.path, index.op, index.key) == ("$connectionDeviceId", "=", "device-7")
+    prefix = compile_iot_hub_query("STARTS_WITH($connectionDeviceId, 'plant7-')").index
+    assert prefix is not None and (prefix.op, prefix.key) == ("starts_with", "plant7-")
+    assert compile_iot_hub_query("$enqueuedTime > '2022-06-06T22:56:06Z'").index is None  # times compare as times
+    assert compile_iot_hub_query("x = 1 OR y = 2").index is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    filters=st.lists(
+        st.one_of(st.none(), FILTERS.map(lambda f: ("digitaltwins", f)), IOT_HUB_QUERIES.map(lambda f: ("iothub", f))),
+        min_size=1,
+        max_size=12,
+    ),
+    site=JSON_VALUES,
+    n=JSON_VALUES,
+    s=JSON_VALUES,
+    device=st.sampled_from(["a", "b", "ab", "1"]),
+    declared=st.booleans(),
+)
+def test_the_index_chooses_exactly_what_testing_every_filter_chooses_in_both_languages(
+    filters: list[tuple[str, str | None] | None], site: Any, n: Any, s: Any, *, device: str, declared: bool
+) -> None:
+    import orjson  # noqa: PLC0415
+
+    routes = []
+    for i, item in enumerate(filters):
+        language, text = item if item is not None else ("digitaltwins", None)
+        routes.append({**hub(f"e{i}", text), "filterLanguage": language})
+    table = parse_routes(routes)
+    system = {"content-type": "application/json", "content-encoding": "utf-8"} if declared else {}
+    msg = telemetry(device, orjson.dumps({"n": n, "s": s}), seq=1, site=site)
+    [event] = classify(msgspec.structs.replace(msg, system_properties={**msg.system_properties, **system}))
+    assert isinstance(event, Event)
+    expected = matching(event, table.for_type(event.event_type))
+    assert table.targets(event) == expected

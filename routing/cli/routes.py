@@ -271,6 +271,7 @@ def _options(
     format_: str | None,
     enabled: bool | None,
     filter_: str | None = None,
+    filter_language: str | None = None,
     order_key: str | None = None,
     enrich: list[str] | None = None,
     partitioning: str | None = None,
@@ -293,6 +294,8 @@ def _options(
         given["format"] = format_
     if enabled is not None:
         given["enabled"] = enabled
+    if filter_language is not None:
+        given["filterLanguage"] = filter_language
     if filter_ is not None:
         given["filter"] = filter_
     if order_key is not None:
@@ -372,6 +375,14 @@ FallbackOption = Annotated[
         "enabled endpoint took (at most one per table; no filter).",
     ),
 ]
+FilterLanguageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--filter-language",
+        help="How --filter is written: 'digitaltwins' (a Digital Twins route filter, the default) or 'iothub' "
+        "(an IoT Hub routing query, for IoT Hub's messages); docs/FILTERS.md.",
+    ),
+]
 FilterOption = Annotated[
     str | None,
     typer.Option(
@@ -446,6 +457,7 @@ ENDPOINT_OPTIONS: dict[str, Any] = {
     "format_": FormatOption,
     "enabled": EnabledOption,
     "filter_": FilterOption,
+    "filter_language": FilterLanguageOption,
     "order_key": OrderKeyOption,
     "enrich": EnrichOption,
     "partitioning": PartitioningOption,

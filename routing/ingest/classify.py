@@ -329,6 +329,9 @@ def _from_binary_cloud_event(msg: IngressMessage, props: _Properties, ce_type: s
         schema=ce("dataschema"),
         source=ce("source"),
         correlation_id=_text(props.get("CorrelationId")),
+        dataschema=ce("dataschema"),
+        # In the binary mode the data's content type is the message's own (the CloudEvents AMQP binding).
+        datacontenttype=ce("datacontenttype") or _text(msg.system_properties.get("content-type")),
     )
 
 
@@ -370,8 +373,9 @@ def _from_event_grid(msg: IngressMessage, body: dict[str, Any], index: int, coun
     if isinstance(event_type, Rejection):
         return event_type
     data, schema = body.get("data"), _text(body.get("dataVersion"))
+    nested_schema = content_type = None
     if event_type in V2_EVENT_TYPES:
-        data, nested_schema = _unnested(data)
+        data, nested_schema, content_type = _unnested(data)
         schema = nested_schema or schema
     return _event(
         msg,
@@ -384,6 +388,8 @@ def _from_event_grid(msg: IngressMessage, body: dict[str, Any], index: int, coun
         event_time=_text(body.get("eventTime")),
         schema=schema,
         topic=_text(body.get("topic")),
+        dataschema=nested_schema,
+        datacontenttype=content_type,
     )
 
 
@@ -413,6 +419,8 @@ def _from_structured_cloud_event(msg: IngressMessage, body: dict[str, Any], inde
         event_time=_text(body.get("time")),
         schema=_text(body.get("dataschema")),
         source=_text(body.get("source")),
+        dataschema=_text(body.get("dataschema")),
+        datacontenttype=_text(body.get("datacontenttype")),
     )
 
 
@@ -430,6 +438,8 @@ def _event(
     topic: str | None = None,
     source: str | None = None,
     correlation_id: str | None = None,
+    dataschema: str | None = None,
+    datacontenttype: str | None = None,
 ) -> Result:
     """An event of either generation from what its wire form gave (None: the form has no such field)."""
     if event_type in V2_EVENT_TYPES:
@@ -446,6 +456,8 @@ def _event(
             topic=topic,
             source=source,
             correlation_id=correlation_id,
+            cloud_schema=dataschema,
+            datacontenttype=datacontenttype,
         )
     return _twin_event(
         msg,
@@ -459,6 +471,8 @@ def _event(
         topic=topic,
         source=source,
         correlation_id=correlation_id,
+        dataschema=dataschema,
+        datacontenttype=datacontenttype,
     )
 
 
@@ -482,6 +496,8 @@ def _twin_event(
     topic: str | None,
     source: str | None,
     correlation_id: str | None,
+    dataschema: str | None,
+    datacontenttype: str | None,
 ) -> Result:
     if not isinstance(data, dict):
         return Rejection(
@@ -517,14 +533,17 @@ def _twin_event(
         topic=topic,
         source=source,
         correlation_id=correlation_id or _text(_field(data, "CorrelationId")),
+        dataschema=dataschema,
+        datacontenttype=datacontenttype,
     )
 
 
-def _unnested(data: Any) -> tuple[Any, str | None]:
-    """The data of a Digital Twins event published in the Event Grid schema, and its dataschema."""
+def _unnested(data: Any) -> tuple[Any, str | None, str | None]:
+    """The data of a Digital Twins event published in the Event Grid schema, its dataschema and content type."""
     if isinstance(data, dict) and "data" in data and len(data) > 1 and data.keys() <= _NESTED_DATA_KEYS:
-        return data["data"], _text(data.get("dataschema"))
-    return data, None
+        content_type = _text(data.get("datacontenttype")) or _text(data.get("contenttype"))
+        return data["data"], _text(data.get("dataschema")), content_type
+    return data, None, None
 
 
 def _twin_in_source(source: str | None) -> str | None:
@@ -548,6 +567,8 @@ def _v2_event(
     topic: str | None,
     source: str | None,
     correlation_id: str | None,
+    cloud_schema: str | None = None,
+    datacontenttype: str | None = None,
 ) -> Result:
     """A v2 event, ordered by the twin it is about; `data` is None for telemetry whose body went unparsed."""
     if event_type is EventType.TWIN_TELEMETRY:
@@ -581,6 +602,8 @@ def _v2_event(
             topic=topic,
             source=source,
             correlation_id=correlation_id,
+            dataschema=cloud_schema,
+            datacontenttype=datacontenttype,
         )
 
     if not isinstance(data, dict):
@@ -625,6 +648,8 @@ def _v2_event(
         topic=topic,
         source=source,
         correlation_id=correlation_id,
+        dataschema=cloud_schema,
+        datacontenttype=datacontenttype,
     )
 
 

@@ -14,13 +14,13 @@ import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Final
 
 import orjson
 
 from routing.errors import RoutingError
-from routing.model import TELEMETRY_TYPES, Event
+from routing.model import DIGITAL_TWINS_EVENT_TYPES, TELEMETRY_TYPES, Event
 
 
 class _Missing(Enum):
@@ -55,38 +55,110 @@ class EventBody:
 
     Digital Twins events already carry their parsed `data`, and so does telemetry that came inside a
     JSON envelope (a structured CloudEvent, an Event Grid event); other telemetry is raw bytes, parsed
-    here only when a filter asks for `$body` (and `NOT_JSON` when it is not JSON).
+    here only when a filter asks for `$body` (and `NOT_JSON` when it is not JSON). IoT Hub routing
+    queries see the message body only as IoT Hub does (`iot_hub`), sharing the one parse of UTF-8.
     """
 
-    __slots__ = ("_event", "_value")
+    __slots__ = ("_event", "_iot_hub", "_raw", "_value")
 
     def __init__(self, event: Event) -> None:
         self._event = event
         self._value: Any = _UNSET
+        self._raw: Any = _UNSET
+        self._iot_hub: Any = _UNSET
 
     def get(self) -> Any:
         if self._value is _UNSET:
-            self._value = self._load()
+            event = self._event
+            if event.event_type not in TELEMETRY_TYPES or event.data is not None:
+                self._value = event.data
+            else:
+                self._value = self._raw_json()
         return self._value
 
-    def _load(self) -> Any:
-        if self._event.event_type not in TELEMETRY_TYPES or self._event.data is not None:
-            return self._event.data
-        try:
-            return load_json(self._event.ingress.body)
-        except ValueError:  # orjson.JSONDecodeError is one; so are bad UTF-8 bytes
-            return NOT_JSON
+    def iot_hub(self) -> Any:
+        """The message body as an IoT Hub routing query sees it: JSON only when the message says it is
+        (content type `application/json`, content encoding UTF-8, -16 or -32); `MISSING` otherwise."""
+        if self._iot_hub is _UNSET:
+            encoding = iot_hub_body_encoding(self._event.ingress.system_properties)
+            if encoding is None:
+                value: Any = MISSING
+            elif encoding == "utf-8":
+                value = self._raw_json()
+            else:
+                try:
+                    value = load_json(self._event.ingress.body.decode(encoding).encode())
+                except ValueError:  # UnicodeDecodeError is one
+                    value = NOT_JSON
+            self._iot_hub = MISSING if value is NOT_JSON else value
+        return self._iot_hub
+
+    def _raw_json(self) -> Any:
+        if self._raw is _UNSET:
+            try:
+                self._raw = load_json(self._event.ingress.body)
+            except ValueError:  # orjson.JSONDecodeError is one; so are bad UTF-8 bytes
+                self._raw = NOT_JSON
+        return self._raw
+
+
+# IoT Hub evaluates a query on the body only for these encodings (Python's codec names).
+_IOT_HUB_ENCODINGS = {"utf-8": "utf-8", "utf8": "utf-8", "utf-16": "utf-16", "utf-32": "utf-32"}
+
+
+def iot_hub_body_encoding(system_properties: Mapping[str, Any]) -> str | None:
+    """The encoding of a message body IoT Hub would query, or None when it would not query it.
+
+    IoT Hub's routing query docs: the `contentType` system property must be `application/JSON` and
+    `contentEncoding` UTF-8, UTF-16 or UTF-32; its message-format page names
+    `application/json;charset=utf-8` too, so a charset parameter counts as the encoding when
+    `content-encoding` is absent. Names and values are compared ignoring case.
+    """
+    content_type = _system(system_properties, "content-type")
+    if not isinstance(content_type, str):
+        return None
+    media_type, _, parameters = content_type.partition(";")
+    if media_type.strip().lower() != "application/json":
+        return None
+    encoding = _system(system_properties, "content-encoding")
+    if not isinstance(encoding, str):
+        charset = [p.partition("=") for p in parameters.split(";")]
+        encoding = next((value for key, _, value in charset if key.strip().lower() == "charset"), None)
+    if not isinstance(encoding, str):
+        return None
+    return _IOT_HUB_ENCODINGS.get(encoding.strip().strip('"').lower())
+
+
+def _system(system_properties: Mapping[str, Any], name: str) -> Any:
+    value = system_properties.get(name)
+    return member(system_properties, name, True) if value is None else value
+
+
+class FilterLanguage(StrEnum):
+    """How an endpoint's filter is written: a Digital Twins route filter (the default) or an IoT Hub
+    message routing query."""
+
+    DIGITAL_TWINS = "digitaltwins"
+    IOT_HUB = "iothub"
+
+    @classmethod
+    def parse(cls, name: str) -> FilterLanguage | None:
+        """`DigitalTwins`, `IoTHub`, `iot-hub`, ...: case, spaces, `-` and `_` aside."""
+        return _LANGUAGES.get(re.sub(r"[\s_\-]", "", name).lower())
+
+
+_LANGUAGES = {language.value: language for language in FilterLanguage}
 
 
 @dataclass(frozen=True, slots=True)
-class _Scope:
+class Scope:
     event: Event
     body: EventBody
     names: Mapping[str, Any]  # ANY/ALL element variables in scope
 
 
-Test = Callable[[_Scope], bool]
-Value = Callable[[_Scope], Any]
+Test = Callable[[Scope], bool]
+Value = Callable[[Scope], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,13 +180,16 @@ class IndexKey:
 
 @dataclass(frozen=True, slots=True)
 class Filter:
-    """A compiled filter. Two filters are equal when their text is: the text is what round-trips."""
+    """A compiled filter. Two filters are equal when their text and language are: what round-trips."""
 
     text: str
+    # A Digital Twins filter reading `$body` is false for a body that is not JSON; an IoT Hub query
+    # decides that per condition (an undefined `$body` path), so it never sets this.
     needs_body: bool = field(compare=False)
     _test: Test = field(compare=False, repr=False)
     # Set when the filter is `path = literal AND ...` (no OR at the top): what an index can use.
     index: IndexKey | None = field(default=None, compare=False)
+    language: FilterLanguage = FilterLanguage.DIGITAL_TWINS
 
     def matches(self, event: Event, body: EventBody | None = None) -> bool:
         """Whether `event` passes; pass one `EventBody` per event to every filter so it is parsed once."""
@@ -122,7 +197,7 @@ class Filter:
             body = EventBody(event)
         if self.needs_body and body.get() is NOT_JSON:
             return False
-        return self._test(_Scope(event, body, {}))
+        return self._test(Scope(event, body, {}))
 
 
 def compile_filter(text: str) -> Filter:
@@ -135,7 +210,7 @@ def compile_filter(text: str) -> Filter:
     index = None
     if parser.conjuncts and not parser.top_level_or:
         # The most selective kind first: an equality, then a prefix, then a range.
-        index = min(parser.conjuncts, key=lambda k: _INDEX_PREFERENCE[k.op])
+        index = min(parser.conjuncts, key=lambda k: INDEX_PREFERENCE[k.op])
     return Filter(text=text, needs_body=parser.needs_body, _test=test, index=index)
 
 
@@ -153,7 +228,7 @@ class Operand:
             body = EventBody(event)
         if self.needs_body and body.get() is NOT_JSON:
             return MISSING
-        return self._value(_Scope(event, body, {}))
+        return self._value(Scope(event, body, {}))
 
 
 def compile_operand(text: str, start: int = 0, stop: int | None = None) -> Operand:
@@ -239,7 +314,7 @@ def _tokenize(text: str, start: int = 0, stop: int | None = None) -> list[_Token
 # --- evaluation helpers -------------------------------------------------------------------------------
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -254,7 +329,7 @@ def _compare(op: str, left: Any, right: Any) -> bool:
         if op == "!=":
             return (left is None) != (right is None)
         return False
-    if _is_number(left) and _is_number(right):
+    if is_number(left) and is_number(right):
         pass
     elif type(left) is not type(right):
         return False
@@ -273,7 +348,8 @@ def _compare(op: str, left: Any, right: Any) -> bool:
     return bool(left >= right)
 
 
-def _key(value: Any, key: str, fold_case: bool) -> Any:
+def member(value: Any, key: str, fold_case: bool) -> Any:
+    """`value[key]` when `value` is an object that has it (the name matched ignoring case if asked), else `MISSING`."""
     if not isinstance(value, Mapping):
         return MISSING
     if key in value:
@@ -297,15 +373,38 @@ def _text_of(value: Any) -> Any:
 
 # --- the parser ---------------------------------------------------------------------------------------
 
+CLOUD_EVENTS_VERSION = "1.0"
+JSON_CONTENT_TYPE = "application/json"
+
+
+def _content_type(scope: Scope) -> Any:
+    """A Digital Twins notification's data is JSON (Digital Twins documents `application/json`); other
+    events have the content type they came with: the CloudEvents attribute, else the message's."""
+    event = scope.event
+    if event.datacontenttype:
+        return event.datacontenttype
+    if event.event_type in DIGITAL_TWINS_EVENT_TYPES and event.event_type not in TELEMETRY_TYPES:
+        return JSON_CONTENT_TYPE
+    content_type = event.ingress.system_properties.get("content-type")
+    return content_type if isinstance(content_type, str) and content_type else MISSING
+
+
 _ROOTS: dict[str, Value] = {
     "type": lambda s: s.event.event_type.value,
     "subject": lambda s: _text_of(s.event.subject),
     "source": lambda s: _text_of(s.event.source),
     "id": lambda s: s.event.event_id or s.event.message_id,
+    "dataschema": lambda s: _text_of(s.event.dataschema),
+    "datacontenttype": _content_type,
+    # Every Digital Twins event is a CloudEvent 1.0 (classification refuses other versions); IoT Hub's
+    # messages are no CloudEvents.
+    "specversion": lambda s: CLOUD_EVENTS_VERSION if s.event.event_type in DIGITAL_TWINS_EVENT_TYPES else MISSING,
 }
 # `$subject` and friends too: order keys and enrichments write paths with a `$`, as IoT Hub's do.
 _ROOTS.update({"$" + name: value for name, value in list(_ROOTS.items())})
-_ROOT_HELP = "expected type, subject, source, id, $body, $properties or $system"
+_ROOT_HELP = (
+    "expected type, subject, source, id, dataschema, datacontenttype, specversion, $body, $properties or $system"
+)
 _KEYWORDS = frozenset({"and", "or", "not", "true", "false", "null"})
 _STRING_FUNCTIONS: dict[str, Callable[[str, str], bool]] = {
     "starts_with": str.startswith,
@@ -331,8 +430,8 @@ class _Node:
     prefix: IndexKey | None = None  # STARTS_WITH(path, 'literal'), which an index can use
 
 
-_FLIPPED = {"=": "=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
-_INDEX_PREFERENCE = {"=": 0, "starts_with": 1, "<": 2, "<=": 2, ">": 2, ">=": 2}
+FLIPPED = {"=": "=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+INDEX_PREFERENCE = {"=": 0, "starts_with": 1, "<": 2, "<=": 2, ">": 2, ">=": 2}
 
 
 def _index_key(op: str, path: _Node, literal: _Node) -> IndexKey | None:
@@ -462,10 +561,10 @@ class _Parser:
         )
 
     def _note_comparison(self, op: str, left: _Node, right: _Node) -> None:
-        if op not in _FLIPPED:
+        if op not in FLIPPED:
             return  # != says too little to index by
         if not left.path:
-            left, right, op = right, left, _FLIPPED[op]  # 3 < $body.x is $body.x > 3
+            left, right, op = right, left, FLIPPED[op]  # 3 < $body.x is $body.x > 3
         key = _index_key(op, left, right)
         if key is not None:
             self.conjuncts.append(key)
@@ -523,7 +622,7 @@ class _Parser:
             check = _STRING_FUNCTIONS[word]
             a, b = _as_value(first), _as_value(second)
 
-            def string_test(s: _Scope) -> bool:
+            def string_test(s: Scope) -> bool:
                 x, y = a(s), b(s)
                 return isinstance(x, str) and isinstance(y, str) and check(x, y)
 
@@ -575,11 +674,11 @@ class _Parser:
         self.expect(")", f"{label} takes 3 arguments: expected ')'")
         items, bound, every = _as_value(array), variable.text, label == "ALL"
 
-        def quantified(s: _Scope) -> bool:
+        def quantified(s: Scope) -> bool:
             values = items(s)
             if not isinstance(values, list):
                 return False  # missing or not an array: false for ANY and ALL alike
-            scopes = (_Scope(s.event, s.body, {**s.names, bound: item}) for item in values)
+            scopes = (Scope(s.event, s.body, {**s.names, bound: item}) for item in values)
             return all(test(x) for x in scopes) if every else any(test(x) for x in scopes)
 
         return _Node(name.pos, label, test=quantified)
@@ -621,7 +720,7 @@ class _Parser:
             self.take()
             if token.text == ".":
                 key = self.take()
-                if key.kind != "name" or key.text.startswith("$"):
+                if key.kind != "name":  # `$metadata` too: `$body.$metadata.$model`, as Digital Twins writes it
                     raise self.unexpected(key, "expected a name after '.'")
                 value = _key_step(value, key.text, fold_case)
             else:
@@ -646,7 +745,7 @@ class _Parser:
 
 
 def _key_step(parent: Value, key: str, fold_case: bool) -> Value:
-    return lambda s: _key(parent(s), key, fold_case)
+    return lambda s: member(parent(s), key, fold_case)
 
 
 def _index_step(parent: Value, index: int) -> Value:

@@ -19,8 +19,17 @@ from typing import Any, get_origin
 import msgspec
 
 from routing.errors import Problem, RouteTableError
-from routing.model import KNOWN_EVENT_TYPES, EndpointType, EnvelopeFormat, Event, EventType, shape_seed
-from routing.routes.filters import EventBody, Filter, FilterSyntaxError, IndexKey, compile_filter
+from routing.model import (
+    DIGITAL_TWINS_EVENT_TYPES,
+    KNOWN_EVENT_TYPES,
+    EndpointType,
+    EnvelopeFormat,
+    Event,
+    EventType,
+    shape_seed,
+)
+from routing.routes.filters import EventBody, Filter, FilterLanguage, FilterSyntaxError, IndexKey, compile_filter
+from routing.routes.iothub_queries import compile_iot_hub_query
 from routing.routes.templates import ValueTemplate, compile_value
 from routing.settings import looks_like_secret
 
@@ -63,6 +72,8 @@ class Endpoint:
     secondary_connection: str | None = None
     format: EnvelopeFormat = EnvelopeFormat.EVENT_GRID
     enabled: bool = True
+    # How `filter` is written: a Digital Twins route filter or an IoT Hub routing query.
+    filter_language: FilterLanguage = FilterLanguage.DIGITAL_TWINS
     # Compiled when the table loads; None routes every event of the endpoint's types.
     filter: Filter | None = None
     # What orders this endpoint's messages (None: the device or twin id), and properties added to each.
@@ -107,6 +118,8 @@ class Endpoint:
         out["path"] = self.path
         out["format"] = self.format.value
         out["enabled"] = self.enabled
+        if self.filter_language is not FilterLanguage.DIGITAL_TWINS:
+            out["filterLanguage"] = self.filter_language.value
         if self.filter is not None:
             out["filter"] = self.filter.text
         if self.order_key is not None:
@@ -282,23 +295,26 @@ class _Selector:
         if all(e.filter is None for e in endpoints):
             return None
         tested: list[Placed] = []
-        by_path: dict[str, _PathIndex] = {}
+        # A path reads differently in each language (`$body` of a message IoT Hub would not read is
+        # undefined), so each language's paths are indexed apart.
+        by_path: dict[tuple[FilterLanguage, str], _PathIndex] = {}
         for position, endpoint in enumerate(endpoints):
             key = endpoint.filter.index if endpoint.filter is not None else None
-            if key is None:
+            if key is None or endpoint.filter is None:
                 tested.append((position, endpoint))
             else:
-                index = by_path.get(key.path)
+                where = (endpoint.filter.language, key.path)
+                index = by_path.get(where)
                 if index is None:
-                    index = by_path[key.path] = _PathIndex(key)
+                    index = by_path[where] = _PathIndex(key)
                 index.add(key, (position, endpoint))
         for index in by_path.values():
             index.freeze()
-        texts = [e.filter.text for e in endpoints if e.filter is not None]
-        return cls(tuple(tested), len(set(texts)) < len(texts), tuple(by_path.values()))
+        filters = [e.filter for e in endpoints if e.filter is not None]
+        return cls(tuple(tested), len(set(filters)) < len(filters), tuple(by_path.values()))
 
     def select(self, event: Event, body: EventBody) -> tuple[Endpoint, ...]:
-        seen: dict[str, bool] = {}
+        seen: dict[Filter, bool] = {}  # a filter is its text and language
 
         def passes(endpoint: Endpoint) -> bool:
             test = endpoint.filter
@@ -306,9 +322,9 @@ class _Selector:
                 return True
             if not self.repeated:
                 return test.matches(event, body)
-            passed = seen.get(test.text)
+            passed = seen.get(test)
             if passed is None:
-                passed = seen[test.text] = test.matches(event, body)
+                passed = seen[test] = test.matches(event, body)
             return passed
 
         chosen = [placed for placed in self.tested if passes(placed[1])]
@@ -355,6 +371,7 @@ class RouteFields(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_f
     path: str
     format: str = EnvelopeFormat.EVENT_GRID.value
     enabled: bool = True
+    filter_language: str = FilterLanguage.DIGITAL_TWINS.value
     filter: str | None = None
     order_key: str | None = None
     enrichments: dict[str, Any] | None = None
@@ -386,6 +403,7 @@ _WRONG_TYPE: dict[str, Callable[[Any], str]] = {
     "path": lambda _value: _PATH_PROBLEM,
     "format": lambda value: f"unknown format {value!r}; expected EventGridSchema or CloudEventSchemaV1_0",
     "enabled": lambda value: f"must be true or false, got {value!r}",
+    "filterLanguage": lambda value: f"must be {_LANGUAGE_CHOICES}, got {value!r}",
     "filter": lambda value: f"must be a string (a route filter, see docs/FILTERS.md), got {value!r}",
     "orderKey": lambda value: f"must be a string (a path or a template, see docs/FILTERS.md), got {value!r}",
     "enrichments": lambda value: f"must be an object of property name -> value, got {type(value).__name__}",
@@ -495,9 +513,35 @@ def _format(value: str, found: _Rules) -> EnvelopeFormat | None:
     return parsed
 
 
+_LANGUAGE_CHOICES = "'digitaltwins' (a Digital Twins route filter, the default) or 'iothub' (an IoT Hub routing query)"
+# The events an IoT Hub routing query can describe: those that came from IoT Hub as its messages.
+IOT_HUB_EVENT_TYPES = frozenset(EventType) - DIGITAL_TWINS_EVENT_TYPES
+
+
+def _filter_language(value: str, found: _Rules) -> FilterLanguage | None:
+    parsed = FilterLanguage.parse(value)
+    if parsed is None:
+        hint = _suggest(value.lower(), [language.value for language in FilterLanguage])
+        found.problem("filterLanguage", f"unknown filter language {value!r}{hint}; expected {_LANGUAGE_CHOICES}")
+    return parsed
+
+
 def _filter(value: str, found: _Rules) -> Filter | None:
+    language = found.values.get("filterLanguage", FilterLanguage.DIGITAL_TWINS)
+    if language is None:
+        return None  # an unknown language: reported; which grammar to check the filter with is unknown
+    if language is FilterLanguage.IOT_HUB:
+        others = [t.value for t in found.values.get("eventTypes") or () if t not in IOT_HUB_EVENT_TYPES]
+        if others:
+            found.problem(
+                "filterLanguage",
+                f"an IoT Hub routing query describes IoT Hub's messages, and {', '.join(others)} "
+                f"{'is' if len(others) == 1 else 'are'} Digital Twins events: give them an endpoint with a "
+                "Digital Twins filter (filterLanguage 'digitaltwins')",
+            )
+    compile_ = compile_iot_hub_query if language is FilterLanguage.IOT_HUB else compile_filter
     try:
-        return compile_filter(value)
+        return compile_(value)
     except FilterSyntaxError as exc:
         found.problem("filter", f"{exc} in {value!r}")
     return None
@@ -584,6 +628,7 @@ _RULES: dict[str, Rule] = {
     "secondaryConnection": _setting("secondaryConnection"),
     "path": _path,
     "format": _format,
+    "filterLanguage": _filter_language,
     "filter": _filter,
     "orderKey": _order_key,
     "enrichments": _enrichments,
@@ -641,6 +686,7 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
         path=values["path"],
         format=values.get("format", EnvelopeFormat.EVENT_GRID),
         enabled=values.get("enabled", True),
+        filter_language=values.get("filterLanguage") or FilterLanguage.DIGITAL_TWINS,
         filter=values.get("filter"),
         order_key=values.get("orderKey"),
         enrichments=values.get("enrichments", ()),
