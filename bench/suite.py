@@ -276,7 +276,15 @@ def outage_targets(results: Results) -> None:
             False,
         )
     )
-    targets.append(Target("fault mix throughput >= 50% of clean", f"{m['ratio']:.0%}", m["ratio"], 0.5, True))
+    targets.append(
+        Target(
+            "fault mix throughput >= 50% of clean",
+            f"{m['ratio']:.0%} ({m['faults']['resets']} resets, {m['faults']['grid_500s']} x 500)",
+            m["ratio"],
+            0.5,
+            True,
+        )
+    )
 
 
 def run_all(opts: Options, log: Callable[[str], None]) -> Results:
