@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bench.outage import summary as outage_summary
 from bench.suite import Options, Results, run_all
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -45,6 +46,7 @@ def as_json(results: Results) -> dict[str, Any]:
         "devices": results.devices,
         "end_to_end": results.end_to_end,
         "memory": results.memory,
+        "outage": results.outage,
         "targets": [
             {"target": t.name, "measured": t.measured, "ratio": t.ratio, "pass": t.passed} for t in results.targets
         ],
@@ -142,6 +144,8 @@ def print_results(results: Results) -> None:
             f"{mem['seconds']:.0f} s ({mem['events_per_second']:,.0f} events/s): RSS {mem['rss_start_mb']:.1f} MB at "
             f"start, peak {mem['rss_peak_mb']:.1f} MB, growth {mem['growth_mb']:.1f} MB (exit {mem['exit_code']})"
         )
+    for line in outage_summary(results.outage) if results.outage else ():
+        console.print(line, highlight=False)
     console.print(
         _table(
             "Targets",
@@ -165,6 +169,9 @@ def main(  # noqa: PLR0917 - Typer reads each option from a parameter
         int, typer.Option(min=0, help="Events for the `routing run` memory measurement (0 skips it).")
     ] = 100_000,
     end_to_end: Annotated[bool, typer.Option(help="Run the end-to-end stage against the local peers.")] = True,
+    outage: Annotated[
+        bool, typer.Option(help="Run the endpoint-outage stage (needs the end-to-end stage; Azurite).")
+    ] = True,
     output: Annotated[OutputFormat, typer.Option("--output", "-o", help="Figures as tables or as JSON.")] = (
         OutputFormat.table
     ),
@@ -172,7 +179,7 @@ def main(  # noqa: PLR0917 - Typer reads each option from a parameter
     """Benchmark the router against floors measured in the same run (issue #7)."""
     # Records are still made (their cost is the router's), but not printed over the figures.
     logging.getLogger().addHandler(logging.NullHandler())
-    options = Options(events, devices, routes, batch_size, duration, memory_events, end_to_end)
+    options = Options(events, devices, routes, batch_size, duration, memory_events, end_to_end, outage)
     results = run_all(options, lambda line: progress.print(f"[dim]{line}[/]", highlight=False))
     if output is OutputFormat.json:
         sys.stdout.write(orjson.dumps(as_json(results), option=orjson.OPT_INDENT_2).decode() + "\n")

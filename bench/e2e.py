@@ -3,7 +3,8 @@ senders (`routing.deliver.pool.SenderPool`) to the local AMQP 1.0 peer and the E
 
 The router is built by `routing.app.build_router` from app settings as deployed (`ROUTES_FILE`,
 connections in settings, `ROUTER_OUTPUT_DIR` unset); only its dead-letter store is swapped for one in
-memory after it is built (Blob Storage would need Azurite, and the corpus has no dead letters anyway).
+memory after it is built, and its parking and breaker (Blob too) switched off (Blob Storage would need
+Azurite, and the corpus has no dead letters and no outage anyway).
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def deployed(endpoints: int) -> Iterator[Deployment]:
         try:
             router = wiring.get_router()
             router.dead_letters = MemoryDeadLetters()
+            # Parking and health live beside the dead letters (Blob): off here, as nothing fails in this
+            # stage; bench/outage.py measures them against Azurite.
+            router.parking = None
+            router.breaker = None
             yield Deployment(_app_functions(), router, peer, grid)
         finally:
             if router is not None and isinstance(router.senders, SenderPool):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import corpus as corpora
-from bench import e2e, filtered, memory, stages
+from bench import e2e, filtered, memory, outage, stages
 from bench.routes import route_table
 from bench.timing import Timing, interleaved
 
@@ -28,6 +28,7 @@ class Options:
     duration: float
     memory_events: int
     e2e: bool = True
+    outage: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class Results:
     devices: list[dict[str, Any]] = field(default_factory=list)
     end_to_end: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
+    outage: dict[str, Any] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -239,6 +241,52 @@ def run_memory(results: Results, log: Callable[[str], None]) -> None:
     }
 
 
+def outage_targets(results: Results) -> None:
+    """Issue #17: an endpoint's outage costs the other endpoints nothing, order holds, and the fault mix
+    keeps half the clean throughput (bench/outage.py)."""
+    o, f, m = results.outage["outage"], results.outage["finding"], results.outage["fault_mix"]
+    targets = results.targets
+    for p in o["phases"]:
+        r = p["steady_ratio"]
+        targets.append(
+            Target(
+                f"healthy endpoint's batches with the other {p['mode']} <= 1.2x both up",
+                f"{r:.2f}x (invocation {p['invocation_ratio']:.2f}x)",
+                r,
+                1.2,
+                False,
+            )
+        )
+        held = p["in_order"] and p["dead_letters"] == 0 and p["parked_after"] == 0
+        targets.append(
+            Target(
+                f"{p['mode']} endpoint back: drained, every device in order, no dead letters",
+                f"{p['parked']:,} drained in {p['drain_s']:.1f} s, {p['dead_letters']} dead letters",
+                1.0 if held else 0.0,
+                1.0,
+                True,
+            )
+        )
+    targets.append(
+        Target(
+            f"{f['events']:,} events / {f['batches']} batches to refused endpoints: no dead letters",
+            f"{f['seconds']:.1f} s, {f['dead_letters']} dead letters, {f['parked']:,} parked (was 167 s, 1,504)",
+            float(f["dead_letters"]),
+            0,
+            False,
+        )
+    )
+    targets.append(
+        Target(
+            "fault mix throughput >= 50% of clean",
+            f"{m['ratio']:.0%} ({m['faults']['resets']} resets, {m['faults']['grid_500s']} x 500)",
+            m["ratio"],
+            0.5,
+            True,
+        )
+    )
+
+
 def run_all(opts: Options, log: Callable[[str], None]) -> Results:
     started = time.perf_counter()
     results = Results(opts, machine=machine())
@@ -262,6 +310,8 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
     )
     offline = run_device_sweep_offline(results, table, log)
     e2e_devices = run_end_to_end(results, c, log) if opts.e2e else None
+    if opts.e2e and opts.outage:
+        results.outage = outage.run(c.batches, log)
     if opts.memory_events:
         run_memory(results, log)
 
@@ -316,6 +366,8 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
                 True,
             )
         )
+    if results.outage:
+        outage_targets(results)
     if results.memory:
         growth = results.memory["growth_mb"]
         targets.append(

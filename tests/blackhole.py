@@ -62,7 +62,8 @@ class Proxy:
     target_port: int
     port: int = 0
     mode: Mode = Mode.FORWARD
-    connections: int = 0
+    connections: int = 0  # connections forwarded
+    accepted: int = 0  # connections accepted, whatever the mode: every try to reach the target
     _sockets: list[socket.socket] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -131,6 +132,8 @@ def proxy(target_port: int) -> Iterator[Proxy]:
                 continue
             except OSError:
                 return
+            with state._lock:
+                state.accepted += 1
             threading.Thread(target=state._serve, args=(client,), daemon=True).start()
 
     thread = threading.Thread(target=accept, name="proxy", daemon=True)

@@ -8,6 +8,7 @@ costs about half a second of the SDK's own polling.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -433,3 +434,15 @@ def test_event_grid_server_error_is_retried_by_the_sdk(
 
     assert [r.status for r in grid.requests()] == [500, 429, 200]
     assert len(grid.events()) == 1
+
+
+def test_event_grid_can_fail_every_nth_request_until_reset(
+    grid: EventGridReceiver, publisher: EventGridPublisherClient
+) -> None:
+    grid.fail_every(3, 500)
+    for _ in range(7):
+        with contextlib.suppress(HttpResponseError):
+            publisher.send([grid_event()], retry_total=0)
+    grid.reset_faults()
+    publisher.send([grid_event()], retry_total=0)
+    assert [r.status for r in grid.requests()] == [200, 200, 500, 200, 200, 500, 200, 200]

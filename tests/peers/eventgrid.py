@@ -116,6 +116,9 @@ class EventGridReceiver:
         self._lock = threading.Lock()
         self._requests: list[ReceivedRequest] = []
         self._faults: list[_Fault] = []
+        # Every n-th authorised request answered with a status (`fail_every`), counted from when it was set.
+        self._every: tuple[int, int] | None = None
+        self._counted = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         # Black-hole mode: requests are read and never answered until `released` is set.
@@ -176,6 +179,7 @@ class EventGridReceiver:
         with self._lock:
             self._requests.clear()
             self._faults.clear()
+            self._every = None
             self._release()
 
     # -- faults --------------------------------------------------------------------------------------
@@ -184,9 +188,17 @@ class EventGridReceiver:
         with self._lock:
             self._faults.append(_Fault(status, times, retry_after))
 
+    def fail_every(self, every: int, status: int = 500) -> None:
+        """From now until `reset_faults()` or `clear()`: answer every `every`-th authorised request (the
+        `every`-th, the 2 x `every`-th, ...) with `status`, as a service failing a steady share of requests."""
+        with self._lock:
+            self._every = (every, status)
+            self._counted = 0
+
     def reset_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._every = None
             self._release()
 
     def black_hole(self) -> None:
@@ -217,6 +229,10 @@ class EventGridReceiver:
                 if fault.remaining > 0:
                     fault.remaining -= 1
                     return fault.status, fault.retry_after, None
+            if self._every is not None:
+                self._counted += 1
+                if self._counted % self._every[0] == 0:
+                    return self._every[1], None, None
         if self.max_request_size is not None and len(body) > self.max_request_size:
             return 413, None, f"The request of {len(body)} bytes exceeds the maximum of {self.max_request_size}."
         status, error = problem_with(body, content_type, topic=self.topic, max_event_size=self.max_event_size)
