@@ -111,8 +111,12 @@ class Proxy:
 
 def _reset(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
-        # SO_LINGER 0: close sends RST instead of FIN.
+        # SO_LINGER 0: close sends RST instead of FIN. A pipe thread blocked in recv on this socket would
+        # keep it open past close() (the blocked call holds the file), so no RST would go until data came:
+        # shutting the read side first wakes it (sending nothing), and the close then resets at once.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
         sock.close()
 
 

@@ -139,9 +139,9 @@ class FileSender:
 # service room and still lets four tries fit the endpoint budget below.
 TRY_TIMEOUT = 10.0
 # Everything one endpoint's messages of one invocation may cost (tries, backoff, waiting for a lane):
-# 4 tries x 10 s + backoff (0.5 + 1 + 2 s plus up to 1 s of jitter each) ~ 47 s fits in it, and an
+# 4 tries x 10 s + backoff (0.1 + 0.2 + 0.4 s plus up to 0.1 s of jitter each) ~ 41 s fits in it, and an
 # invocation whose every endpoint is black-holed still ends in about a minute, well inside host.json's
-# functionTimeout (10 min). When it runs out, what is left fails as transient (dead-lettered, replayable).
+# functionTimeout (10 min). When it runs out, what is left fails as transient (parked, in order).
 SEND_BUDGET = 60.0
 # How long past a try's timeout the sender waits for the SDK to give up by itself (its own timeouts are set
 # to the try's), before it abandons the call and breaks the client's connections.
@@ -158,10 +158,15 @@ class RetryOptions:
     The senders retry themselves (the SDKs' own retries are off) so that only transient faults are
     retried, every retry is counted, and failover happens before any backoff. `timeout` bounds each try,
     `budget` everything one `send` may take (tries, backoff and waiting for a lane).
+
+    The backoff is short (0.1 s doubling, jitter up to `backoff_initial`): these tries ride out a blip (a
+    reset connection, one 500, a moment of throttling) within the invocation; a fault that outlasts them
+    parks the endpoint's messages and opens its circuit, and the redelivery's probes (10 s doubling to
+    5 min, routing/health.py) are the long backoff. A long one here cost every faulted batch seconds.
     """
 
     attempts: int = 4
-    backoff_initial: float = 0.5
+    backoff_initial: float = 0.1
     backoff_max: float = 10.0
     timeout: float = TRY_TIMEOUT
     budget: float = SEND_BUDGET
@@ -756,7 +761,9 @@ class ClientSender(ABC, Generic[ClientT]):
                 raise first_failure
             return once()
 
-        backoff = wait_exponential_jitter(multiplier=self.retry.backoff_initial, max=self.retry.backoff_max)
+        backoff = wait_exponential_jitter(
+            multiplier=self.retry.backoff_initial, max=self.retry.backoff_max, jitter=self.retry.backoff_initial
+        )
         retrying = Retrying(
             # Out of tries, or too little of the budget left for another one after the wait.
             stop=stop_any(stop_after_attempt(self.retry.attempts), _StopAt(remaining)),
