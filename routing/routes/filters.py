@@ -20,7 +20,7 @@ from typing import Any, Final
 import orjson
 
 from routing.errors import RoutingError
-from routing.model import TELEMETRY_TYPES, Event
+from routing.model import RAW_TYPES, Event
 
 
 class _Missing(Enum):
@@ -54,8 +54,9 @@ class EventBody:
     """An event's JSON body, read on first use and at most once per event.
 
     Digital Twins events already carry their parsed `data`, and so does telemetry that came inside a
-    JSON envelope (a structured CloudEvent, an Event Grid event); other telemetry is raw bytes, parsed
-    here only when a filter asks for `$body` (and `NOT_JSON` when it is not JSON).
+    JSON envelope (a structured CloudEvent, an Event Grid event); other telemetry, and IoT Hub's other
+    sources, are raw bytes, parsed here only when a filter asks for `$body` (and `NOT_JSON` when it is
+    not JSON).
     """
 
     __slots__ = ("_event", "_value")
@@ -70,7 +71,7 @@ class EventBody:
         return self._value
 
     def _load(self) -> Any:
-        if self._event.event_type not in TELEMETRY_TYPES or self._event.data is not None:
+        if self._event.event_type not in RAW_TYPES or self._event.data is not None:
             return self._event.data
         try:
             return load_json(self._event.ingress.body)
