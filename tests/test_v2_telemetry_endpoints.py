@@ -150,6 +150,14 @@ def test_a_structured_cloud_event_goes_to_event_grid_as_it_came() -> None:
     }
     msg = IngressMessage(body=json.dumps(sent).encode(), properties={}, system_properties={}, source="twins")
     assert cloud_event(msg) == sent
+    # Its time, if it has one without an offset, is UTC and says so.
+    msg = IngressMessage(
+        body=json.dumps({**sent, "time": "2026-11-26T08:00:00.5"}).encode(),
+        properties={},
+        system_properties={},
+        source="twins",
+    )
+    assert cloud_event(msg) == {**sent, "time": "2026-11-26T08:00:00.5Z"}
 
 
 def test_enrichments_join_its_attributes() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from routing.errors import RoutingError
+from routing.ingest.classify import timestamp
 from routing.model import RAW_TYPES, EndpointType, EnvelopeFormat, Event, EventType, Outgoing, shaped_message_id
 from routing.routes.filters import MISSING, EventBody
 from routing.routes.table import Endpoint
@@ -87,16 +88,19 @@ def cloud_event_envelope(event: Event) -> dict[str, Any]:
 def telemetry_cloud_event(event: Event) -> dict[str, Any]:
     """v2 telemetry as the CloudEvent it came as, for Event Grid.
 
-    A structured CloudEvent goes as it came. In binary mode the attributes are its `cloudEvents:*`
-    properties (extensions such as `traceparent` too, each as a CloudEvents type: `as_extension`) and
-    its data the body: the JSON value when the content type is JSON (or absent: Digital Twins' telemetry
-    is `application/json`) and the body parses, else the bytes as they came, in `data_base64`. Event
-    Grid re-serialises JSON data, so JSON keeps its value, not its spacing. An Event Grid schema event
-    gives its fields and data.
+    A structured CloudEvent goes as it came (its `time` given an offset, as everywhere). In binary mode
+    the attributes are its `cloudEvents:*` properties (extensions such as `traceparent` too, each as a
+    CloudEvents type: `as_extension`) and its data the body: the JSON value when the content type is
+    JSON (or absent: Digital Twins' telemetry is `application/json`) and the body parses, else the bytes
+    as they came, in `data_base64`. Event Grid re-serialises JSON data, so JSON keeps its value, not its
+    spacing. An Event Grid schema event gives its fields and data.
     """
-    if event.cloud_event is not None:
-        return dict(event.cloud_event)
     ingress = event.ingress
+    if event.cloud_event is not None:
+        structured = dict(event.cloud_event)
+        if structured.get("time"):
+            structured["time"] = timestamp(str(structured["time"]), ingress.enqueued_time)
+        return structured
     cloud_event: dict[str, Any] = {
         "specversion": "1.0",
         "id": event.event_id or event.message_id,
@@ -106,7 +110,8 @@ def telemetry_cloud_event(event: Event) -> dict[str, Any]:
     if event.subject:
         cloud_event["subject"] = event.subject
     if event.event_time:
-        cloud_event["time"] = event.event_time
+        # RFC 3339 with an offset, as Event Grid requires (a time that is none gives way to the enqueued time).
+        cloud_event["time"] = timestamp(event.event_time, ingress.enqueued_time)
     if event.data_version and event.data_version != "1.0":  # classification's default when there is none
         cloud_event["dataschema"] = event.data_version
     content_type = ingress.system_properties.get("content-type")

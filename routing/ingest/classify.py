@@ -551,7 +551,7 @@ def _twin_event(
         event_id=event_id or identity,
         subject=subject,
         data=data,
-        event_time=_timestamp(event_time, _text(_field(data, "EventTimestamp")), msg.enqueued_time),
+        event_time=timestamp(event_time, _text(_field(data, "EventTimestamp")), msg.enqueued_time),
         data_version=data_version or "1.0",
         topic=topic,
         source=source,
@@ -616,9 +616,8 @@ def _v2_event(
             event_id=event_id or "",
             subject=subject or "",
             data=data,
-            # RFC 3339 with an offset, as the CloudEvent it becomes on Event Grid needs (a time that is
-            # none gives way to the enqueued time); none at all when neither is known (`time` is optional).
-            event_time=_timestamp(event_time, msg.enqueued_time) if event_time or msg.enqueued_time else "",
+            # As it came: made RFC 3339 only where a CloudEvent is built of it (`timestamp`), off this path.
+            event_time=event_time or msg.enqueued_time or "",
             data_version=dataschema or "1.0",
             topic=topic,
             source=source,
@@ -663,7 +662,7 @@ def _v2_event(
         event_id=event_id or identity,
         subject=subject or key,
         data=data,
-        event_time=_timestamp(event_time, msg.enqueued_time),
+        event_time=timestamp(event_time, msg.enqueued_time),
         data_version=dataschema or "1.0",
         topic=topic,
         source=source,
@@ -675,7 +674,7 @@ def _id(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _timestamp(*candidates: str | None) -> str:
+def timestamp(*candidates: str | None) -> str:
     """The first candidate that is a time, as RFC 3339 with an offset; else now.
 
     Event Grid refuses an event whose time lacks an offset (and with it the whole request), and
