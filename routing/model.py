@@ -18,8 +18,10 @@ import msgspec
 
 
 class EventType(StrEnum):
-    """The event types: the five of the first Digital Twins service and the seven of today's (v2), each
-    spelled as its service spells it on the wire (`microsoft.iot.telemetry` is lower-case there)."""
+    """The event types: the five of the first Digital Twins service, the seven of today's (v2), each
+    spelled as its service spells it on the wire (`microsoft.iot.telemetry` is lower-case there), and
+    IoT Hub's other routing sources, named as its routes name them (`RoutingSource` of the IoT Hub
+    resource API; the first, `DeviceMessages`, is the telemetry the first service also calls so)."""
 
     DEVICE_MESSAGES = "DeviceMessages"
     TOPOLOGY_OPERATION = "TopologyOperation"
@@ -33,6 +35,11 @@ class EventType(StrEnum):
     RELATIONSHIP_UPDATE = "Microsoft.DigitalTwins.Relationship.Update"
     RELATIONSHIP_DELETE = "Microsoft.DigitalTwins.Relationship.Delete"
     TWIN_TELEMETRY = "microsoft.iot.telemetry"
+    TWIN_CHANGE_EVENTS = "TwinChangeEvents"
+    DEVICE_LIFECYCLE_EVENTS = "DeviceLifecycleEvents"
+    DEVICE_CONNECTION_STATE_EVENTS = "DeviceConnectionStateEvents"
+    DIGITAL_TWIN_CHANGE_EVENTS = "DigitalTwinChangeEvents"
+    DEVICE_JOB_LIFECYCLE_EVENTS = "DeviceJobLifecycleEvents"
 
     @classmethod
     def parse(cls, name: str) -> EventType | None:
@@ -57,18 +64,32 @@ V2_EVENT_TYPES = frozenset({
     EventType.TWIN_TELEMETRY,
 })  # fmt: skip
 
-# For messages that list the known types, grouped: twelve full names in a row are hard to read.
+# IoT Hub's routing sources other than telemetry. IoT Hub marks each message with the source in the
+# system property `iothub-message-source`, spelled as the routing name with a lower-case first letter
+# (`twinChangeEvents`; docs "IoT Hub non-telemetry event schemas"): looked up case-insensitively.
+IOT_HUB_SOURCE_TYPES = frozenset({
+    EventType.TWIN_CHANGE_EVENTS,
+    EventType.DEVICE_LIFECYCLE_EVENTS,
+    EventType.DEVICE_CONNECTION_STATE_EVENTS,
+    EventType.DIGITAL_TWIN_CHANGE_EVENTS,
+    EventType.DEVICE_JOB_LIFECYCLE_EVENTS,
+})  # fmt: skip
+IOT_HUB_SOURCES: dict[str, EventType] = {t.value.lower(): t for t in IOT_HUB_SOURCE_TYPES}
+
+# For messages that list the known types, grouped: seventeen full names in a row are hard to read.
 KNOWN_EVENT_TYPES = (
     "DeviceMessages, TopologyOperation, SpaceChange, SensorChange, UdfCustom; or today's "
     "Microsoft.DigitalTwins.Twin.Create|Update|Delete, Microsoft.DigitalTwins.Relationship.Create|Update|Delete, "
-    "microsoft.iot.telemetry"
+    "microsoft.iot.telemetry; or IoT Hub's TwinChangeEvents, DeviceLifecycleEvents, DeviceConnectionStateEvents, "
+    "DigitalTwinChangeEvents, DeviceJobLifecycleEvents"
 )
 
-# Telemetry (the first service's DeviceMessages and today's microsoft.iot.telemetry) is forwarded as it
-# came (bytes and properties), to Event Hubs only; the rest are Digital Twins events, wrapped in an
-# envelope per endpoint.
+# Telemetry (the first service's DeviceMessages and today's microsoft.iot.telemetry) and IoT Hub's other
+# sources are raw: forwarded as they came (bytes and properties), never wrapped. The rest are Digital
+# Twins events, wrapped in an envelope per endpoint.
 TELEMETRY_TYPES = frozenset({EventType.DEVICE_MESSAGES, EventType.TWIN_TELEMETRY})
-TWIN_EVENT_TYPES = frozenset(EventType) - TELEMETRY_TYPES
+RAW_TYPES = TELEMETRY_TYPES | IOT_HUB_SOURCE_TYPES
+TWIN_EVENT_TYPES = frozenset(EventType) - RAW_TYPES
 # What Digital Twins itself emits (both generations, telemetry included): the events a Digital Twins
 # route filter describes as CloudEvents. The rest come from IoT Hub, where IoT Hub's routing queries apply.
 DIGITAL_TWINS_EVENT_TYPES = V2_EVENT_TYPES | {
@@ -90,11 +111,26 @@ class EndpointType(StrEnum):
 
     @property
     def accepts(self) -> frozenset[EventType]:
-        """Event Hubs takes raw telemetry too; Service Bus and Event Grid take Digital Twins events only."""
-        return frozenset(EventType) if self is EndpointType.EVENT_HUB else TWIN_EVENT_TYPES
+        """What each endpoint kind may take, as the service an event comes from routes it:
+
+        - Event Hubs: everything.
+        - Service Bus: all but the first service's DeviceMessages, which it forwarded to Event Hubs only;
+          v2 telemetry as Digital Twins routes it there, IoT Hub's sources as IoT Hub routes them to
+          Service Bus queues and topics.
+        - Event Grid: Digital Twins events and v2 telemetry (as a CloudEvent), as Digital Twins routes
+          them. Not IoT Hub's sources: IoT Hub routes none to Event Grid (its Event Grid integration
+          publishes events of its own, `Microsoft.Devices.*`, in shapes of its own), and Event Grid has no
+          application properties to carry theirs unprocessed.
+        """
+        return _ACCEPTS[self]
 
 
 _ENDPOINT_TYPE_NAMES = {t.value.lower(): t for t in EndpointType}
+_ACCEPTS = {
+    EndpointType.EVENT_HUB: frozenset(EventType),
+    EndpointType.SERVICE_BUS: frozenset(EventType) - {EventType.DEVICE_MESSAGES},
+    EndpointType.EVENT_GRID: TWIN_EVENT_TYPES | {EventType.TWIN_TELEMETRY},
+}
 
 
 class EnvelopeFormat(StrEnum):
@@ -199,8 +235,8 @@ def shaped_message_id(event_message_id: str, seed: bytes | None) -> str:
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     """A classified event, ready to be matched against routes.
 
-    Telemetry carries only the type, key and ingress; Digital Twins events also carry the fields
-    of their Event Grid envelope.
+    Raw events (telemetry, IoT Hub's other sources) carry only the type, key and ingress (v2 telemetry
+    its CloudEvents attributes too); Digital Twins events also carry the fields of their Event Grid envelope.
     """
 
     event_type: EventType
@@ -219,6 +255,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     # The CloudEvents `dataschema` and `datacontenttype` the event came with (None: it had none).
     dataschema: str | None = None
     datacontenttype: str | None = None
+    # v2 telemetry that came as a structured CloudEvent: that CloudEvent, which Event Grid gets as it came.
+    cloud_event: Mapping[str, Any] | None = None
 
 
 # A rejection or dead letter standing for many events of one message lists this many of their positions

@@ -27,7 +27,7 @@ from routing.deliver.senders import HELD_BEHIND, KeyGroup, SenderFor, SendReport
 from routing.health import Breaker
 from routing.ingest.classify import classify
 from routing.model import (
-    TELEMETRY_TYPES,
+    RAW_TYPES,
     DeadLetter,
     EnvelopeFormat,
     Event,
@@ -383,13 +383,13 @@ def _record(report: BatchReport, letters: list[DeadLetter], hub: str) -> None:
 def _build_all(
     event: Event, endpoints: tuple[Endpoint, ...], event_body: EventBody | None
 ) -> list[tuple[Endpoint, Outgoing]]:
-    if event.event_type in TELEMETRY_TYPES:  # no envelope: the message is the telemetry itself
+    if event.event_type in RAW_TYPES:  # no envelope: the message is the one that came (Event Grid: envelope.build)
         return [(endpoint, envelope.build(event, endpoint, None, event_body)) for endpoint in endpoints]
     bodies: dict[EnvelopeFormat, bytes] = {}
     out = []
     for endpoint in endpoints:
         body = bodies.get(endpoint.format)
-        if body is None and event.event_type not in TELEMETRY_TYPES:
+        if body is None:
             body = bodies[endpoint.format] = envelope.envelope_body(event, endpoint.format)
         out.append((endpoint, envelope.build(event, endpoint, body, event_body)))
     return out

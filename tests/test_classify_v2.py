@@ -140,7 +140,7 @@ def test_binary_telemetry_is_keyed_by_the_twin_in_its_source_and_its_body_never_
     )
     event = only_event(msg)
     assert (event.event_type, event.order_key) == (EventType.TWIN_TELEMETRY, "example-twin1")
-    assert event.event_type in TELEMETRY_TYPES  # forwarded raw, to Event Hubs only
+    assert event.event_type in TELEMETRY_TYPES  # forwarded raw
     assert (event.event_id, event.source, event.data_version, event.data) == (
         "6f6635d8",
         f"{HOST}/digitaltwins/example-twin1",
@@ -288,7 +288,9 @@ def test_parse_takes_the_short_v2_forms_but_not_a_bare_verb(name: str, expected:
     assert EventType.parse(name) is expected
 
 
-# The contract, written out: Event Hubs takes every type, Service Bus and Event Grid all but telemetry.
+# The contract, written out: Event Hubs, Service Bus and Event Grid take all seven, as Digital Twins routes
+# them ("Endpoints and event routes": Event Grid, Event Hubs and Service Bus endpoints, any type); Event
+# Grid takes telemetry as a CloudEvent only.
 V2_TYPES = [
     "Microsoft.DigitalTwins.Twin.Create",
     "Microsoft.DigitalTwins.Twin.Update",
@@ -310,14 +312,29 @@ def test_event_hubs_take_all_seven_v2_types_on_one_endpoint() -> None:
 
 
 @pytest.mark.parametrize("endpoint_type", ["ServiceBus", "EventGrid"])
-def test_service_bus_and_event_grid_take_twin_events_but_refuse_v2_telemetry(endpoint_type: str) -> None:
-    table = parse_routes([endpoint(endpoint_type, V2_TYPES[:6])])
-    assert all([e.name for e in table.for_type(EventType(t))] == ["ep"] for t in V2_TYPES[:6])
+def test_service_bus_and_event_grid_take_all_seven_v2_types_on_one_endpoint(endpoint_type: str) -> None:
+    table = parse_routes([endpoint(endpoint_type, V2_TYPES, format="CloudEventSchemaV1_0")])
+    assert all([e.name for e in table.for_type(EventType(t))] == ["ep"] for t in V2_TYPES)
+
+
+def test_an_event_grid_endpoint_in_the_event_grid_schema_is_told_to_take_telemetry_as_cloud_events() -> None:
+    for given in ({}, {"format": "EventGridSchema"}):
+        with pytest.raises(RouteTableError) as caught:
+            parse_routes([endpoint("EventGrid", ["Twin.Update", "microsoft.iot.telemetry"], **given)])
+        text = str(caught.value)
+        assert "1 problem" in text
+        assert "field 'format'" in text and "set format CloudEventSchemaV1_0" in text
+    # Twin events alone may still use the Event Grid schema.
+    assert parse_routes([endpoint("EventGrid", V2_TYPES[:6])]).endpoints[0].event_types[0] is EventType.TWIN_CREATE
+
+
+@pytest.mark.parametrize("endpoint_type", ["ServiceBus", "EventGrid"])
+def test_the_first_services_device_messages_stay_event_hubs_only(endpoint_type: str) -> None:
     with pytest.raises(RouteTableError) as caught:
-        parse_routes([endpoint(endpoint_type, ["Twin.Update", "microsoft.iot.telemetry"])])
+        parse_routes([endpoint(endpoint_type, ["DeviceMessages"], format="CloudEventSchemaV1_0")])
     text = str(caught.value)
     assert "1 problem" in text
-    assert f"{endpoint_type} endpoints cannot take microsoft.iot.telemetry" in text
+    assert f"{endpoint_type} endpoints cannot take DeviceMessages: the first service's raw telemetry" in text
 
 
 def test_routes_take_the_short_forms_and_name_unknown_types_with_the_list() -> None:

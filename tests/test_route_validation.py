@@ -101,5 +101,6 @@ def test_event_types_must_be_a_list_not_another_sequence() -> None:
 _KNOWN = (
     "DeviceMessages, TopologyOperation, SpaceChange, SensorChange, UdfCustom; or today's "
     "Microsoft.DigitalTwins.Twin.Create|Update|Delete, Microsoft.DigitalTwins.Relationship.Create|Update|Delete, "
-    "microsoft.iot.telemetry"
+    "microsoft.iot.telemetry; or IoT Hub's TwinChangeEvents, DeviceLifecycleEvents, DeviceConnectionStateEvents, "
+    "DigitalTwinChangeEvents, DeviceJobLifecycleEvents"
 )

@@ -1,12 +1,14 @@
 """Today's Digital Twins (v2) events end to end: function_app's `route_twins` on worker-shaped input,
 through the unmodified Event Hubs, Service Bus and Event Grid SDKs to the local AMQP 1.0 peer and Event
 Grid receiver, read back as a consumer would: keyed by twin, in order per twin, with the events' own
-id, subject, source and time, and telemetry forwarded byte for byte to Event Hubs only."""
+id, subject, source and time; telemetry forwarded byte for byte to Event Hubs and Service Bus, and to
+Event Grid as the CloudEvent its `cloudEvents:*` properties describe, as Digital Twins routes it."""
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from azure.storage.blob import ContainerClient
 
 from tests.azurite import Azurite
 from tests.conftest import WorkerEvent, worker_batch
-from tests.deployment import deployed_app
+from tests.deployment import deployed_app, stored_letters
 from tests.peers.amqp import AmqpPeer, ReceivedMessage
 from tests.peers.eventgrid import EventGridReceiver
 
@@ -52,9 +54,10 @@ def deployed(
     routes = [
         {"name": "adt-hub", "type": "EventHub", "eventTypes": [*TWIN_TYPES, "microsoft.iot.telemetry"],
          "connection": "HUB", "path": "adt-hub"},
-        {"name": "lifecycle", "type": "ServiceBus", "eventTypes": TWIN_TYPES, "connection": "BUS", "path": "lifecycle"},
-        {"name": "cloud", "type": "EventGrid", "eventTypes": TWIN_TYPES, "connection": "CLOUD_KEY",
-         "path": cloud.endpoint, "format": "CloudEventSchemaV1_0"},
+        {"name": "lifecycle", "type": "ServiceBus", "eventTypes": [*TWIN_TYPES, "microsoft.iot.telemetry"],
+         "connection": "BUS", "path": "lifecycle"},
+        {"name": "cloud", "type": "EventGrid", "eventTypes": [*TWIN_TYPES, "microsoft.iot.telemetry"],
+         "connection": "CLOUD_KEY", "path": cloud.endpoint, "format": "CloudEventSchemaV1_0"},
     ]  # fmt: skip
     connections = {"HUB": amqp.connection_string(), "BUS": amqp.connection_string(), "CLOUD_KEY": cloud.key}
     amqp.clear()
@@ -63,8 +66,9 @@ def deployed(
         yield letters
 
 
-def binary(seq: int, event_type: str, body: bytes, **attributes: str) -> WorkerEvent:
-    """A v2 event as Digital Twins puts it on an Event Hub: CloudEvents attributes as properties."""
+def binary(seq: int, event_type: str, body: bytes, content_type: str | None = None, **attributes: str) -> WorkerEvent:
+    """A v2 event as Digital Twins puts it on an Event Hub: CloudEvents attributes as properties (the
+    content type in the AMQP properties, which the host hands over among the system properties)."""
     properties = {
         "cloudEvents:specversion": "1.0",
         "cloudEvents:type": event_type,
@@ -73,7 +77,10 @@ def binary(seq: int, event_type: str, body: bytes, **attributes: str) -> WorkerE
         "cloudEvents:traceparent": f"00-{seq:032x}-{seq:016x}-01",
         **{f"cloudEvents:{k}": v for k, v in attributes.items()},
     }
-    return WorkerEvent(body=body, properties=properties, sequence_number=seq, offset=100 + seq)
+    system = {"content-type": content_type} if content_type else {}
+    return WorkerEvent(
+        body=body, properties=properties, system_properties=system, sequence_number=seq, offset=100 + seq
+    )
 
 
 def twin(seq: int, event_type: str, twin_id: str, data: dict[str, Any]) -> WorkerEvent:
@@ -85,9 +92,10 @@ def relationship(seq: int, event_type: str, source: str, name: str) -> WorkerEve
     return binary(seq, event_type, json.dumps(data).encode(), source=HOST, subject=f"{source}/relationships/{name}")
 
 
-def telemetry(seq: int, twin_id: str, body: bytes) -> WorkerEvent:
+def telemetry(seq: int, twin_id: str, body: bytes, content_type: str | None = None) -> WorkerEvent:
     # No subject: the twin is named at the end of the source, as the service sends it.
-    return binary(seq, "microsoft.iot.telemetry", body, source=f"{HOST}/digitaltwins/{twin_id}", dataschema=MODEL)
+    source = f"{HOST}/digitaltwins/{twin_id}"
+    return binary(seq, "microsoft.iot.telemetry", body, content_type, source=source, dataschema=MODEL)
 
 
 def update(value: float) -> dict[str, Any]:
@@ -98,7 +106,8 @@ def update(value: float) -> dict[str, Any]:
 EVENTS = [
     twin(0, "Microsoft.DigitalTwins.Twin.Create", "room-1", {"$dtId": "room-1", "$metadata": {"$model": MODEL}}),
     twin(1, "Microsoft.DigitalTwins.Twin.Create", "room-2", {"$dtId": "room-2", "$metadata": {"$model": MODEL}}),
-    telemetry(2, "room-1", b'{ "Temperature" : 21.50 }'),  # spacing and digits as sent: bytes must survive
+    # Spacing and digits as sent: the bytes must survive.
+    telemetry(2, "room-1", b'{ "Temperature" : 21.50 }', "application/json"),
     twin(3, "Microsoft.DigitalTwins.Twin.Update", "room-1", update(22)),
     WorkerEvent(
         body=json.dumps({
@@ -126,7 +135,7 @@ EVENTS = [
     twin(8, "Microsoft.DigitalTwins.Twin.Update", "room-1", update(23)),
     relationship(9, "Microsoft.DigitalTwins.Relationship.Delete", "floor-1", "has-room-1"),
     twin(10, "Microsoft.DigitalTwins.Twin.Delete", "room-2", {"$dtId": "room-2", "$metadata": {"$model": MODEL}}),
-    telemetry(11, "room-1", b"\xff binary telemetry \x00"),
+    telemetry(11, "room-1", b"\xff binary telemetry \x00", "application/octet-stream"),
 ]  # fmt: skip
 
 # What each twin's consumer must see, in this order: (type, event id), written out by hand.
@@ -149,7 +158,7 @@ FLOOR_1 = [
     ("Microsoft.DigitalTwins.Relationship.Delete", "ev-9"),
 ]
 EXPECTED = {"room-1": ROOM_1, "room-2": ROOM_2, "floor-1": FLOOR_1}
-NOT_TELEMETRY = {key: [e for e in events if e[0] != "microsoft.iot.telemetry"] for key, events in EXPECTED.items()}
+TELEMETRY = {2: b'{ "Temperature" : 21.50 }', 6: b'{"Temperature":19.0}', 11: b"\xff binary telemetry \x00"}
 
 
 def what(message: ReceivedMessage) -> tuple[str, str]:
@@ -197,12 +206,12 @@ def test_v2_telemetry_reaches_event_hubs_byte_for_byte_with_its_cloud_events_pro
     assert telemetry_out[0].application_properties["cloudEvents:dataschema"] == MODEL
 
 
-def test_service_bus_gets_twin_and_relationship_events_in_twin_sessions_and_no_telemetry(
+def test_service_bus_gets_every_v2_event_in_twin_sessions_telemetry_as_it_came(
     amqp: AmqpPeer, routed: ContainerClient
 ) -> None:
     received = amqp.received("lifecycle")
-    assert per_key([(m.session_id, what(m)) for m in received]) == NOT_TELEMETRY
-    assert len({m.message_id for m in received}) == 9
+    assert per_key([(m.session_id, what(m)) for m in received]) == EXPECTED
+    assert len({m.message_id for m in received}) == 12
     message = next(m for m in received if what(m) == ("Microsoft.DigitalTwins.Twin.Update", "ev-3"))
     assert message.application_properties == {"EventType": "Microsoft.DigitalTwins.Twin.Update", "Subject": "room-1"}
     assert json.loads(message.body) == {
@@ -214,19 +223,36 @@ def test_service_bus_gets_twin_and_relationship_events_in_twin_sessions_and_no_t
         "dataVersion": "1.0",
         "metadataVersion": "1",
     }
+    # Telemetry: its bytes, its cloudEvents:* properties and its content type, as on Event Hubs.
+    sent = {e.sequence_number: e for e in EVENTS}
+    telemetry_out = {what(m)[1]: m for m in received if what(m)[0] == "microsoft.iot.telemetry"}
+    assert {k: (m.session_id, m.body) for k, m in telemetry_out.items()} == {
+        "ev-2": ("room-1", TELEMETRY[2]),
+        "ev-6": ("room-2", TELEMETRY[6]),
+        "ev-11": ("room-1", TELEMETRY[11]),
+    }
+    for seq in TELEMETRY:
+        message = telemetry_out[f"ev-{seq}"]
+        assert dict(message.application_properties) == sent[seq].properties
+        assert message.content_type == sent[seq].system_properties.get("content-type")
 
 
 def instant(text: Any) -> datetime:
     return datetime.fromisoformat(str(text))
 
 
-def test_event_grid_gets_cloud_events_with_the_events_own_attributes_and_no_telemetry(
+def twin_of(event: Mapping[str, object]) -> str:
+    """The twin an Event Grid CloudEvent is about: its subject's, else the one its source names."""
+    subject = str(event.get("subject") or "")
+    return subject.partition("/relationships/")[0] or str(event["source"]).rpartition("/digitaltwins/")[2]
+
+
+def test_event_grid_gets_cloud_events_with_the_events_own_attributes(
     cloud: EventGridReceiver, routed: ContainerClient
 ) -> None:
     events = cloud.events()
     assert all(r.content_type.startswith("application/cloudevents-batch+json") for r in cloud.requests())
-    twin_of = {"room-1": "room-1", "room-2": "room-2", "floor-1/relationships/has-room-1": "floor-1"}
-    assert per_key([(twin_of[str(e["subject"])], (str(e["type"]), str(e["id"]))) for e in events]) == NOT_TELEMETRY
+    assert per_key([(twin_of(e), (str(e["type"]), str(e["id"]))) for e in events]) == EXPECTED
     by_id = {e["id"]: e for e in events}
     assert {k: by_id["ev-7"][k] for k in ("specversion", "type", "source", "subject")} == {
         "specversion": "1.0",
@@ -240,3 +266,39 @@ def test_event_grid_gets_cloud_events_with_the_events_own_attributes_and_no_tele
     assert (by_id["ev-5"]["data"], by_id["ev-5"]["source"]) == (update(19), TOPIC)
     assert instant(by_id["ev-5"]["time"]) == instant("2026-11-26T10:00:05Z")
     assert by_id["ev-4"]["data"] == {"$relationshipId": "has-room-1", "$sourceId": "floor-1", "$targetId": "room-1"}
+
+
+def test_event_grid_gets_telemetry_as_the_cloud_event_its_properties_describe(
+    cloud: EventGridReceiver, routed: ContainerClient
+) -> None:
+    by_id = {e["id"]: dict(e) for e in cloud.events()}
+    attributes = {"specversion": "1.0", "type": "microsoft.iot.telemetry", "dataschema": MODEL}
+    for seq, twin_id in ((2, "room-1"), (6, "room-2"), (11, "room-1")):
+        event = by_id[f"ev-{seq}"]
+        assert {k: event[k] for k in attributes} == attributes
+        assert event["source"] == f"{HOST}/digitaltwins/{twin_id}"
+        assert event["traceparent"] == f"00-{seq:032x}-{seq:016x}-01"  # an extension attribute, kept
+        assert instant(event["time"]) == instant(f"2026-11-26T10:00:{seq:02d}Z")
+    # Its data the body: the JSON value, JSON too without a content type, the bytes when not JSON.
+    assert (by_id["ev-2"]["data"], by_id["ev-2"]["datacontenttype"]) == ({"Temperature": 21.5}, "application/json")
+    assert (by_id["ev-6"]["data"], "datacontenttype" in by_id["ev-6"]) == ({"Temperature": 19.0}, False)
+    assert base64.b64decode(str(by_id["ev-11"]["data_base64"])) == TELEMETRY[11]
+    assert "data" not in by_id["ev-11"]
+
+
+def test_telemetry_event_grid_would_refuse_fails_there_alone_and_reaches_the_others(
+    functions: dict[str, Any], amqp: AmqpPeer, cloud: EventGridReceiver, deployed: ContainerClient
+) -> None:
+    bad = telemetry(1, "room-1", b"{}", "application/json")
+    bad.properties["cloudEvents:Hops"] = "2"  # not a CloudEvents attribute name: Event Grid answers 400
+    batch = [telemetry(0, "room-1", b"{}"), bad, telemetry(2, "room-2", b"{}"), telemetry(3, "room-1", b"{}")]
+    functions["route_twins"].get_user_function()(worker_batch(batch, partition_id="3"))
+    assert sorted(what(m)[1] for m in amqp.received("adt-hub")) == ["ev-0", "ev-1", "ev-2", "ev-3"]
+    assert sorted(what(m)[1] for m in amqp.received("lifecycle")) == ["ev-0", "ev-1", "ev-2", "ev-3"]
+    # A permanent refusal fails alone: room-1's next event still goes, after the one before it.
+    published = [(twin_of(e), str(e["id"])) for e in cloud.events()]
+    assert [i for twin, i in published if twin == "room-1"] == ["ev-0", "ev-3"]
+    assert [i for twin, i in published if twin == "room-2"] == ["ev-2"]
+    [letter] = stored_letters(deployed).values()
+    assert letter["endpoint"] == "cloud"
+    assert "CloudEvents attribute name 'Hops'" in letter["reason"]

@@ -1,7 +1,9 @@
 """Envelopes: the bytes and properties each endpoint receives for an event.
 
-Telemetry is forwarded unprocessed (body bytes and application properties as they came). Digital
-Twins events are wrapped in the Event Grid schema, or CloudEvents 1.0 where the endpoint asks for it.
+Raw events (telemetry, IoT Hub's other sources) are forwarded unprocessed (body bytes and application
+properties as they came); towards Event Grid, which has no application properties, v2 telemetry is
+the CloudEvent its `cloudEvents:*` properties describe, its body the data. Digital Twins events are
+wrapped in the Event Grid schema, or CloudEvents 1.0 where the endpoint asks for it.
 Pure functions; the pipeline caches one body per event and format, so an event routed to many
 endpoints is serialised once. What cannot be serialised (JSON nested deeper than orjson writes, which
 classification already rejects for twin events but not for telemetry an enrichment reads into) raises
@@ -10,14 +12,16 @@ classification already rejects for twin events but not for telemetry an enrichme
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from routing.errors import RoutingError
-from routing.model import TELEMETRY_TYPES, EndpointType, EnvelopeFormat, Event, Outgoing, shaped_message_id
-from routing.routes.filters import EventBody
+from routing.ingest.classify import timestamp
+from routing.model import RAW_TYPES, EndpointType, EnvelopeFormat, Event, EventType, Outgoing, shaped_message_id
+from routing.routes.filters import MISSING, EventBody
 from routing.routes.table import Endpoint
 from routing.routes.templates import as_extension, enrich
 
@@ -27,6 +31,12 @@ CLOUD_EVENT_JSON = "application/cloudevents+json; charset=utf-8"
 CLOUD_EVENT_SOURCE_PREFIX = "/routing/"
 # How deep orjson serialises arrays and objects (it parses 1,024).
 SERIALISED_DEPTH = 254
+# Where a binary-mode CloudEvent's attributes travel as application properties: `cloudEvents:` in the AMQP
+# binding (what Digital Twins sets on Event Hubs and Service Bus), `ce-` and `ce_` in the HTTP and Kafka
+# ones; classification reads the same three.
+CLOUD_EVENT_PREFIXES = ("cloudEvents:", "ce-", "ce_")
+# The attributes the event itself gives (classification read them from the same properties).
+_FROM_EVENT = frozenset({"specversion", "id", "source", "type", "subject", "time", "dataschema"})
 
 
 class UnserialisableError(RoutingError):
@@ -75,6 +85,62 @@ def cloud_event_envelope(event: Event) -> dict[str, Any]:
     }
 
 
+def telemetry_cloud_event(event: Event) -> dict[str, Any]:
+    """v2 telemetry as the CloudEvent it came as, for Event Grid.
+
+    A structured CloudEvent goes as it came (its `time` given an offset, as everywhere). In binary mode
+    the attributes are its `cloudEvents:*` properties (extensions such as `traceparent` too, each as a
+    CloudEvents type: `as_extension`) and its data the body: the JSON value when the content type is
+    JSON (or absent: Digital Twins' telemetry is `application/json`) and the body parses, else the bytes
+    as they came, in `data_base64`. Event Grid re-serialises JSON data, so JSON keeps its value, not its
+    spacing. An Event Grid schema event gives its fields and data.
+    """
+    ingress = event.ingress
+    if event.cloud_event is not None:
+        structured = dict(event.cloud_event)
+        if structured.get("time"):
+            structured["time"] = timestamp(str(structured["time"]), ingress.enqueued_time)
+        return structured
+    cloud_event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event.event_id or event.message_id,
+        "source": event.source or event.topic or CLOUD_EVENT_SOURCE_PREFIX + ingress.source,
+        "type": event.event_type.value,
+    }
+    if event.subject:
+        cloud_event["subject"] = event.subject
+    if event.event_time:
+        # RFC 3339 with an offset, as Event Grid requires (a time that is none gives way to the enqueued time).
+        cloud_event["time"] = timestamp(event.event_time, ingress.enqueued_time)
+    if event.data_version and event.data_version != "1.0":  # classification's default when there is none
+        cloud_event["dataschema"] = event.data_version
+    content_type = ingress.system_properties.get("content-type")
+    for name, value in ingress.properties.items():
+        for prefix in CLOUD_EVENT_PREFIXES:
+            if name.startswith(prefix):
+                attribute = name[len(prefix) :]
+                if attribute == "datacontenttype":
+                    content_type = content_type or value
+                elif attribute not in _FROM_EVENT and (converted := as_extension(value)) is not MISSING:
+                    cloud_event[attribute] = converted
+                break
+    if content_type:
+        cloud_event["datacontenttype"] = str(content_type)
+    if event.data is not None:  # it came inside a JSON envelope, its data already parsed
+        cloud_event["data"] = event.data
+        return cloud_event
+    media = str(content_type or "").split(";", 1)[0].strip().lower()
+    if not media or media == "application/json" or media.endswith("+json"):
+        try:
+            cloud_event["data"] = orjson.loads(ingress.body)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            return cloud_event
+    cloud_event["data_base64"] = base64.b64encode(ingress.body).decode("ascii")
+    return cloud_event
+
+
 def envelope_body(event: Event, envelope_format: EnvelopeFormat) -> bytes:
     try:
         if envelope_format is EnvelopeFormat.CLOUD_EVENTS:
@@ -116,7 +182,22 @@ def _build(event: Event, endpoint: Endpoint, body: bytes | None, event_body: Eve
             event_body = EventBody(event)
         # A template the event cannot fill keeps the event's own key: the message is still ordered.
         order_key = endpoint.order_key.text(event, event_body) or order_key
-    if event.event_type in TELEMETRY_TYPES:
+    if event.event_type is EventType.TWIN_TELEMETRY and endpoint.type is EndpointType.EVENT_GRID:
+        cloud_event = telemetry_cloud_event(event)
+        if endpoint.enrichments:
+            cloud_event.update(
+                enrich({}, endpoint.enrichments, event, event_body or EventBody(event), convert=as_extension)
+            )
+        return Outgoing(
+            endpoint=endpoint.name,
+            event=event,
+            body=orjson.dumps(cloud_event),
+            content_type=CLOUD_EVENT_JSON,
+            properties={},
+            order_key=order_key,
+            message_id=shaped_message_id(event.message_id, endpoint.id_seed),
+        )
+    if event.event_type in RAW_TYPES:
         ingress = event.ingress
         content_type = ingress.system_properties.get("content-type")
         properties: Mapping[str, Any] = ingress.properties

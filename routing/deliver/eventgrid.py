@@ -8,6 +8,7 @@ events still go out in order, in one request or in requests sent one after anoth
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable
 from typing import Any
 
@@ -23,7 +24,7 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 from azure.eventgrid._legacy import EventGridPublisherClient
 
 from routing.connections import resolve
-from routing.deliver.senders import ClientSender, Prepared
+from routing.deliver.senders import ClientSender, Prepared, Unsendable
 from routing.model import Outgoing
 
 # Event Grid refuses requests over 1 MB; the brackets and separators of the JSON array count too.
@@ -34,6 +35,10 @@ _FILL_BYTES = MAX_REQUEST_BYTES - 16 * 1024
 # Statuses no retry will cure: bad request, not found, too large.
 _PERMANENT_STATUSES = frozenset({400, 403, 404, 413})
 _ASCII = bytes(range(128))
+_CONTEXT_ATTRIBUTES = frozenset(
+    {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema", "data", "data_base64"}
+)
+_EXTENSION_NAME = re.compile(r"[a-z0-9]+")
 
 
 def topic_endpoint(path: str) -> str:
@@ -53,6 +58,25 @@ def serialized_size(body: bytes) -> int:
     if not body.isascii():
         size += 2 * len(body.translate(None, _ASCII))
     return size
+
+
+def extension_problem(event: dict[str, Any]) -> str | None:
+    """Why Event Grid would refuse this CloudEvent's extension attributes, or None.
+
+    The router writes its own attributes right (enrichments are checked when the table loads); what
+    v2 telemetry brings along from its producer (`cloudEvents:*` properties, a structured CloudEvent's
+    fields) may not be: CloudEvents names are lower-case a-z and 0-9, and its types have no float,
+    object or array.
+    """
+    for name, value in event.items():
+        if name in _CONTEXT_ATTRIBUTES or value is None:
+            continue
+        if not _EXTENSION_NAME.fullmatch(name):
+            return f"CloudEvents attribute name {name!r} is not lower-case letters a-z and digits 0-9"
+        if not (isinstance(value, str | bool) or (isinstance(value, int) and -(2**31) <= value < 2**31)):
+            kind = "an integer beyond 32 bits" if isinstance(value, int) else f"a {type(value).__name__}"
+            return f"CloudEvents attribute {name!r} is {kind}, not a string, boolean or 32-bit integer"
+    return None
 
 
 class Request:
@@ -91,7 +115,11 @@ class EventGridSender(ClientSender[EventGridPublisherClient]):
         size = request.size + serialized_size(message.body) + (2 if request.events else 0)  # ", "
         if size > _FILL_BYTES:
             return False
-        request.events.append(orjson.loads(message.body))
+        event = orjson.loads(message.body)
+        if "specversion" in event and (problem := extension_problem(event)):
+            # Event Grid would refuse the whole request for it (400): this event fails alone.
+            raise Unsendable(f"event cannot be published to Event Grid: {problem}")
+        request.events.append(event)
         request.size = size
         return True
 

@@ -1,8 +1,9 @@
 """Classification: which event type an ingress message is, what orders it, and (for Digital Twins
 events) the fields of its envelope.
 
-Pure functions of an `IngressMessage`. Telemetry is recognised from properties alone, so its body is
-never parsed; everything else must be JSON in one of the wire forms Digital Twins events travel in.
+Pure functions of an `IngressMessage`. Telemetry, and IoT Hub's other sources (twin changes, lifecycle,
+connection state, ...: `iothub-message-source`), are recognised from properties alone, so their bodies
+are never parsed; everything else must be JSON in one of the wire forms Digital Twins events travel in.
 Whatever cannot be classified comes back as a `Rejection` with a reason a person understands.
 
 Bad input is bounded in cost: the rejected elements of one JSON array come back as one `Rejection`
@@ -26,6 +27,8 @@ from typing import Any
 import orjson
 
 from routing.model import (
+    IOT_HUB_SOURCE_TYPES,
+    IOT_HUB_SOURCES,
     KNOWN_EVENT_TYPES,
     POSITIONS_LISTED,
     V2_EVENT_TYPES,
@@ -40,6 +43,8 @@ Result = Event | Rejection
 
 DEVICE_ID = "iothub-connection-device-id"
 MESSAGE_SOURCE = "iothub-message-source"
+# The application property IoT Hub sets on the messages of its other sources (and `moduleId` for a module).
+IOT_HUB_DEVICE_ID = "deviceId"
 TELEMETRY_MARK = "DigitalTwins-Telemetry"
 SENSOR_HARDWARE_ID = "DigitalTwins-SensorHardwareId"
 
@@ -141,14 +146,12 @@ def classify(msg: IngressMessage) -> list[Result]:
         source = system.get(MESSAGE_SOURCE) or msg.properties.get(MESSAGE_SOURCE)
         if source is None or str(source).lower() == "telemetry":
             return [_telemetry(msg, str(device_id))]
-        return [
-            Rejection(
-                code="not-telemetry",
-                reason=f"IoT Hub message source '{_shown(str(source))}' from device '{_shown(str(device_id))}' "
-                "is not routed: "
-                "only Telemetry is (route twin and lifecycle events to another hub in IoT Hub)",
-            )
-        ]
+        return [_from_iot_hub_source(msg, str(source), str(device_id))]
+
+    source = system.get(MESSAGE_SOURCE)
+    if source is not None and str(source).lower() in IOT_HUB_SOURCES:
+        # The device id is in an application property too (`deviceId`): IoT Hub sets both.
+        return [_from_iot_hub_source(msg, str(source), _text(msg.properties.get(IOT_HUB_DEVICE_ID)))]
 
     props = _Properties(msg.properties)
     if props.get(TELEMETRY_MARK) is not None:
@@ -236,6 +239,32 @@ def _telemetry(msg: IngressMessage, key: str) -> Event:
     )
 
 
+def _from_iot_hub_source(msg: IngressMessage, source: str, device_id: str | None) -> Result:
+    """A message of one of IoT Hub's other routing sources (twin changes, lifecycle, connection state,
+    ...): raw like telemetry, ordered by its device.
+
+    The key is the device id alone, also for a module's events: the key of the device's (and its
+    modules') telemetry, so that a device's connection state, twin changes and telemetry keep one order
+    per endpoint, as IoT Hub keeps them on one partition of its built-in endpoint (partitioned by device).
+    """
+    event_type = IOT_HUB_SOURCES.get(source.lower())
+    if event_type is None:
+        return Rejection(
+            code="not-telemetry",
+            reason=f"IoT Hub message source '{_shown(source)}'"
+            + (f" from device '{_shown(device_id)}'" if device_id else "")
+            + " is not routed: expected Telemetry or one of IoT Hub's sources "
+            + ", ".join(sorted(t.value for t in IOT_HUB_SOURCES.values())),
+        )
+    if not device_id:
+        return Rejection(
+            code="no-order-key",
+            reason=f"{event_type} message has no device id to order by: neither '{DEVICE_ID}' nor the "
+            f"'{IOT_HUB_DEVICE_ID}' application property (IoT Hub sets both)",
+        )
+    return Event(event_type=event_type, order_key=device_id, message_id=message_id(msg, 0), ingress=msg)
+
+
 def _telemetry_from_properties(msg: IngressMessage, props: _Properties) -> Result:
     key = _text(props.get(SENSOR_HARDWARE_ID))
     if not key:
@@ -273,6 +302,12 @@ def _twin_type(name: str, where: str) -> EventType | Rejection:
         return Rejection(
             code="unknown-type",
             reason=f"unknown event type '{_shown(name)}' in {where}; expected one of {KNOWN_EVENT_TYPES}",
+        )
+    if event_type in IOT_HUB_SOURCE_TYPES:
+        return Rejection(
+            code="unknown-type",
+            reason=f"'{_shown(name)}' in {where} is an IoT Hub routing source, not an event type a message "
+            f"names: IoT Hub marks its messages with the system properties '{MESSAGE_SOURCE}' and '{DEVICE_ID}'",
         )
     return event_type
 
@@ -421,6 +456,7 @@ def _from_structured_cloud_event(msg: IngressMessage, body: dict[str, Any], inde
         source=_text(body.get("source")),
         dataschema=_text(body.get("dataschema")),
         datacontenttype=_text(body.get("datacontenttype")),
+        cloud_event=body,
     )
 
 
@@ -440,8 +476,10 @@ def _event(
     correlation_id: str | None = None,
     dataschema: str | None = None,
     datacontenttype: str | None = None,
+    cloud_event: dict[str, Any] | None = None,
 ) -> Result:
-    """An event of either generation from what its wire form gave (None: the form has no such field)."""
+    """An event of either generation from what its wire form gave (None: the form has no such field);
+    `cloud_event` the structured CloudEvent it came as, if it did."""
     if event_type in V2_EVENT_TYPES:
         return _v2_event(
             msg,
@@ -458,6 +496,7 @@ def _event(
             correlation_id=correlation_id,
             cloud_schema=dataschema,
             datacontenttype=datacontenttype,
+            cloud_event=cloud_event,
         )
     return _twin_event(
         msg,
@@ -528,7 +567,7 @@ def _twin_event(
         event_id=event_id or identity,
         subject=subject,
         data=data,
-        event_time=_timestamp(event_time, _text(_field(data, "EventTimestamp")), msg.enqueued_time),
+        event_time=timestamp(event_time, _text(_field(data, "EventTimestamp")), msg.enqueued_time),
         data_version=data_version or "1.0",
         topic=topic,
         source=source,
@@ -569,6 +608,7 @@ def _v2_event(
     correlation_id: str | None,
     cloud_schema: str | None = None,
     datacontenttype: str | None = None,
+    cloud_event: dict[str, Any] | None = None,
 ) -> Result:
     """A v2 event, ordered by the twin it is about; `data` is None for telemetry whose body went unparsed."""
     if event_type is EventType.TWIN_TELEMETRY:
@@ -597,6 +637,7 @@ def _v2_event(
             event_id=event_id or "",
             subject=subject or "",
             data=data,
+            # As it came: made RFC 3339 only where a CloudEvent is built of it (`timestamp`), off this path.
             event_time=event_time or msg.enqueued_time or "",
             data_version=dataschema or "1.0",
             topic=topic,
@@ -604,6 +645,7 @@ def _v2_event(
             correlation_id=correlation_id,
             dataschema=cloud_schema,
             datacontenttype=datacontenttype,
+            cloud_event=cloud_event,
         )
 
     if not isinstance(data, dict):
@@ -643,7 +685,7 @@ def _v2_event(
         event_id=event_id or identity,
         subject=subject or key,
         data=data,
-        event_time=_timestamp(event_time, msg.enqueued_time),
+        event_time=timestamp(event_time, msg.enqueued_time),
         data_version=dataschema or "1.0",
         topic=topic,
         source=source,
@@ -657,7 +699,7 @@ def _id(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _timestamp(*candidates: str | None) -> str:
+def timestamp(*candidates: str | None) -> str:
     """The first candidate that is a time, as RFC 3339 with an offset; else now.
 
     Event Grid refuses an event whose time lacks an offset (and with it the whole request), and

@@ -20,7 +20,7 @@ from typing import Any, Final
 import orjson
 
 from routing.errors import RoutingError
-from routing.model import DIGITAL_TWINS_EVENT_TYPES, TELEMETRY_TYPES, Event
+from routing.model import DIGITAL_TWINS_EVENT_TYPES, RAW_TYPES, TELEMETRY_TYPES, Event
 
 
 class _Missing(Enum):
@@ -54,9 +54,10 @@ class EventBody:
     """An event's JSON body, read on first use and at most once per event.
 
     Digital Twins events already carry their parsed `data`, and so does telemetry that came inside a
-    JSON envelope (a structured CloudEvent, an Event Grid event); other telemetry is raw bytes, parsed
-    here only when a filter asks for `$body` (and `NOT_JSON` when it is not JSON). IoT Hub routing
-    queries see the message body only as IoT Hub does (`iot_hub`), sharing the one parse of UTF-8.
+    JSON envelope (a structured CloudEvent, an Event Grid event); other telemetry, and IoT Hub's other
+    sources, are raw bytes, parsed here only when a filter asks for `$body` (and `NOT_JSON` when it is
+    not JSON). IoT Hub routing queries see the message body only as IoT Hub does (`iot_hub`), sharing the
+    one parse of UTF-8.
     """
 
     __slots__ = ("_event", "_iot_hub", "_raw", "_value")
@@ -70,7 +71,7 @@ class EventBody:
     def get(self) -> Any:
         if self._value is _UNSET:
             event = self._event
-            if event.event_type not in TELEMETRY_TYPES or event.data is not None:
+            if event.event_type not in RAW_TYPES or event.data is not None:
                 self._value = event.data
             else:
                 self._value = self._raw_json()

@@ -21,6 +21,7 @@ import msgspec
 from routing.errors import Problem, RouteTableError
 from routing.model import (
     DIGITAL_TWINS_EVENT_TYPES,
+    IOT_HUB_SOURCE_TYPES,
     KNOWN_EVENT_TYPES,
     EndpointType,
     EnvelopeFormat,
@@ -356,7 +357,7 @@ def matching(event: Event, candidates: tuple[Endpoint, ...], body: EventBody | N
 # The fields and their types are declared once (`RouteFields`); the library checks each field's type,
 # one field at a time so that every problem is reported at once, and the unknown fields are those the
 # struct does not declare. What a type cannot say (a name's characters, known event types with a
-# did-you-mean, telemetry to EventHub only, filters and templates that compile) is one rule per field,
+# did-you-mean, which endpoint kinds take a type, filters and templates that compile) is one rule per field,
 # in `_RULES`, run in field order on the values that have the right type.
 
 
@@ -481,12 +482,21 @@ def _event_types(items: list[Any], found: _Rules) -> list[EventType]:
     if endpoint_type is not None:
         for event_type in event_types:
             if event_type not in endpoint_type.accepts:
-                found.problem(
-                    "eventTypes",
-                    f"{endpoint_type} endpoints cannot take {event_type}: telemetry is forwarded raw, to "
-                    "EventHub endpoints only",
-                )
+                why = _WHY_NOT[event_type]
+                found.problem("eventTypes", f"{endpoint_type} endpoints cannot take {event_type}: {why}")
     return event_types
+
+
+# Why an endpoint kind cannot take a type (`EndpointType.accepts`): what the service it comes from does.
+_WHY_NOT = {
+    EventType.DEVICE_MESSAGES: "the first service's raw telemetry is forwarded to EventHub endpoints only "
+    "(today's microsoft.iot.telemetry may also go to ServiceBus and EventGrid)",
+    **dict.fromkeys(
+        IOT_HUB_SOURCE_TYPES,
+        "IoT Hub's sources are forwarded unprocessed, to EventHub and ServiceBus endpoints, as IoT Hub routes "
+        "them; IoT Hub routes none to Event Grid, which has no application properties to carry theirs",
+    ),
+}
 
 
 def _setting(label: str) -> Rule:
@@ -674,6 +684,16 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
         found.values[key] = value if rule is None else rule(value, found)
 
     endpoint_type = found.values.get("type")
+    if (
+        endpoint_type is EndpointType.EVENT_GRID
+        and EventType.TWIN_TELEMETRY in (found.values.get("eventTypes") or ())
+        and found.values.get("format", EnvelopeFormat.EVENT_GRID) is EnvelopeFormat.EVENT_GRID
+    ):
+        found.problem(
+            "format",
+            "an EventGrid endpoint takes microsoft.iot.telemetry as a CloudEvent (the Event Grid schema cannot "
+            "carry its bytes): set format CloudEventSchemaV1_0",
+        )
     if found.problems or endpoint_type is None:
         return [Problem(f"{where}, field '{label}'", message) for label, message in found.problems]
     values = found.values
