@@ -65,7 +65,7 @@ KNOWN_EVENT_TYPES = (
 )
 
 # Telemetry (the first service's DeviceMessages and today's microsoft.iot.telemetry) is forwarded as it
-# came (bytes and properties), to Event Hubs only; the rest are Digital Twins events, wrapped in an
+# came (bytes and properties), to Event Hubs and Storage only; the rest are Digital Twins events, wrapped in an
 # envelope per endpoint.
 TELEMETRY_TYPES = frozenset({EventType.DEVICE_MESSAGES, EventType.TWIN_TELEMETRY})
 TWIN_EVENT_TYPES = frozenset(EventType) - TELEMETRY_TYPES
@@ -75,6 +75,8 @@ class EndpointType(StrEnum):
     EVENT_HUB = "EventHub"
     SERVICE_BUS = "ServiceBus"
     EVENT_GRID = "EventGrid"
+    # IoT Hub's storage container endpoint: a Blob container, one blob per batch per ingress partition.
+    STORAGE = "Storage"
 
     @classmethod
     def parse(cls, name: str) -> EndpointType | None:
@@ -82,11 +84,15 @@ class EndpointType(StrEnum):
 
     @property
     def accepts(self) -> frozenset[EventType]:
-        """Event Hubs takes raw telemetry too; Service Bus and Event Grid take Digital Twins events only."""
-        return frozenset(EventType) if self is EndpointType.EVENT_HUB else TWIN_EVENT_TYPES
+        """Event Hubs and Storage (the cold path) take raw telemetry too; Service Bus and Event Grid take
+        Digital Twins events only."""
+        return frozenset(EventType) if self in _RAW_TELEMETRY_ENDPOINTS else TWIN_EVENT_TYPES
 
 
 _ENDPOINT_TYPE_NAMES = {t.value.lower(): t for t in EndpointType}
+_RAW_TELEMETRY_ENDPOINTS = frozenset({EndpointType.EVENT_HUB, EndpointType.STORAGE})
+# For messages that list the endpoint types.
+KNOWN_ENDPOINT_TYPES = "EventHub, ServiceBus, EventGrid or Storage"
 
 
 class EnvelopeFormat(StrEnum):
