@@ -69,6 +69,8 @@ var egressTopicName = 'egress'
 var egressSubscriptionName = 'consumer'
 var routesTableName = 'routes'
 var deadLetterContainerName = 'deadletters'
+// The Storage endpoint of the shipped routes (the cold path): every event, JSON lines, one blob per batch.
+var archiveContainerName = 'archive'
 
 // One token per subscription, resource group, environment and region keeps global names unique and stable
 // across redeployments (the azd convention).
@@ -105,6 +107,7 @@ module storage 'app/storage.bicep' = {
     storageAccountName: 'st${resourceToken}'
     deploymentContainerName: deploymentContainerName
     deadLetterContainerName: deadLetterContainerName
+    archiveContainerName: archiveContainerName
     routesTableName: routesTableName
   }
 }
@@ -179,6 +182,7 @@ module rbac 'app/rbac.bicep' = {
     deployerPrincipalType: principalType
     storageAccountName: storage.outputs.name
     routesTableName: routesTableName
+    archiveContainerName: archiveContainerName
     eventHubsNamespaceName: eventHubs.outputs.name
     telemetryHubName: telemetryHubName
     twinsHubName: twinsHubName

@@ -104,6 +104,8 @@ class EndpointType(StrEnum):
     EVENT_HUB = "EventHub"
     SERVICE_BUS = "ServiceBus"
     EVENT_GRID = "EventGrid"
+    # IoT Hub's storage container endpoint: a Blob container, one blob per batch per ingress partition.
+    STORAGE = "Storage"
 
     @classmethod
     def parse(cls, name: str) -> EndpointType | None:
@@ -113,7 +115,7 @@ class EndpointType(StrEnum):
     def accepts(self) -> frozenset[EventType]:
         """What each endpoint kind may take, as the service an event comes from routes it:
 
-        - Event Hubs: everything.
+        - Event Hubs and Storage (the cold path, as IoT Hub's storage endpoint): everything.
         - Service Bus: all but the first service's DeviceMessages, which it forwarded to Event Hubs only;
           v2 telemetry as Digital Twins routes it there, IoT Hub's sources as IoT Hub routes them to
           Service Bus queues and topics.
@@ -130,7 +132,10 @@ _ACCEPTS = {
     EndpointType.EVENT_HUB: frozenset(EventType),
     EndpointType.SERVICE_BUS: frozenset(EventType) - {EventType.DEVICE_MESSAGES},
     EndpointType.EVENT_GRID: TWIN_EVENT_TYPES | {EventType.TWIN_TELEMETRY},
+    EndpointType.STORAGE: frozenset(EventType),
 }
+# For messages that list the endpoint types.
+KNOWN_ENDPOINT_TYPES = "EventHub, ServiceBus, EventGrid or Storage"
 
 
 class EnvelopeFormat(StrEnum):

@@ -33,6 +33,7 @@ ROLES = {
     "d5a91429-5739-47e2-a06b-3470a27159e7": "EventGrid Data Sender",
     "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
+    "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
 }
 
@@ -51,6 +52,7 @@ CONNECTION_TARGETS = {
     "EGRESS_HUB": ("fullyQualifiedNamespace", "eventHubsNamespace"),
     "EGRESS_BUS": ("fullyQualifiedNamespace", "serviceBusNamespace"),
     "EGRESS_GRID": ("topicEndpointUri", "eventGridTopicEndpoint"),
+    "EGRESS_ARCHIVE": ("blobServiceUri", "blobEndpoint"),
 }
 
 # The router's OpenTelemetry metrics, as they land in Application Insights' customMetrics (by name): read
@@ -210,7 +212,11 @@ def test_storage_takes_identities_only_and_holds_the_deployment_dead_letters_and
     assert account["allowBlobPublicAccess"] is False
 
     containers = resources("app/storage.bicep", "Microsoft.Storage/storageAccounts/blobServices/containers")
-    assert sorted(c["name"] for c in containers.values()) == ["deadLetterContainerName", "deploymentContainerName"]
+    assert sorted(c["name"] for c in containers.values()) == [
+        "archiveContainerName",
+        "deadLetterContainerName",
+        "deploymentContainerName",
+    ]
     assert all(c["properties"]["publicAccess"] == "None" for c in containers.values())
     assert main_value("storage", "deadLetterContainerName") == "deadletters"
     # The app runs its package from the very container the storage module creates.
@@ -313,6 +319,9 @@ def test_role_ids_are_the_built_in_roles_named_beside_them() -> None:
     assert set(role_variables().values()) == set(ROLES)
 
 
+CONTAINER = "Microsoft.Storage/storageAccounts/blobServices/containers"
+
+
 def test_router_identity_has_exactly_the_roles_it_needs_each_on_a_narrow_scope() -> None:
     assert assignments("routerPrincipalId") == {
         ("Azure Event Hubs Data Receiver", "Microsoft.EventHub/namespaces/eventhubs", "telemetryHubName"),
@@ -322,6 +331,7 @@ def test_router_identity_has_exactly_the_roles_it_needs_each_on_a_narrow_scope()
         ("EventGrid Data Sender", "Microsoft.EventGrid/topics", "eventGridTopicName"),
         ("Storage Table Data Contributor", "Microsoft.Storage/storageAccounts/tableServices/tables", "routesTableName"),
         ("Storage Blob Data Owner", "Microsoft.Storage/storageAccounts", "storageAccountName"),
+        ("Storage Blob Data Contributor", CONTAINER, "archiveContainerName"),
         ("Monitoring Metrics Publisher", "Microsoft.Insights/components", "applicationInsightsName"),
     }
     bodies = resources("app/rbac.bicep", "Microsoft.Authorization/roleAssignments").values()
@@ -463,7 +473,7 @@ def test_settings_name_the_resources_main_creates() -> None:
 def test_deployed_routes_are_valid_and_point_at_the_deployed_resources() -> None:
     table = parse_routes(deployed_routes(), "infra/routes.deployed.json")
     by_type = {e.type: e for e in table.endpoints}
-    assert len(by_type) == len(table.endpoints) == 3
+    assert len(by_type) == len(table.endpoints) == 4
 
     hub = by_type[EndpointType.EVENT_HUB]
     assert {t.value for t in hub.event_types} == {
@@ -491,6 +501,13 @@ def test_deployed_routes_are_valid_and_point_at_the_deployed_resources() -> None
     assert grid.connection == "EGRESS_GRID"
     topic = resource("app/eventgrid.bicep", "Microsoft.EventGrid/topics")
     assert grid.format.value == topic["properties"]["inputSchema"], "the topic refuses events in another schema"
+
+    # The cold path: every event type, to the container the deployment makes (the router makes none) and
+    # the identity may write to.
+    archive = by_type[EndpointType.STORAGE]
+    assert set(archive.event_types) == set(hub.event_types)
+    assert archive.connection == "EGRESS_ARCHIVE"
+    assert archive.path == main_value("storage", "archiveContainerName") == main_value("rbac", "archiveContainerName")
 
 
 # --- watching it -------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ def test_make_run_command_routes_every_sample_line(tmp_path: Path) -> None:
         "topology-grid",
         "adt-hub",
         "room-alerts",
+        "cold-archive",  # a Storage endpoint: the runner writes its messages to a file like every other's
         "deadletter",
     }
     # Every summary count matches what was written, and every type in the samples went somewhere.
@@ -73,6 +74,11 @@ def test_make_run_command_routes_every_sample_line(tmp_path: Path) -> None:
         "SensorChange",
         "UdfCustom",
     }
+    # The cold path takes every type it lists, v2 telemetry included (device messages it leaves to the hub
+    # and the fallback: a Storage endpoint taking them all would leave the fallback none, as in IoT Hub).
+    delivered_types = {row["eventType"] for row in summary["delivered"]}
+    assert {x["eventType"] for x in written["cold-archive"]} == delivered_types - {"DeviceMessages"}
+    assert {x["endpointType"] for x in written["cold-archive"]} == {"Storage"}
     assert len(written["deadletter"]) == sum(row["count"] for row in summary["deadLetters"]) > 0
     assert all(x["reason"] for x in written["deadletter"])
 

@@ -30,17 +30,18 @@ def test_every_field_of_the_wrong_type_is_reported_at_once_in_field_order() -> N
         "orderKey": 2,
         "enrichments": [1],
         "partitioning": 9,
+        "fileNameFormat": ["{iothub}"],
         "colour": "red",
     }
     assert problems(raw) == [
         "endpoint #3, field 'colour': unknown field",
         "endpoint #3, field 'name': must be a non-empty string",
-        "endpoint #3, field 'type': unknown endpoint type 1; expected EventHub, ServiceBus or EventGrid",
+        "endpoint #3, field 'type': unknown endpoint type 1; expected EventHub, ServiceBus, EventGrid or Storage",
         "endpoint #3, field 'eventTypes': must be a non-empty list of event types",
         "endpoint #3, field 'connection': must name an app setting (a non-empty string)",
         "endpoint #3, field 'secondaryConnection': must name an app setting (a non-empty string)",
-        "endpoint #3, field 'path': must be a non-empty string (the hub, queue or topic name, or the Event Grid "
-        "topic host)",
+        "endpoint #3, field 'path': must be a non-empty string (the hub, queue or topic name, the Event Grid "
+        "topic host, or the Blob container)",
         "endpoint #3, field 'format': unknown format 2; expected EventGridSchema or CloudEventSchemaV1_0",
         "endpoint #3, field 'enabled': must be true or false, got 'yes'",
         "endpoint #3, field 'filterLanguage': must be 'digitaltwins' (a Digital Twins route filter, the default) or "
@@ -49,6 +50,7 @@ def test_every_field_of_the_wrong_type_is_reported_at_once_in_field_order() -> N
         "endpoint #3, field 'orderKey': must be a string (a path or a template, see docs/FILTERS.md), got 2",
         "endpoint #3, field 'enrichments': must be an object of property name -> value, got list",
         "endpoint #3, field 'partitioning': must be 'router' or 'service', got 9",
+        "endpoint #3, field 'fileNameFormat': must be a string (IoT Hub's blob name format), got ['{iothub}']",
     ]
 
 
@@ -69,6 +71,7 @@ def test_the_fields_are_the_routes_file_fields_in_camel_case() -> None:
         "partitioning",
         "timeToLiveMinutes",
         "fallback",
+        "fileNameFormat",
     )
     assert REQUIRED == ("name", "type", "eventTypes", "connection", "path")
     assert problems({"name": "x", "order_key": "$body.Id"})[0] == (

@@ -114,6 +114,21 @@ def test_an_endpoint_is_added_listed_shown_updated_disabled_enabled_and_deleted(
     assert shown.exit_code == 2 and "no endpoint 'Sensor-Alerts'" in shown.output
 
 
+def test_a_storage_endpoint_is_added_with_its_file_name_format_in_the_row_and_reset_to_the_default(
+    routes: Routes,
+) -> None:
+    names = "{iothub}/{YYYY}/{MM}/{DD}/{HH}/{mm}/{partition}.json"
+    archive = ("--type", "Storage", "--event-types", "DeviceMessages,SensorChange", "--connection", "ARCHIVE",
+               "--path", "cold", "--file-name-format", names)  # fmt: skip
+    added = routes.json("add", "archive", *archive)
+    assert added["fileNameFormat"] == names
+    [row] = routes.rows()
+    assert row["FileNameFormat"] == added["fileNameFormat"] and row["Type"] == "Storage"
+    assert "fileNameFormat" not in routes.json("update", "archive", "--file-name-format", "")  # IoT Hub's default
+    refused = routes("update", "archive", "--file-name-format", "{iothub}/{YYYY}")
+    assert refused.exit_code == 2 and "missing {partition} {MM} {DD} {HH} {mm}" in refused.output
+
+
 def test_the_list_is_a_table_by_default(routes: Routes) -> None:
     add_alerts(routes)
     result = routes("list")

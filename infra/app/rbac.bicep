@@ -7,6 +7,7 @@ param deployerPrincipalId string
 param deployerPrincipalType string
 param storageAccountName string
 param routesTableName string
+param archiveContainerName string
 param eventHubsNamespaceName string
 param telemetryHubName string
 param twinsHubName string
@@ -23,6 +24,7 @@ var serviceBusDataSenderRoleId = '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39' // Azure
 var eventGridDataSenderRoleId = 'd5a91429-5739-47e2-a06b-3470a27159e7' // EventGrid Data Sender
 var storageTableDataContributorRoleId = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Storage Blob Data Owner
+var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe' // Storage Blob Data Contributor
 var monitoringMetricsPublisherRoleId = '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
@@ -37,6 +39,16 @@ resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-0
 resource routesTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' existing = {
   parent: tableService
   name: routesTableName
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = {
+  parent: storageAccount
+  name: 'default'
+}
+
+resource archiveContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: blobService
+  name: archiveContainerName
 }
 
 resource eventHubsNamespace 'Microsoft.EventHub/namespaces@2024-01-01' existing = {
@@ -122,6 +134,20 @@ resource eventGridSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
   scope: eventGridTopic
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', eventGridDataSenderRoleId)
+    principalId: routerPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The Storage endpoint writes (and overwrites, on a retried batch) blobs in its container, and nothing
+// else: Contributor on that container alone. The account-wide Owner grant below covers it today; this one
+// is what a Storage endpoint needs, and keeps it working when its container moves to an account of its
+// own (grant the same role there) or the host's grant is narrowed.
+resource archiveContainerContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(archiveContainer.id, routerPrincipalId, storageBlobDataContributorRoleId)
+  scope: archiveContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributorRoleId)
     principalId: routerPrincipalId
     principalType: 'ServicePrincipal'
   }

@@ -218,6 +218,20 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'EGRESS_GRID__clientId'
           value: identityClientId
         }
+        // The Storage endpoint's connection: the account's Blob service (its container is the route's
+        // path), reached with the identity, which holds Storage Blob Data Contributor on that container.
+        {
+          name: 'EGRESS_ARCHIVE__blobServiceUri'
+          value: blobEndpoint
+        }
+        {
+          name: 'EGRESS_ARCHIVE__credential'
+          value: 'managedidentity'
+        }
+        {
+          name: 'EGRESS_ARCHIVE__clientId'
+          value: identityClientId
+        }
       ]
     }
     functionAppConfig: {

@@ -1,5 +1,5 @@
 // The one storage account: Functions host storage (leases, Event Hubs checkpoints), the Flex
-// deployment package, the dead letters (blobs) and the routes table. Shared keys are off: the app, the
+// deployment package, the dead letters (blobs), the Storage endpoint's archive and the routes table. Shared keys are off: the app, the
 // platform and the routes CLI all sign in with Entra identities.
 param location string
 param tags object
@@ -9,6 +9,7 @@ param tags object
 param storageAccountName string
 param deploymentContainerName string
 param deadLetterContainerName string
+param archiveContainerName string
 param routesTableName string
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' = {
@@ -68,6 +69,16 @@ resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/con
 resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: deadLetterContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+// The shipped routes' Storage endpoint writes here. Made by the deployment because the router never
+// creates an endpoint's container (IoT Hub does not either): a missing one dead-letters, naming it.
+resource archiveContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: archiveContainerName
   properties: {
     publicAccess: 'None'
   }

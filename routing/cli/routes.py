@@ -277,6 +277,7 @@ def _options(
     partitioning: str | None = None,
     time_to_live: int | None = None,
     fallback: bool | None = None,
+    file_name_format: str | None = None,
 ) -> dict[str, Any]:
     """The fields the user gave, in the routes-file form (left out when not given)."""
     given: dict[str, Any] = {}
@@ -306,6 +307,8 @@ def _options(
         given["timeToLiveMinutes"] = time_to_live
     if fallback is not None:
         given["fallback"] = fallback
+    if file_name_format is not None:
+        given["fileNameFormat"] = file_name_format
     if enrich:
         enrichments: dict[str, str] = {}
         for item in enrich:
@@ -317,7 +320,7 @@ def _options(
     return given
 
 
-TypeOption = Annotated[str | None, typer.Option("--type", help="EventHub, ServiceBus or EventGrid.")]
+TypeOption = Annotated[str | None, typer.Option("--type", help="EventHub, ServiceBus, EventGrid or Storage.")]
 EventTypesOption = Annotated[
     list[str] | None,
     typer.Option("--event-types", help="Event types, comma-separated or the option repeated."),
@@ -330,7 +333,8 @@ SecondaryOption = Annotated[
     typer.Option("--secondary-connection", help="App setting tried when the primary is refused; '' removes it."),
 ]
 PathOption = Annotated[
-    str | None, typer.Option("--path", help="Event hub, queue or topic; Event Grid: the topic host.")
+    str | None,
+    typer.Option("--path", help="Event hub, queue or topic; Event Grid: the topic host; Storage: the Blob container."),
 ]
 FormatOption = Annotated[str | None, typer.Option("--format", help="EventGridSchema or CloudEventSchemaV1_0.")]
 EnabledOption = Annotated[bool | None, typer.Option("--enabled/--disabled", help="Whether it receives events.")]
@@ -447,6 +451,16 @@ def _jsonable(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, str | int | float | bool | list) or v is None else repr(v) for k, v in raw.items()}
 
 
+FileNameFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--file-name-format",
+        help="Storage: how blobs are named, IoT Hub's tokens in any order (default "
+        "'{iothub}/{partition}/{YYYY}/{MM}/{DD}/{HH}/{mm}'); '' restores the default.",
+    ),
+]
+
+
 # The options `add` and `update` both take, one per routes-file field, declared once (endpoint_fields).
 ENDPOINT_OPTIONS: dict[str, Any] = {
     "type_": TypeOption,
@@ -463,9 +477,10 @@ ENDPOINT_OPTIONS: dict[str, Any] = {
     "partitioning": PartitioningOption,
     "time_to_live": TimeToLiveOption,
     "fallback": FallbackOption,
+    "file_name_format": FileNameFormatOption,
 }
 # Fields an empty value removes (with `update`; with `add`, an empty one is as if not given).
-REMOVABLE_FIELDS = ("secondaryConnection", "filter", "orderKey")
+REMOVABLE_FIELDS = ("secondaryConnection", "filter", "orderKey", "fileNameFormat")
 
 
 def _flag(annotation: Any) -> str:

@@ -10,6 +10,7 @@ from routing.deliver.eventgrid import EventGridSender
 from routing.deliver.eventhubs import EventHubSender
 from routing.deliver.senders import ClientSender, RetryOptions, Sender
 from routing.deliver.servicebus import ServiceBusEndpointSender
+from routing.deliver.storage import StorageSender
 from routing.model import EndpointType
 from routing.routes.table import Endpoint
 
@@ -17,6 +18,7 @@ _KINDS: dict[EndpointType, type[ClientSender[object]]] = {
     EndpointType.EVENT_HUB: EventHubSender,  # type: ignore[dict-item]
     EndpointType.SERVICE_BUS: ServiceBusEndpointSender,  # type: ignore[dict-item]
     EndpointType.EVENT_GRID: EventGridSender,  # type: ignore[dict-item]
+    EndpointType.STORAGE: StorageSender,  # type: ignore[dict-item]
 }
 
 
@@ -36,6 +38,7 @@ class SenderPool:
             endpoint.secondary_connection or "",
             endpoint.path,
             endpoint.partitioning,
+            endpoint.file_name_format,
         )
         with self._lock:
             sender = self._senders.get(key)

@@ -22,6 +22,7 @@ from routing.errors import Problem, RouteTableError
 from routing.model import (
     DIGITAL_TWINS_EVENT_TYPES,
     IOT_HUB_SOURCE_TYPES,
+    KNOWN_ENDPOINT_TYPES,
     KNOWN_EVENT_TYPES,
     EndpointType,
     EnvelopeFormat,
@@ -61,6 +62,15 @@ PARTITIONING = ("router", "service")
 # keeps retrying an endpoint for 24 hours; at most a week (a parked key holds its device that long).
 DEFAULT_TIME_TO_LIVE_MINUTES = 24 * 60
 MAX_TIME_TO_LIVE_MINUTES = 7 * 24 * 60
+# A Storage endpoint's blob names, as IoT Hub's storage endpoint names them (`fileNameFormat`): these
+# tokens, every one of them, in any order; the router adds a suffix (routing/deliver/storage.py).
+FILE_NAME_TOKENS = ("{iothub}", "{partition}", "{YYYY}", "{MM}", "{DD}", "{HH}", "{mm}")
+DEFAULT_FILE_NAME_FORMAT = "{iothub}/{partition}/{YYYY}/{MM}/{DD}/{HH}/{mm}"
+# Blob names are at most 1,024 characters: this leaves room for the tokens' values and the suffix.
+MAX_FILE_NAME_FORMAT_LENGTH = 512
+_TOKEN = re.compile(r"\{[^{}]*\}")
+# A Blob container's name: 3-63 lower-case letters, digits and single hyphens, starting with a letter or digit.
+_CONTAINER_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:-?[a-z0-9])*$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +94,8 @@ class Endpoint:
     time_to_live_minutes: int = DEFAULT_TIME_TO_LIVE_MINUTES
     # IoT Hub's fallback route: takes, among its event types, what no other enabled endpoint took.
     fallback: bool = False
+    # Storage endpoints: how blobs are named (IoT Hub's tokens; FILE_NAME_TOKENS).
+    file_name_format: str = DEFAULT_FILE_NAME_FORMAT
     # What sets this endpoint's message ids apart from other shapes of an event, once per load (None: the
     # default shape, which keeps the event's ids); see `routing.model.shape_seed`.
     id_seed: bytes | None = field(default=None, init=False, repr=False, compare=False)
@@ -104,6 +116,7 @@ class Endpoint:
             self.format.value,
             "" if self.order_key is None else repr(self.order_key.raw),
             repr(sorted((name, repr(template.raw)) for name, template in self.enrichments)),
+            self.file_name_format,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +146,8 @@ class Endpoint:
             out["timeToLiveMinutes"] = self.time_to_live_minutes
         if self.fallback:
             out["fallback"] = True
+        if self.file_name_format != DEFAULT_FILE_NAME_FORMAT:
+            out["fileNameFormat"] = self.file_name_format
         return out
 
 
@@ -379,6 +394,7 @@ class RouteFields(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_f
     partitioning: str = PARTITIONING[0]
     time_to_live_minutes: int = DEFAULT_TIME_TO_LIVE_MINUTES
     fallback: bool = False
+    file_name_format: str | None = None
 
 
 _DECLARED = msgspec.structs.fields(RouteFields)
@@ -392,12 +408,14 @@ _CHECKED_AS: dict[str, Any] = {
     "enrichments": dict[Any, Any],
 }
 _TTL_PROBLEM = f"must be a whole number of minutes from 1 to {MAX_TIME_TO_LIVE_MINUTES} (a week)"
-_PATH_PROBLEM = "must be a non-empty string (the hub, queue or topic name, or the Event Grid topic host)"
+_PATH_PROBLEM = (
+    "must be a non-empty string (the hub, queue or topic name, the Event Grid topic host, or the Blob container)"
+)
 _SETTING_PROBLEM = "must name an app setting (a non-empty string)"
 # What a value of the wrong type is told.
 _WRONG_TYPE: dict[str, Callable[[Any], str]] = {
     "name": lambda _value: "must be a non-empty string",
-    "type": lambda value: f"unknown endpoint type {value!r}; expected EventHub, ServiceBus or EventGrid",
+    "type": lambda value: f"unknown endpoint type {value!r}; expected {KNOWN_ENDPOINT_TYPES}",
     "eventTypes": lambda _value: "must be a non-empty list of event types",
     "connection": lambda _value: _SETTING_PROBLEM,
     "secondaryConnection": lambda _value: _SETTING_PROBLEM,
@@ -411,6 +429,7 @@ _WRONG_TYPE: dict[str, Callable[[Any], str]] = {
     "partitioning": lambda value: f"must be 'router' or 'service', got {value!r}",
     "timeToLiveMinutes": lambda value: _TTL_PROBLEM + f", got {value!r}",
     "fallback": lambda value: f"must be true or false, got {value!r}",
+    "fileNameFormat": lambda value: f"must be a string (IoT Hub's blob name format), got {value!r}",
 }
 
 
@@ -462,7 +481,7 @@ def _endpoint_type(value: str, found: _Rules) -> EndpointType | None:
     parsed = EndpointType.parse(value)
     if parsed is None:
         hint = _suggest(value, [t.value for t in EndpointType])
-        found.problem("type", f"unknown endpoint type {value!r}{hint}; expected EventHub, ServiceBus or EventGrid")
+        found.problem("type", f"unknown endpoint type {value!r}{hint}; expected {KNOWN_ENDPOINT_TYPES}")
     return parsed
 
 
@@ -489,12 +508,12 @@ def _event_types(items: list[Any], found: _Rules) -> list[EventType]:
 
 # Why an endpoint kind cannot take a type (`EndpointType.accepts`): what the service it comes from does.
 _WHY_NOT = {
-    EventType.DEVICE_MESSAGES: "the first service's raw telemetry is forwarded to EventHub endpoints only "
-    "(today's microsoft.iot.telemetry may also go to ServiceBus and EventGrid)",
+    EventType.DEVICE_MESSAGES: "the first service's raw telemetry is forwarded to EventHub (and Storage) "
+    "endpoints only (today's microsoft.iot.telemetry may also go to ServiceBus and EventGrid)",
     **dict.fromkeys(
         IOT_HUB_SOURCE_TYPES,
-        "IoT Hub's sources are forwarded unprocessed, to EventHub and ServiceBus endpoints, as IoT Hub routes "
-        "them; IoT Hub routes none to Event Grid, which has no application properties to carry theirs",
+        "IoT Hub's sources are forwarded unprocessed, to EventHub, ServiceBus and Storage endpoints, as IoT Hub "
+        "routes them; IoT Hub routes none to Event Grid, which has no application properties to carry theirs",
     ),
 }
 
@@ -512,6 +531,13 @@ def _setting(label: str) -> Rule:
 def _path(value: str, found: _Rules) -> str | None:
     if not value.strip():
         found.problem("path", _PATH_PROBLEM)
+        return None
+    if found.values.get("type") is EndpointType.STORAGE and not _CONTAINER_NAME.match(value):
+        found.problem(
+            "path",
+            f"{value!r} is not a Blob container name: 3-63 lower-case letters, digits and single hyphens, "
+            "starting and ending with a letter or digit",
+        )
         return None
     return value
 
@@ -558,6 +584,9 @@ def _filter(value: str, found: _Rules) -> Filter | None:
 
 
 def _order_key(value: str, found: _Rules) -> ValueTemplate | None:
+    if found.values.get("type") is EndpointType.STORAGE:
+        found.problem("orderKey", "has no use on a Storage endpoint: it writes each ingress partition in arrival order")
+        return None
     try:
         return compile_value(value, allow_fixed=False)
     except FilterSyntaxError as exc:
@@ -629,6 +658,35 @@ def _fallback(value: bool, found: _Rules) -> bool:
     return value
 
 
+def _file_name_format(value: str, found: _Rules) -> str | None:
+    """IoT Hub's rule (every token, in any order) and what makes a blob name: no empty folder, no
+    backslash or control character, no name ending in `/` or `.`, room for the values."""
+    endpoint_type = found.values.get("type")
+    if endpoint_type is not None and endpoint_type is not EndpointType.STORAGE:
+        found.problem("fileNameFormat", "applies to Storage endpoints only")
+        return None
+    problems = []
+    missing = [token for token in FILE_NAME_TOKENS if token not in value]
+    if missing:
+        every = " ".join(FILE_NAME_TOKENS)
+        problems.append(f"must hold every one of {every}, in any order (missing {' '.join(missing)})")
+    unknown = [token for token in _TOKEN.findall(value) if token not in FILE_NAME_TOKENS]
+    if unknown:
+        # Tokens differ by case alone ({MM} the month, {mm} the minute): a case slip is the likely one.
+        same = [token for token in FILE_NAME_TOKENS if token.lower() == unknown[0].lower()]
+        hint = f" (did you mean '{same[0]}'?)" if len(same) == 1 else _suggest(unknown[0], FILE_NAME_TOKENS)
+        problems.append(f"has unknown token {unknown[0]}{hint}; the tokens are {' '.join(FILE_NAME_TOKENS)}")
+    if len(value) > MAX_FILE_NAME_FORMAT_LENGTH:
+        problems.append(f"must be at most {MAX_FILE_NAME_FORMAT_LENGTH} characters")
+    if value.startswith("/") or "//" in value or value.endswith(("/", ".")):
+        problems.append("must not start or end with '/', end with '.', or hold an empty folder ('//')")
+    if "\\" in value or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
+        problems.append("must not hold a backslash or control characters")
+    for problem in problems:
+        found.problem("fileNameFormat", f"{problem}: {value!r}")
+    return None if problems else value
+
+
 # The rules, in the order their problems are reported; a field without one needs only its type.
 _RULES: dict[str, Rule] = {
     "name": _name,
@@ -645,6 +703,7 @@ _RULES: dict[str, Rule] = {
     "partitioning": _partitioning,
     "timeToLiveMinutes": _time_to_live,
     "fallback": _fallback,
+    "fileNameFormat": _file_name_format,
 }
 
 
@@ -713,6 +772,7 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
         partitioning=values.get("partitioning", PARTITIONING[0]),
         time_to_live_minutes=values.get("timeToLiveMinutes", DEFAULT_TIME_TO_LIVE_MINUTES),
         fallback=values.get("fallback", False),
+        file_name_format=values.get("fileNameFormat") or DEFAULT_FILE_NAME_FORMAT,
     )
 
 
