@@ -262,6 +262,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     datacontenttype: str | None = None
     # v2 telemetry that came as a structured CloudEvent: that CloudEvent, which Event Grid gets as it came.
     cloud_event: Mapping[str, Any] | None = None
+    # A structured CloudEvent's W3C trace context, as it came (routing/ingest/trace.py validates it).
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 # A rejection or dead letter standing for many events of one message lists this many of their positions

@@ -20,11 +20,13 @@ import sys
 import threading
 from collections.abc import Mapping
 
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
 
 from routing.connections import IDENTITY_OPTIONS
 
 meter = metrics.get_meter("routing")
+# One span per routed batch (routing/pipeline.py), linked to the traces its messages came with.
+tracer = trace.get_tracer("routing")
 
 EVENTS_IN = meter.create_counter("router.events.in", description="Ingress events by hub and classified type")
 DELIVERED = meter.create_counter("router.messages.delivered", description="Messages delivered, by endpoint and type")

@@ -20,11 +20,14 @@ from datetime import UTC, datetime
 from itertools import chain
 from typing import Protocol
 
+from opentelemetry.trace import Span, SpanContext, SpanKind, TraceFlags, TraceState
+
 from routing import observability as obs
 from routing.deadletters import DeadLetterStore
 from routing.deliver import envelope
 from routing.deliver.senders import HELD_BEHIND, KeyGroup, SenderFor, SendReport
 from routing.health import Breaker
+from routing.ingest import trace
 from routing.ingest.classify import classify
 from routing.model import (
     RAW_TYPES,
@@ -134,7 +137,15 @@ class Router:
             return self._pool
 
     def route(self, messages: Iterable[IngressMessage]) -> BatchReport:
+        """Route one batch, in a span of its own linked to the trace of each message that carries one
+        (W3C trace context: routing/ingest/trace.py), so a trace runs from the device or twin through the
+        router (and, since the messages carry it on, to the consumer)."""
+        with obs.tracer.start_as_current_span("route batch", kind=SpanKind.CONSUMER) as span:
+            return self._route(messages, span if span.is_recording() else None)
+
+    def _route(self, messages: Iterable[IngressMessage], traced: Span | None) -> BatchReport:
         table = self.routes.current()
+        linked: set[str] = set()
         report = BatchReport()
         letters: list[DeadLetter] = []
         # Endpoint name -> (endpoint, order key -> messages in arrival order); dicts keep first-seen order.
@@ -163,6 +174,8 @@ class Router:
             except Exception as exc:  # a bug must cost one message, not the batch
                 log.exception("internal error while classifying")
                 results = [Rejection(code="internal-error", reason=f"internal error while classifying: {exc!r}")]
+            if traced is not None:
+                _link(traced, msg, results, linked)
             for result in results:
                 if isinstance(result, Rejection):
                     # The rejected events of one message are one rejection (classify): one letter, bounded.
@@ -342,6 +355,28 @@ def _parked_letter(message: Outgoing, reason: str) -> DeadLetter:
         endpoint=message.endpoint,
         message=message,
     )
+
+
+# Links one batch's span keeps (OpenTelemetry's default limit is 128): the rest are counted in an attribute.
+MAX_LINKS = 64
+
+
+def _link(span: Span, msg: IngressMessage, results: Sequence[Event | Rejection], linked: set[str]) -> None:
+    """Link the batch's span to the trace each of the message's events came with (once per trace)."""
+    contexts = [trace.of_event(r) for r in results if isinstance(r, Event)] or [trace.of_message(msg)]
+    for context in contexts:
+        if context is None or context.traceparent in linked:
+            continue
+        linked.add(context.traceparent)
+        if len(linked) > MAX_LINKS:
+            span.set_attribute("routing.unlinked_traces", len(linked) - MAX_LINKS)
+            continue
+        _version, trace_id, span_id, flags = context.traceparent.split("-")
+        state = TraceState.from_header([context.tracestate]) if context.tracestate else None
+        span.add_link(
+            SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16)),
+                        trace_state=state)
+        )  # fmt: skip
 
 
 def _record_lag(msg: IngressMessage) -> None:

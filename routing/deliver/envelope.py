@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from routing.errors import RoutingError
+from routing.ingest import trace
 from routing.ingest.classify import timestamp
 from routing.model import RAW_TYPES, EndpointType, EnvelopeFormat, Event, EventType, Outgoing, shaped_message_id
 from routing.routes.filters import MISSING, EventBody
@@ -73,7 +74,7 @@ def event_grid_envelope(event: Event, *, topic: bool = True) -> dict[str, Any]:
 
 
 def cloud_event_envelope(event: Event) -> dict[str, Any]:
-    return {
+    envelope = {
         "specversion": "1.0",
         "id": event.event_id,
         "source": event.source or event.topic or CLOUD_EVENT_SOURCE_PREFIX + event.ingress.source,
@@ -83,6 +84,17 @@ def cloud_event_envelope(event: Event) -> dict[str, Any]:
         "datacontenttype": JSON,
         "data": event.data,
     }
+    _add_trace(envelope, trace.of_event(event))
+    return envelope
+
+
+def _add_trace(target: dict[str, Any], context: trace.TraceContext | None) -> None:
+    """The trace context as W3C names it: CloudEvents' distributed-tracing extension attributes, or
+    application properties (Event Hubs and Service Bus)."""
+    if context is not None:
+        target["traceparent"] = context.traceparent
+        if context.tracestate:
+            target["tracestate"] = context.tracestate
 
 
 def telemetry_cloud_event(event: Event) -> dict[str, Any]:
@@ -126,6 +138,8 @@ def telemetry_cloud_event(event: Event) -> dict[str, Any]:
                 break
     if content_type:
         cloud_event["datacontenttype"] = str(content_type)
+    if "traceparent" not in cloud_event:  # a plain `traceparent` or `Diagnostic-Id` property
+        _add_trace(cloud_event, trace.of_event(event))
     if event.data is not None:  # it came inside a JSON envelope, its data already parsed
         cloud_event["data"] = event.data
         return cloud_event
@@ -155,10 +169,16 @@ def content_type_of(envelope_format: EnvelopeFormat) -> str:
 
 
 def twin_properties(event: Event) -> dict[str, Any]:
-    """What Event Hubs and Service Bus consumers can filter on without parsing the body."""
+    """What Event Hubs and Service Bus consumers can filter on without parsing the body, and the trace
+    context the event came with (W3C `traceparent`/`tracestate`, and `Diagnostic-Id`, which the Azure
+    SDKs' consumers read), so the consumer's work joins the device's or twin's trace."""
     properties: dict[str, Any] = {"EventType": event.event_type.value, "Subject": event.subject}
     if event.correlation_id:
         properties["CorrelationId"] = event.correlation_id
+    context = trace.of_event(event)
+    if context is not None:
+        _add_trace(properties, context)
+        properties["Diagnostic-Id"] = context.traceparent
     return properties
 
 

@@ -18,7 +18,7 @@ import time
 import zlib
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -175,10 +175,12 @@ class RetryOptions:
 class BatchFailed(Exception):
     """A batch (or the preparing of the batches) failed: none of its messages was delivered."""
 
-    def __init__(self, reason: str, *, permanent: bool) -> None:
+    def __init__(self, reason: str, *, permanent: bool, endpoint_wide: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+        # A refusal of the endpoint itself (its credentials), not of what the batch held.
+        self.endpoint_wide = endpoint_wide
         self.attempts: tuple[Attempt, ...] = ()
 
 
@@ -456,8 +458,15 @@ class ClientSender(ABC, Generic[ClientT]):
             return client
 
     # -- packing ----------------------------------------------------------------------------------------
-    def _pack(self, client: ClientT, timeout: float, pending: Sequence[tuple[str, Sequence[Outgoing]]]) -> Plan:
-        """Every pending message in as few batches as its route allows, each key's messages in order."""
+    def _pack(
+        self,
+        client: ClientT,
+        timeout: float,
+        pending: Sequence[tuple[str, Sequence[Outgoing]]],
+        alone: Collection[int] = frozenset(),
+    ) -> Plan:
+        """Every pending message in as few batches as its route allows, each key's messages in order; those
+        in `alone` (`id()`s: messages of a batch the service refused for good) each in a batch of its own."""
         sequences: dict[Hashable, list[Prepared]] = {}
         rejected: list[tuple[int, int, str]] = []
         for position, (key, messages) in enumerate(pending):
@@ -467,6 +476,9 @@ class ClientSender(ABC, Generic[ClientT]):
                 sequence = sequences[route] = [Prepared(self._open(client, route))]
             current = sequence[-1]
             for offset, message in enumerate(messages):
+                if current.messages and alone and (id(message) in alone or id(current.messages[-1]) in alone):
+                    current = Prepared(self._open(client, route))  # a batch of its own: nothing before or after
+                    sequence.append(current)
                 try:
                     if not self._add(current.payload, message):
                         fresh = Prepared(self._open(client, route)) if current.messages else current
@@ -498,8 +510,9 @@ class ClientSender(ABC, Generic[ClientT]):
         by_key = {state.key: state for state in keys}
         delivered: list[Outgoing] = []
         failed: list[Failure] = []
+        alone: set[int] = set()
         # Each round settles at least one batch or changes how keys are packed; this bound is a guard.
-        for _round in range(sum(len(state.pending) for state in keys) + 2):
+        for _round in range(2 * sum(len(state.pending) for state in keys) + 2):
             pending = [state for state in keys if state.pending]
             if not pending:
                 break
@@ -509,7 +522,11 @@ class ClientSender(ABC, Generic[ClientT]):
                 # On lane 0, whose client asks what packing needs (sizes, partitions) once.
                 with self._holding(0, deadline):
                     plan = self._attempt(
-                        0, partial(self._pack, pending=slices), first, sum(len(m) for _k, m in slices), deadline
+                        0,
+                        partial(self._pack, pending=slices, alone=alone),
+                        first,
+                        sum(len(m) for _k, m in slices),
+                        deadline,
                     )
             except BatchFailed as unprepared:
                 # Nothing could be prepared: a permanent cause (a setting missing) fails every message, a
@@ -528,6 +545,11 @@ class ClientSender(ABC, Generic[ClientT]):
                     delivered.extend(prepared.messages)
                     for key, count in prepared.counts.items():
                         by_key[key].delivered(count)
+                elif failure.permanent and not failure.endpoint_wide and len(prepared.messages) > 1:
+                    # Refused for good, but for what? One message may be why (too large, a 400): each goes
+                    # again alone, so only a message the service refuses by itself fails, and its key goes
+                    # on without the others being dead-lettered with it. Nothing of the batch was taken.
+                    alone.update(id(message) for message in prepared.messages)
                 else:
                     for key, count in prepared.counts.items():
                         by_key[key].fail(failed, count, failure)
@@ -714,8 +736,10 @@ class ClientSender(ABC, Generic[ClientT]):
                 reason, permanent = self._describe(error)
                 if refused:
                     names = " and ".join(self.connections[i] for i in tried)
-                    reason, permanent = f"unauthorized with {names}: {reason}", True
-                elif self._timed_out(error):
+                    raise BatchFailed(
+                        f"unauthorized with {names}: {reason}", permanent=True, endpoint_wide=True
+                    ) from error
+                if self._timed_out(error):
                     reason = f"timed out after {timeout:g} s: {reason}" if "timed out" not in reason else reason
                 raise BatchFailed(reason, permanent=permanent) from error
 

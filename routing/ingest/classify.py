@@ -692,6 +692,9 @@ def _v2_event(
         correlation_id=correlation_id,
         dataschema=cloud_schema,
         datacontenttype=datacontenttype,
+        # A structured CloudEvent's distributed-tracing extension (binary mode: its properties carry it).
+        traceparent=_text(cloud_event.get("traceparent")) if cloud_event is not None else None,
+        tracestate=_text(cloud_event.get("tracestate")) if cloud_event is not None else None,
     )
 
 
