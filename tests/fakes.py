@@ -49,6 +49,8 @@ class FakeWire:
     mixed: bool = False
     # "<endpoint>/<message id>" of messages too large for any batch.
     too_large: set[str] = field(default_factory=set)
+    # Endpoints that are down (an outage): every send to one of them fails, transiently, whatever it carries.
+    down: set[str] = field(default_factory=set)
     batches: list[list[Outgoing]] = field(default_factory=list)  # every batch that arrived, in order
     threads: list[str] = field(default_factory=list)  # the thread that sent each batch (or try)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -91,6 +93,8 @@ class FakeEndpointSender(ClientSender[FakeClient]):
             self.wire.threads.append(threading.current_thread().name.removesuffix(TRY_THREAD_SUFFIX))
             if client.setting in self.wire.refused_settings:
                 raise Refused(f"{client.setting} refused")
+            if self.endpoint.name in self.wire.down:
+                raise TransientFault("endpoint unavailable")
             for message in prepared.payload:
                 script = self.wire.faults.get(f"{self.endpoint.name}/{message.message_id}")
                 if script:
