@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from azure.storage.blob import ContainerClient
 
+from routing.ingest.trace import of_properties
 from tests.azurite import Azurite
 from tests.conftest import WorkerEvent, worker_batch
 from tests.deployment import deployed_app, stored_letters
@@ -213,7 +214,13 @@ def test_service_bus_gets_every_v2_event_in_twin_sessions_telemetry_as_it_came(
     assert per_key([(m.session_id, what(m)) for m in received]) == EXPECTED
     assert len({m.message_id for m in received}) == 12
     message = next(m for m in received if what(m) == ("Microsoft.DigitalTwins.Twin.Update", "ev-3"))
-    assert message.application_properties == {"EventType": "Microsoft.DigitalTwins.Twin.Update", "Subject": "room-1"}
+    trace = "00-00000000000000000000000000000003-0000000000000003-01"  # the one it came with, carried on
+    assert message.application_properties == {
+        "EventType": "Microsoft.DigitalTwins.Twin.Update",
+        "Subject": "room-1",
+        "traceparent": trace,
+        "Diagnostic-Id": trace,
+    }
     assert json.loads(message.body) == {
         "id": "ev-3",
         "subject": "room-1",
@@ -302,3 +309,25 @@ def test_telemetry_event_grid_would_refuse_fails_there_alone_and_reaches_the_oth
     [letter] = stored_letters(deployed).values()
     assert letter["endpoint"] == "cloud"
     assert "CloudEvents attribute name 'Hops'" in letter["reason"]
+
+
+def test_service_bus_and_event_grid_carry_the_trace_context_digital_twins_events_came_with(
+    amqp: AmqpPeer, cloud: EventGridReceiver, routed: ContainerClient
+) -> None:
+    # Binary-mode events carry cloudEvents:traceparent (all-zero for event 0: invalid, so not passed on).
+    came = {e.sequence_number: of_properties(e.properties) for e in EVENTS}
+    checked = 0
+    for message in amqp.received("lifecycle"):
+        kind, event_id = what(message)
+        if kind == "microsoft.iot.telemetry":
+            continue  # as it came: its properties (the cloudEvents:traceparent among them) untouched
+        context = came[int(event_id.removeprefix("ev-"))]
+        assert message.application_properties.get("traceparent") == (context.traceparent if context else None)
+        checked += context is not None
+    for published in cloud.events():
+        context = came[int(str(published["id"]).removeprefix("ev-"))]
+        assert published.get("traceparent") == (context.traceparent if context else None)
+        checked += context is not None
+    assert checked >= 10
+    # The strict receiver took every request: an extension it refuses would have failed one.
+    assert all(r.status == 200 for r in cloud.requests())
