@@ -57,6 +57,7 @@ def test_make_run_command_routes_every_sample_line(tmp_path: Path) -> None:
     assert set(written) == {
         "telemetry-hub",
         "unmatched-telemetry",  # the fallback: telemetry of devices telemetry-hub's filter does not take
+        "thermostat-01-hot",  # an IoT Hub routing query: one device's telemetry
         "twins-hub",
         "sensor-alerts",
         "topology-grid",
