@@ -38,6 +38,7 @@ from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient, ContentSettings
 
 from routing import observability as obs
+from routing.deadletters import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,7 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def _moment(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return parse_time(value) if isinstance(value, str) else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

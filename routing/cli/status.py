@@ -48,7 +48,7 @@ from routing.cli.routes import (
     write_json,
 )
 from routing.cli.routes import reported as rows_reported
-from routing.deadletters import BlobDeadLetters, redact, rfc3339
+from routing.deadletters import BlobDeadLetters, parse_time, redact, rfc3339
 from routing.errors import RoutingError
 from routing.health import SERVER_TIMEOUT_SECONDS, BlobHealth, Health, State
 from routing.parking import PARKED_FOLDER, BlobParking, ParkedBlob, record_key
@@ -120,13 +120,7 @@ def parked_by_endpoint(blobs: Iterable[ParkedBlob]) -> dict[str, Parked]:
 
 
 def _moment(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return parse_time(value) if isinstance(value, str) else None
 
 
 def statuses(
