@@ -1,10 +1,11 @@
 """The pipeline: one batch of ingress messages, classified, matched, enveloped, delivered, and
 accounted for.
 
-Every message ends as delivered to each endpoint that wants it, dead-lettered with a reason, or
-counted as unrouted. A message that breaks anything in the pure stages is dead-lettered on its own and
-never fails the batch; only a dead-letter store that cannot keep what it is given raises, so the
-Functions retry policy holds the checkpoint.
+Every message ends as delivered to each endpoint that wants it, parked behind its key while that
+endpoint fails (routing/parking.py: the redelivery sends it later, in order), dead-lettered with a
+reason, or counted as unrouted. A message that breaks anything in the pure stages is dead-lettered on
+its own and never fails the batch; only a dead-letter or parking store that cannot keep what it is given
+raises, so the Functions retry policy holds the checkpoint.
 """
 
 from __future__ import annotations

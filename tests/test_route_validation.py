@@ -107,3 +107,14 @@ _KNOWN = (
     "microsoft.iot.telemetry; or IoT Hub's TwinChangeEvents, DeviceLifecycleEvents, DeviceConnectionStateEvents, "
     "DigitalTwinChangeEvents, DeviceJobLifecycleEvents"
 )
+
+
+
+def test_an_endpoint_name_may_not_start_with_an_underscore_the_stores_folders_have() -> None:
+    problems = parse_endpoint(
+        {"name": "_archive", "type": "EventHub", "eventTypes": ["DeviceMessages"], "connection": "C", "path": "p"},
+        "endpoint #1",
+    )
+    assert isinstance(problems, list)
+    [problem] = problems
+    assert problem.message == "must not start with '_' (reserved for the dead-letter store's own folders)"

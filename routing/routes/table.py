@@ -472,6 +472,10 @@ def _name(name: str, found: _Rules) -> str | None:
         found.problem("name", "must not contain / \\ # ? or control characters")
     elif name.lower() in RESERVED_NAMES:
         found.problem("name", f"'{name}' is reserved (dead letters are kept under that name)")
+    elif name.startswith("_"):
+        # The dead-letter container's folders starting with `_` hold no letters (markers, parked messages,
+        # health): an endpoint named so would have its dead letters hidden from every listing.
+        found.problem("name", "must not start with '_' (reserved for the dead-letter store's own folders)")
     else:
         return name
     return None
