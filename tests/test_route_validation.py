@@ -109,7 +109,6 @@ _KNOWN = (
 )
 
 
-
 def test_an_endpoint_name_may_not_start_with_an_underscore_the_stores_folders_have() -> None:
     problems = parse_endpoint(
         {"name": "_archive", "type": "EventHub", "eventTypes": ["DeviceMessages"], "connection": "C", "path": "p"},
