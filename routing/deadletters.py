@@ -30,7 +30,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettin
 
 from routing.connections import resolve
 from routing.errors import RoutingError
-from routing.model import DeadLetter, IngressMessage, Outgoing, message_id
+from routing.model import Attempt, DeadLetter, IngressMessage, Outgoing, message_id
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,11 @@ def blob_record(letter: DeadLetter, when: datetime) -> dict[str, Any]:
             "bodyBase64": base64.b64encode(message.body).decode("ascii"),
         }
     return out
+
+
+def attempts_of(record: Mapping[str, Any]) -> list[Attempt]:
+    """The attempts a record keeps (blob or parked), as values."""
+    return [Attempt(time=str(a.get("time")), error=str(a.get("error"))) for a in record.get("attempts") or []]
 
 
 def ingress_of(record: Mapping[str, Any]) -> IngressMessage:

@@ -332,3 +332,16 @@ class DeadLetter:
     # `POSITIONS_LISTED` of their positions; `index` is the first. Empty for a letter of one event.
     count: int = 1
     positions: tuple[int, ...] = ()
+
+    @classmethod
+    def of_message(cls, message: Outgoing, *, code: str, reason: str, attempts: Sequence[Attempt] = ()) -> DeadLetter:
+        """A letter for a message built for an endpoint (a delivery failure, a parked or expired message)."""
+        return cls(
+            code=code,
+            reason=reason,
+            ingress=message.event.ingress,
+            index=message.event.index,
+            endpoint=message.endpoint,
+            message=message,
+            attempts=tuple(attempts),
+        )

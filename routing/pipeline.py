@@ -249,13 +249,10 @@ class Router:
                     permanent = permanent or failure.reason
                 elif not held:
                     transient = transient or failure.reason
-                letter = DeadLetter(
+                letter = DeadLetter.of_message(
+                    failure.message,
                     code="held-behind" if held else "delivery-failed",
                     reason=f"delivery to '{endpoint.name}' failed: {failure.reason}",
-                    ingress=failure.message.event.ingress,
-                    index=failure.message.event.index,
-                    endpoint=endpoint.name,
-                    message=failure.message,
                     attempts=failure.attempts,
                 )
                 if self.parking is not None and not failure.permanent:
@@ -348,14 +345,7 @@ class Router:
 
 
 def _parked_letter(message: Outgoing, reason: str) -> DeadLetter:
-    return DeadLetter(
-        code=PARKED_CODE,
-        reason=reason,
-        ingress=message.event.ingress,
-        index=message.event.index,
-        endpoint=message.endpoint,
-        message=message,
-    )
+    return DeadLetter.of_message(message, code=PARKED_CODE, reason=reason)
 
 
 # Links one batch's span keeps (OpenTelemetry's default limit is 128): the rest are counted in an attribute.

@@ -35,7 +35,7 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceModifiedError
 
 from routing import observability as obs
-from routing.deadletters import DeadLetterStore, ingress_of, parse_time
+from routing.deadletters import DeadLetterStore, attempts_of, ingress_of, parse_time
 from routing.deliver.senders import HELD_BEHIND, KeyGroup, SenderFor
 from routing.health import Breaker, HealthStore
 from routing.model import Attempt, DeadLetter, Event, EventType, Outgoing, message_id
@@ -96,20 +96,7 @@ def outgoing_of(record: Mapping[str, Any]) -> Outgoing:
 
 
 def letter_of(record: Mapping[str, Any], *, code: str, reason: str, attempts: list[Attempt]) -> DeadLetter:
-    message = outgoing_of(record)
-    return DeadLetter(
-        code=code,
-        reason=reason,
-        ingress=message.event.ingress,
-        index=message.event.index,
-        endpoint=message.endpoint,
-        message=message,
-        attempts=tuple(attempts),
-    )
-
-
-def _attempts(record: Mapping[str, Any]) -> list[Attempt]:
-    return [Attempt(time=str(a.get("time")), error=str(a.get("error"))) for a in record.get("attempts") or []]
+    return DeadLetter.of_message(outgoing_of(record), code=code, reason=reason, attempts=attempts)
 
 
 def _with_attempt(record: dict[str, Any], attempt: Attempt) -> dict[str, Any]:
@@ -271,7 +258,7 @@ def _endpoint_run(  # noqa: PLR0917 - one endpoint's share of `redeliver`, on a 
                 f"parked for '{name}' since {item.record.get('parkedAt')} and not delivered within its time to "
                 f"live ({ttl.total_seconds() / 60:g} min): {item.record.get('reason')}"
             )
-            run.letters.append(letter_of(item.record, code="expired", reason=reason, attempts=_attempts(item.record)))
+            run.letters.append(letter_of(item.record, code="expired", reason=reason, attempts=attempts_of(item.record)))
             run.to_letter.add((item.blob.name, item.id))
             run.expired += 1
         else:
@@ -310,7 +297,7 @@ def _endpoint_run(  # noqa: PLR0917 - one endpoint's share of `redeliver`, on a 
         item = by_message[id(failure.message)]
         if failure.permanent:
             permanent = permanent or failure.reason
-            attempts = _attempts(item.record) + list(failure.attempts)
+            attempts = attempts_of(item.record) + list(failure.attempts)
             reason = f"redelivery to '{name}' failed: {failure.reason}"
             run.letters.append(letter_of(item.record, code="delivery-failed", reason=reason, attempts=attempts))
             run.to_letter.add((item.blob.name, item.id))

@@ -15,11 +15,11 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from routing.deadletters import ingress_of
+from routing.deadletters import attempts_of, ingress_of
 from routing.deliver import envelope
 from routing.deliver.senders import KeyGroup, SenderFor
 from routing.ingest.classify import classify
-from routing.model import Attempt, DeadLetter, Event, Outgoing
+from routing.model import DeadLetter, Event, Outgoing
 from routing.parking import PARKED_CODE, ParkedKey, partition_of
 from routing.routes.table import Endpoint, RouteTable, matching
 
@@ -126,17 +126,11 @@ def replay(
 
 def _parked(letter: Letter, message: Outgoing) -> DeadLetter:
     """The dead letter as a parked message: its record, its attempts, its position."""
-    attempts = [
-        Attempt(time=str(a.get("time")), error=str(a.get("error"))) for a in letter.record.get("attempts") or []
-    ]
-    return DeadLetter(
+    return DeadLetter.of_message(
+        message,
         code=PARKED_CODE,
         reason=f"replayed behind the parked messages of its key: {letter.record.get('reason')}",
-        ingress=message.event.ingress,
-        index=message.event.index,
-        endpoint=message.endpoint,
-        message=message,
-        attempts=tuple(attempts),
+        attempts=attempts_of(letter.record),
     )
 
 

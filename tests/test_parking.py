@@ -385,3 +385,20 @@ def test_a_key_released_while_the_live_pipeline_parks_more_of_it_loses_and_reord
     assert sequence(wire, "hub", "dev-1") == [0, 1, 2]
     assert not live.router.route(batch(("dev-1", 3))).parked
     assert sequence(wire, "hub", "dev-1") == [0, 1, 2, 3]
+
+
+def test_an_unhealthy_endpoint_whose_parked_messages_expire_is_dead(container: ContainerClient) -> None:
+    table = parse_routes([{**TABLE.endpoints[0].to_dict(), "timeToLiveMinutes": 60}])
+    wire = FakeWire(mixed=True)
+    clock = Clock()
+    a = Instance(container, wire, clock)
+    a.router.routes = StaticRoutes(table)
+    wire.down.add("hub")
+    a.router.route(batch(("dev-1", 0)))
+    clock.advance(50 * 60)
+    a.router.route(batch(("dev-1", 1)))  # parked without a try: the circuit is open
+    clock.advance(11 * 60)
+    a.redeliver(table)  # #0 has waited its hour, #1 has not, and the endpoint still fails
+    assert [r["original"]["sequenceNumber"] for r in a.letters.blobs.values()] == [0]
+    assert a.breaker.states()["hub"].state is State.DEAD
+    assert BlobHealth(container).read("hub").state is State.DEAD  # type: ignore[union-attr]

@@ -17,7 +17,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from azure.storage.blob import ContainerClient
@@ -34,6 +33,7 @@ from routing.routes.table import parse_routes
 from tests.azurite import Azurite
 from tests.conftest import telemetry
 from tests.fakes import FakeSenders, FakeWire, MemoryDeadLetters
+from tests.test_parking import Clock
 
 ENDPOINTS = ("hub", "lake")
 TABLE = parse_routes(
@@ -72,17 +72,6 @@ def _report_totals() -> Iterator[None]:
     yield
     if TOTALS:
         print("\nparking property totals:", ", ".join(f"{name} {count}" for name, count in sorted(TOTALS.items())))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True, kw_only=True)
