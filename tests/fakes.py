@@ -52,6 +52,8 @@ class FakeWire:
     # Endpoints that are down (an outage): every send to one of them fails, transiently, whatever it carries.
     down: set[str] = field(default_factory=set)
     batches: list[list[Outgoing]] = field(default_factory=list)  # every batch that arrived, in order
+    # "<endpoint>/<message id>" of every message a try refused for good, in any invocation.
+    refused: set[str] = field(default_factory=set)
     threads: list[str] = field(default_factory=list)  # the thread that sent each batch (or try)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -101,6 +103,7 @@ class FakeEndpointSender(ClientSender[FakeClient]):
                     fault = script.pop(0)
                     if fault == "transient":
                         raise TransientFault("server busy")
+                    self.wire.refused.add(f"{self.endpoint.name}/{message.message_id}")
                     raise PermanentFault("message rejected")
             self.wire.delivered[self.endpoint.name].extend(prepared.payload)
             self.wire.batches.append(list(prepared.payload))
