@@ -17,7 +17,7 @@ from typing import Any, cast
 from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
 from azure.eventhub._buffered_producer import _partition_resolver
 from azure.eventhub._constants import ALL_PARTITIONS
-from azure.eventhub.exceptions import AuthenticationError
+from azure.eventhub.exceptions import AuthenticationError, ConnectError, ConnectionLostError
 
 from routing.connections import resolve
 from routing.deliver.senders import DEFAULT_LANES, ClientSender, Prepared, RetryOptions, Unsendable, unsendable_reason
@@ -178,6 +178,9 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
         return (isinstance(error, AuthenticationError) or "unauthorized" in str(error).lower()) and not _not_found(
             error
         )
+
+    def _connection_lost(self, error: Exception) -> bool:
+        return isinstance(error, ConnectError | ConnectionLostError)
 
     def _describe(self, error: Exception) -> tuple[str, bool]:
         text = f"{type(error).__name__}: {error}"

@@ -175,12 +175,16 @@ class RetryOptions:
 class BatchFailed(Exception):
     """A batch (or the preparing of the batches) failed: none of its messages was delivered."""
 
-    def __init__(self, reason: str, *, permanent: bool, endpoint_wide: bool = False) -> None:
+    def __init__(
+        self, reason: str, *, permanent: bool, endpoint_wide: bool = False, connection_lost: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         # A refusal of the endpoint itself (its credentials), not of what the batch held.
         self.endpoint_wide = endpoint_wide
+        # The connection broke under the try (reset, closed): the next try reconnects, and goes at once.
+        self.connection_lost = connection_lost
         self.attempts: tuple[Attempt, ...] = ()
 
 
@@ -441,6 +445,11 @@ class ClientSender(ABC, Generic[ClientT]):
     @abstractmethod
     def _describe(self, error: Exception) -> tuple[str, bool]:
         """A reason a person understands, and whether retrying later could help (False) or not (True)."""
+
+    def _connection_lost(self, error: Exception) -> bool:
+        """Whether `error` says the connection broke (reset, closed by the far side): the client reconnects
+        on the next try, which then goes without a backoff (opening the connection is its own wait)."""
+        return False
 
     def _transmit_within(self, prepared: Prepared, client: ClientT, timeout: float) -> None:
         self._transmit(client, prepared, timeout)
@@ -741,7 +750,9 @@ class ClientSender(ABC, Generic[ClientT]):
                     ) from error
                 if self._timed_out(error):
                     reason = f"timed out after {timeout:g} s: {reason}" if "timed out" not in reason else reason
-                raise BatchFailed(reason, permanent=permanent) from error
+                raise BatchFailed(
+                    reason, permanent=permanent, connection_lost=not permanent and self._connection_lost(error)
+                ) from error
 
     def _attempt(self, lane: int, operation: Operation[ClientT, T], first: Outgoing, count: int, deadline: float) -> T:
         """`operation` with failover, retried as a whole on transient faults; every failed try is kept.
@@ -788,10 +799,20 @@ class ClientSender(ABC, Generic[ClientT]):
         backoff = wait_exponential_jitter(
             multiplier=self.retry.backoff_initial, max=self.retry.backoff_max, jitter=self.retry.backoff_initial
         )
+
+        def wait(state: RetryCallState) -> float:
+            # A lost connection is retried at once, the first time: the try reconnects (which takes long
+            # enough: the SDKs' open polls every 50 ms), and a backoff would only add to every batch a reset
+            # touches. Only a second failure backs off.
+            failure = state.outcome.exception() if state.outcome else None
+            if state.attempt_number == 1 and isinstance(failure, BatchFailed) and failure.connection_lost:
+                return 0.0
+            return max(0.0, min(backoff(state), remaining() - _MIN_TRY))
+
         retrying = Retrying(
             # Out of tries, or too little of the budget left for another one after the wait.
             stop=stop_any(stop_after_attempt(self.retry.attempts), _StopAt(remaining)),
-            wait=lambda state: max(0.0, min(backoff(state), remaining() - _MIN_TRY)),
+            wait=wait,
             retry=retry_if_exception(lambda e: isinstance(e, BatchFailed) and not e.permanent),
             before_sleep=partial(self._note_retry, first, count),
             reraise=True,
@@ -803,11 +824,13 @@ class ClientSender(ABC, Generic[ClientT]):
             self.retries += 1
         obs.RETRIES.add(1, {"endpoint": self.endpoint.name})
         failure = state.outcome.exception() if state.outcome else None
+        pause = state.next_action.sleep if state.next_action else 0.0
         log.warning(
-            "endpoint '%s': retrying a batch of %d message(s), key %s first, after %s (attempt %d)",
+            "endpoint '%s': retrying a batch of %d message(s), key %s first, %s, after %s (attempt %d)",
             self.endpoint.name,
             count,
             first.order_key,
+            f"in {pause:.2f} s" if pause else "at once",
             getattr(failure, "reason", failure),
             state.attempt_number,
             extra={
