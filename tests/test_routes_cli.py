@@ -299,13 +299,14 @@ def test_import_keeps_rows_absent_from_the_file_unless_replace(routes: Routes, t
     }
     write_around_the_cli(routes)
     path = routes_file(tmp_path / "routes.json", [hub("b")])
-    assert routes.json("import", str(path))["kept"] == ["a", "hand-made", "sensor-alerts"]
+    # In the table's order: the file's before (a, Sensor-Alerts), then the row written by hand, which has no place.
+    assert routes.json("import", str(path))["kept"] == ["a", "sensor-alerts", "hand-made"]
     assert sorted(r["RowKey"] for r in routes.rows()) == ["a", "b", "hand-made", "sensor-alerts"]
 
     assert routes.json("import", str(path), "--replace", "--yes") == {
         "added": [],
         "updated": ["b"],
-        "deleted": ["a", "hand-made", "sensor-alerts"],
+        "deleted": ["a", "sensor-alerts", "hand-made"],
         "kept": [],
     }
     assert [r["RowKey"] for r in routes.rows()] == ["b"]

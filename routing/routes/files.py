@@ -4,6 +4,7 @@ Storage beside it. Each yields a validated `RouteTable` through `current()`.
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 import orjson
@@ -16,7 +17,8 @@ def load_routes_file(path: Path) -> RouteTable:
     """A routes file, validated whole; raises `RouteTableError` naming the file and every problem."""
     source = f"routes file {path}"
     try:
-        raw = orjson.loads(path.read_bytes())
+        # A BOM, as Windows editors write one, is not part of the JSON (orjson refuses it).
+        raw = orjson.loads(path.read_bytes().removeprefix(codecs.BOM_UTF8))
     except FileNotFoundError:
         raise RouteTableError([Problem(source, "does not exist")], source) from None
     except IsADirectoryError:

@@ -489,19 +489,34 @@ def _endpoint_type(value: str, found: _Rules) -> EndpointType | None:
     return parsed
 
 
+# What an `eventTypes` entry may say for "every event type this endpoint's type takes".
+EVERY_EVENT_TYPE = frozenset({"*", "all"})
+_EVERY = "*"  # in `_Rules.values` once an entry said so (no field is named so)
+
+
 def _event_types(items: list[Any], found: _Rules) -> list[EventType]:
     if not items:
         found.problem("eventTypes", "must be a non-empty list of event types")
         return []
     event_types: list[EventType] = []
+    endpoint_type: EndpointType | None = found.values.get("type")
     for item in items:
+        if isinstance(item, str) and item.strip().lower() in EVERY_EVENT_TYPE:
+            # Every type this kind of endpoint takes, as they are today: written out (export shows them).
+            if endpoint_type is None:
+                found.problem(
+                    "eventTypes", f"{item!r} means every event type the endpoint's type takes: give a valid type"
+                )
+            else:
+                event_types += [t for t in EventType if t in endpoint_type.accepts and t not in event_types]
+                found.values[_EVERY] = True
+            continue
         parsed = EventType.parse(item) if isinstance(item, str) else None
         if parsed is None:
             hint = _suggest(item, [t.value for t in EventType]) if isinstance(item, str) else ""
             found.problem("eventTypes", f"unknown event type {item!r}{hint}; expected one of {KNOWN_EVENT_TYPES}")
         elif parsed not in event_types:
             event_types.append(parsed)
-    endpoint_type: EndpointType | None = found.values.get("type")
     if endpoint_type is not None:
         for event_type in event_types:
             if event_type not in endpoint_type.accepts:
@@ -752,11 +767,15 @@ def parse_endpoint(raw: Any, where: str) -> Endpoint | list[Problem]:
         and EventType.TWIN_TELEMETRY in (found.values.get("eventTypes") or ())
         and found.values.get("format", EnvelopeFormat.EVENT_GRID) is EnvelopeFormat.EVENT_GRID
     ):
-        found.problem(
-            "format",
-            "an EventGrid endpoint takes microsoft.iot.telemetry as a CloudEvent (the Event Grid schema cannot "
-            "carry its bytes): set format CloudEventSchemaV1_0",
-        )
+        if found.values.get(_EVERY):
+            # "Every type" in the Event Grid schema: every type that schema can carry.
+            found.values["eventTypes"] = [t for t in found.values["eventTypes"] if t is not EventType.TWIN_TELEMETRY]
+        else:
+            found.problem(
+                "format",
+                "an EventGrid endpoint takes microsoft.iot.telemetry as a CloudEvent (the Event Grid schema cannot "
+                "carry its bytes): set format CloudEventSchemaV1_0",
+            )
     if found.problems or endpoint_type is None:
         return [Problem(f"{where}, field '{label}'", message) for label, message in found.problems]
     values = found.values

@@ -7,6 +7,9 @@ lower-cased so names stay unique case-insensitively; the display name is in `Nam
 properties are the routes-file fields with a capital first letter; `EventTypes` is comma-separated,
 `Filter` the route filter's text and `OrderKey` the order key template (both compiled when the rows
 load, so a bad one makes the row invalid), `Enrichments` a JSON object of property name -> value.
+`Position` keeps the table's order, the one a routes file has by its order of endpoints (the first of
+several endpoints alike delivers, README "Routes"): rows load by it, not by `RowKey` (the query's order,
+alphabetical); a row without one (written by hand, or before it existed) comes after those with one.
 Every row goes through `routing.routes.table.parse_endpoint`, the one validator. Touches Table Storage only.
 """
 
@@ -35,6 +38,8 @@ from routing.settings import DEFAULT_ROUTES_REFRESH_SECONDS, ROUTES_STORAGE
 log = logging.getLogger(__name__)
 
 PARTITION_KEY = "endpoint"
+# The row property that keeps the table's order (not a routes-file field: a file's order is its own).
+POSITION = "Position"
 # All rows in one query: the filter names the one partition; values always travel as parameters.
 ALL_ROWS = "PartitionKey eq @pk"
 # A transaction may hold at most 100 operations, all in one partition.
@@ -107,9 +112,12 @@ def _field(property_name: str) -> str:
     return property_name[:1].lower() + property_name[1:]
 
 
-def to_entity(endpoint: Endpoint) -> dict[str, Any]:
-    """The row of an endpoint: its routes-file form with capitalised property names."""
+def to_entity(endpoint: Endpoint, position: int | None = None) -> dict[str, Any]:
+    """The row of an endpoint: its routes-file form with capitalised property names, and its `position`
+    in the table's order (None: none, the row sorts after those with one)."""
     entity: dict[str, Any] = {"PartitionKey": PARTITION_KEY, "RowKey": row_key(endpoint.name)}
+    if position is not None:
+        entity[POSITION] = position
     for field_name, value in endpoint.to_dict().items():
         if field_name == "eventTypes":
             entity[_property(field_name)] = ",".join(value)
@@ -128,7 +136,7 @@ def to_raw(entity: Mapping[str, Any]) -> dict[str, Any]:
     """
     raw: dict[str, Any] = {}
     for key, value in entity.items():
-        if key in ("PartitionKey", "RowKey"):
+        if key in ("PartitionKey", "RowKey", POSITION):
             continue
         field_name = _field(key)
         if field_name == "eventTypes" and isinstance(value, str):
@@ -177,10 +185,21 @@ class TableLoad:
         return tuple(p for row in self.invalid for p in row.problems)
 
 
+def position_of(entity: Mapping[str, Any]) -> int | None:
+    value = entity.get(POSITION)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def in_table_order(entities: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Rows by `Position`; rows without one after them, as the query returned them (by `RowKey`)."""
+    return sorted(entities, key=lambda e: (position_of(e) is None, position_of(e) or 0))
+
+
 def parse_rows(entities: Iterable[Mapping[str, Any]]) -> TableLoad:
+    """The rows as a table, in the table's order (`Position`)."""
     endpoints: list[Endpoint] = []
     invalid: list[InvalidRow] = []
-    for entity in entities:
+    for entity in in_table_order(entities):
         parsed = parse_row(entity)
         if isinstance(parsed, Endpoint):
             endpoints.append(parsed)
@@ -484,18 +503,24 @@ class RouteRows:
                 )
 
     def add(self, endpoint: Endpoint) -> None:
+        """A new row, last in the table's order."""
         self.ensure_table()
         self._check_fallback([endpoint])
+        positions = [p for e in self.entities() if (p := position_of(e)) is not None]
         try:
-            self.client.create_entity(to_entity(endpoint))
+            self.client.create_entity(to_entity(endpoint, max(positions, default=-1) + 1))
         except ResourceExistsError:
             raise EndpointExistsError(endpoint.name, self.name) from None
 
-    def replace(self, endpoint: Endpoint, etag: str) -> None:
-        """Write `endpoint` over its row, only if the row still has `etag` (nobody changed it meanwhile)."""
+    def replace(self, endpoint: Endpoint, etag: str, position: int | None = None) -> None:
+        """Write `endpoint` over its row at `position`, only if the row still has `etag` (nobody changed it
+        meanwhile)."""
         try:
             self.client.update_entity(
-                to_entity(endpoint), mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                to_entity(endpoint, position),
+                mode=UpdateMode.REPLACE,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
             )
         except ResourceModifiedError:
             raise EndpointChangedError(endpoint.name) from None
@@ -512,7 +537,7 @@ class RouteRows:
                 [Problem(f"endpoint '{name}', field 'name'", "cannot be changed: delete it and add the new name")]
             )
         self._check_fallback([endpoint])
-        self.replace(endpoint, row.etag)
+        self.replace(endpoint, row.etag, position_of(row.entity))  # an edit keeps the row's place
         return endpoint
 
     def delete(self, name: str) -> None:
@@ -527,18 +552,33 @@ class RouteRows:
     def import_table(self, table: RouteTable, *, replace: bool) -> ImportResult:
         """Write a validated table: upsert every endpoint; with `replace`, delete rows not in it.
 
+        The file's endpoints take the table's first places, in the file's order; rows kept (not in the
+        file, without `replace`) follow, in their order.
+
         One transaction per 100 operations (one partition). Up to 100 changes apply all or nothing;
         beyond that, batches apply in order and a failure leaves the earlier ones applied; running the
         import again completes it, since every operation is idempotent.
         """
         self.ensure_table()
         self._check_fallback(table.endpoints, replacing=replace)
-        existing = [str(e["RowKey"]) for e in self.entities()]
+        existing = [str(e["RowKey"]) for e in in_table_order(self.entities())]
         wanted = {row_key(e.name) for e in table.endpoints}
-        operations: list[Any] = [("upsert", to_entity(e), {"mode": UpdateMode.REPLACE}) for e in table.endpoints]
+        operations: list[Any] = [
+            ("upsert", to_entity(e, position), {"mode": UpdateMode.REPLACE})
+            for position, e in enumerate(table.endpoints)
+        ]
         absent = [key for key in existing if key not in wanted]
         if replace:
             operations += [("delete", {"PartitionKey": PARTITION_KEY, "RowKey": key}) for key in absent]
+        else:
+            # Only their place changes: a merge of that one property leaves whatever else they hold.
+            operations += [
+                # An update, not an upsert: a row deleted meanwhile fails the import instead of coming back
+                # as a row holding only its place.
+                ("update", {"PartitionKey": PARTITION_KEY, "RowKey": key, POSITION: len(table.endpoints) + i},
+                 {"mode": UpdateMode.MERGE})
+                for i, key in enumerate(absent)
+            ]  # fmt: skip
         for start in range(0, len(operations), MAX_BATCH):
             self.client.submit_transaction(operations[start : start + MAX_BATCH])
         before = set(existing)
