@@ -20,6 +20,7 @@ from azure.eventhub._constants import ALL_PARTITIONS
 from azure.eventhub.exceptions import AuthenticationError, ConnectError, ConnectionLostError
 
 from routing.connections import resolve
+from routing.deliver.encode_once import EventHubsTransport, encoding_once
 from routing.deliver.senders import DEFAULT_LANES, ClientSender, Prepared, RetryOptions, Unsendable, unsendable_reason
 from routing.model import Outgoing
 from routing.routes.table import Endpoint
@@ -137,8 +138,8 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
 
     def _open(self, client: EventHubProducerClient, route: Hashable) -> EventDataBatch:
         if self.by_partition:
-            return client.create_batch(partition_id=cast(str, route))
-        return client.create_batch(partition_key=cast(str, route))
+            return encoding_once(client.create_batch(partition_id=cast(str, route)), EventHubsTransport)
+        return encoding_once(client.create_batch(partition_key=cast(str, route)), EventHubsTransport)
 
     def _add(self, batch: EventDataBatch, message: Outgoing) -> bool:
         data = event_data(message)

@@ -28,6 +28,7 @@ from azure.servicebus.exceptions import (
 )
 
 from routing.connections import resolve
+from routing.deliver.encode_once import ServiceBusTransport, encoding_once
 from routing.deliver.senders import (
     DEFAULT_LANES,
     ClientSender,
@@ -121,7 +122,7 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
         return None if self.packing is Packing.SESSIONS else key
 
     def _open(self, client: ServiceBusSender, route: Hashable) -> ServiceBusMessageBatch:
-        return client.create_message_batch()
+        return encoding_once(client.create_message_batch(), ServiceBusTransport)
 
     def _add(self, batch: ServiceBusMessageBatch, message: Outgoing) -> bool:
         if self.packing is Packing.MESSAGE and len(batch):
