@@ -503,9 +503,10 @@ def test_the_dry_run_shows_for_each_endpoint_whether_its_filter_matched(table: T
 
     [decision] = table.json("test", "--event", str(event))
     assert decision["result"] == "routed"
+    # In the table's order: the order they were added in.
     assert [(e["name"], e["why"], e.get("filterMatched")) for e in decision["endpoints"]] == [
-        ("all", "takes SensorChange", None),
         ("hot", "takes SensorChange and its filter matched", True),
+        ("all", "takes SensorChange", None),
     ]
     assert [(e["name"], e["why"], e["filter"]) for e in decision["notSent"]] == [
         ("cold", "takes SensorChange but its filter did not match", "$body.Value < 0"),

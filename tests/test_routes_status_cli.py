@@ -284,8 +284,8 @@ def test_the_routes_table_is_found_as_routes_list_finds_it(outage: Outage, monke
     assert imported.exit_code == 0, imported.output
     monkeypatch.setenv("ROUTES_TABLE", table)
     items = outage.by_endpoint()  # --connection-string: the one account holding both, as deployed
-    # In the table's order (Table Storage: by row key), then the others.
-    assert list(items) == ["hub", "new", "off", "other", "gone"]
+    # In the table's order (the file's, kept by `Position`), then the others.
+    assert list(items) == [e["name"] for e in NOW_TABLE] + ["gone"]
     assert items["hub"]["timeToLiveMinutes"] == 180
     assert items["gone"]["inTable"] is False
 

@@ -139,6 +139,7 @@ def test_an_endpoint_is_one_row_keyed_by_its_lower_cased_name_with_the_display_n
         "Path": "p",
         "Format": "CloudEventSchemaV1_0",
         "Enabled": False,
+        "Position": 0,  # the first row of the table's order
     }
     assert parse_row(row) == hub
 
