@@ -1,6 +1,9 @@
 """The Event Grid sender: Event Grid schema or CloudEvents 1.0 (the envelope stage chose per endpoint),
-published with the Event Grid publisher client, all of a batch's events in one request (more only
-above Event Grid's 1 MB limit).
+posted to the topic as one JSON array per request (more requests only above Event Grid's 1 MB limit).
+
+Each message's body is already its event's compact JSON, so a request is those bytes joined, posted
+through the Event Grid publisher client's own azure-core pipeline (its credential, retry, user agent and
+tracing policies) as the client's `send` would post them, without `send`'s per-event model serialising.
 
 Event Grid keeps no order, across requests or within one; each event carries its `eventTime`. A key's
 events still go out in order, in one request or in requests sent one after another.
@@ -14,27 +17,45 @@ from typing import Any
 
 import orjson
 from azure.core.credentials import AzureKeyCredential
-from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    map_error,
+)
+from azure.core.rest import HttpRequest
 
 # The publisher `azure.eventgrid.EventGridPublisherClient` uses for a topic (not a namespace): the public
 # client builds it without passing on its keyword arguments, so a retry setting given to the public
-# client is lost, and one given to `send` is also handed to each CloudEvent's model, which logs a warning
-# per event ("retry_total is not a known attribute of class CloudEvent"). Built directly, it takes
-# `retry_total` into its pipeline's RetryPolicy. Pinned with azure-eventgrid (constraints.txt).
+# client is lost. Built directly, it takes `retry_total` and the timeouts into its pipeline. What is
+# used of it: its constructor (which picks the credential policy: `aeg-sas-key`, `aeg-sas-token`, or a
+# Bearer token for https://eventgrid.azure.net/.default) and, in `Publisher.post`, its pipeline, as
+# `_client.send_request` (public on the generated client, behind the wrapper's private `_client`), not
+# `send`. An upgrade that moves `_legacy` or renames `_client` breaks every send at once (an ImportError
+# here, an AttributeError in `post`) and the sender's tests with it; pinned in constraints.txt.
 from azure.eventgrid._legacy import EventGridPublisherClient
 
 from routing.connections import resolve
+from routing.deliver.envelope import CLOUD_EVENT_JSON
 from routing.deliver.senders import ClientSender, Prepared, Unsendable
-from routing.model import Outgoing
+from routing.model import EventType, Outgoing
 
-# Event Grid refuses requests over 1 MB; the brackets and separators of the JSON array count too.
+# Event Grid refuses requests over 1 MB; the brackets and commas of the JSON array count too.
 MAX_REQUEST_BYTES = 1024 * 1024
-# What a request is filled to: room kept for what `serialized_size` cannot see (a float's exponent that
-# Python writes a character longer than orjson did, `1e-07` for `1e-7`).
-_FILL_BYTES = MAX_REQUEST_BYTES - 16 * 1024
+# The api-version `send` asks for (the SDK's default), pinned here so an upgrade cannot change it unseen.
+API_VERSION = "2018-01-01"
+# The content types `send` gives a list of Event Grid schema events and a list of CloudEvents.
+EVENT_GRID_BATCH = "application/json; charset=utf-8"
+CLOUD_EVENTS_BATCH = "application/cloudevents-batch+json; charset=utf-8"
+# How `send` maps an answer other than 200 (anything else is an HttpResponseError).
+_ERROR_MAP: dict[int, type[HttpResponseError]] = {
+    401: ClientAuthenticationError,
+    404: ResourceNotFoundError,
+    409: ResourceExistsError,
+}
 # Statuses no retry will cure: bad request, not found, too large.
 _PERMANENT_STATUSES = frozenset({400, 403, 404, 413})
-_ASCII = bytes(range(128))
 _CONTEXT_ATTRIBUTES = frozenset(
     {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema", "data", "data_base64"}
 )
@@ -45,19 +66,6 @@ def topic_endpoint(path: str) -> str:
     """`path` as a publish URL: a topic host (the old service's form), or a full URL."""
     url = path if "://" in path else f"https://{path}"
     return url if url.rstrip("/").endswith("/api/events") else url.rstrip("/") + "/api/events"
-
-
-def serialized_size(body: bytes) -> int:
-    """At most the bytes the publisher writes for the event whose compact JSON is `body`.
-
-    It serialises with `json.dumps`: a space after each `:` and `,`, and non-ASCII characters escaped
-    (`\\uXXXX`: at most 2 more bytes per UTF-8 byte). Counting every `:` and `,` (those in strings too)
-    over-counts, which is the safe side.
-    """
-    size = len(body) + body.count(b":") + body.count(b",")
-    if not body.isascii():
-        size += 2 * len(body.translate(None, _ASCII))
-    return size
 
 
 def extension_problem(event: dict[str, Any]) -> str | None:
@@ -80,24 +88,44 @@ def extension_problem(event: dict[str, Any]) -> str | None:
 
 
 class Request:
-    """The events of one publish request and the bytes they will take."""
+    """The events of one publish request (their JSON), its exact size, and its content type."""
 
-    __slots__ = ("events", "size")
+    __slots__ = ("bodies", "content_type", "size")
 
     def __init__(self) -> None:
-        self.events: list[Any] = []
+        self.bodies: list[bytes] = []
         self.size = 2  # []
+        self.content_type: str | None = None
 
 
-class EventGridSender(ClientSender[EventGridPublisherClient]):
-    def _new_client(self, setting: str) -> EventGridPublisherClient:
+class Publisher(EventGridPublisherClient):
+    """The SDK's publisher, posting JSON the router already has the way its `send` posts events."""
+
+    def __init__(self, endpoint: str, credential: Any, **options: Any) -> None:
+        super().__init__(endpoint, credential, **options)
+        self.url = endpoint
+
+    def post(self, body: bytes, content_type: str, timeout: float) -> None:
+        """What `send` posts (the SDK's `_build_request`), with `body` as the JSON array; raises what it raises."""
+        request = HttpRequest(
+            "POST", self.url, params={"api-version": API_VERSION}, headers={"Content-Type": content_type}, content=body
+        )
+        # This try's timeouts: the client's, or less when little of the send's budget is left.
+        response = self._client.send_request(request, connection_timeout=timeout, read_timeout=timeout)
+        if response.status_code != 200:
+            map_error(status_code=response.status_code, response=response, error_map=_ERROR_MAP)
+            raise HttpResponseError(response=response)
+
+
+class EventGridSender(ClientSender[Publisher]):
+    def _new_client(self, setting: str) -> Publisher:
         connection = resolve(setting, "topicEndpointUri", self.env)
         if connection.secret:
-            return EventGridPublisherClient(
+            return Publisher(
                 topic_endpoint(self.endpoint.path), AzureKeyCredential(connection.secret), **self._options()
             )
         assert connection.address is not None
-        return EventGridPublisherClient(topic_endpoint(connection.address), connection.credential(), **self._options())
+        return Publisher(topic_endpoint(connection.address), connection.credential(), **self._options())
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -108,26 +136,31 @@ class EventGridSender(ClientSender[EventGridPublisherClient]):
             "read_timeout": self.retry.timeout,
         }
 
-    def _open(self, client: EventGridPublisherClient, route: Hashable) -> Request:
+    def _open(self, client: Publisher, route: Hashable) -> Request:
         return Request()
 
     def _add(self, request: Request, message: Outgoing) -> bool:
-        size = request.size + serialized_size(message.body) + (2 if request.events else 0)  # ", "
-        if size > _FILL_BYTES:
-            return False
-        event = orjson.loads(message.body)
-        if "specversion" in event and (problem := extension_problem(event)):
-            # Event Grid would refuse the whole request for it (400): this event fails alone.
-            raise Unsendable(f"event cannot be published to Event Grid: {problem}")
-        request.events.append(event)
+        size = request.size + len(message.body) + (1 if request.bodies else 0)  # ","
+        content_type = CLOUD_EVENTS_BATCH if message.content_type == CLOUD_EVENT_JSON else EVENT_GRID_BATCH
+        if size > MAX_REQUEST_BYTES or (request.content_type not in (None, content_type)):
+            return False  # full, or of the other schema (one request has one content type)
+        # Only telemetry's CloudEvents carry attributes the router did not write (see extension_problem).
+        if message.event_type is EventType.TWIN_TELEMETRY and content_type == CLOUD_EVENTS_BATCH:
+            event = orjson.loads(message.body)
+            if isinstance(event, dict) and (problem := extension_problem(event)):
+                # Event Grid would refuse the whole request for it (400): this event fails alone.
+                raise Unsendable(f"event cannot be published to Event Grid: {problem}")
+        request.bodies.append(message.body)
         request.size = size
+        request.content_type = content_type
         return True
 
     def _too_large(self, message: Outgoing, request: Request) -> str:
         return f"event of {len(message.body)} bytes is larger than Event Grid's 1 MB limit"
 
-    def _transmit(self, client: EventGridPublisherClient, prepared: Prepared, timeout: float) -> None:
-        client.send(prepared.payload.events)
+    def _transmit(self, client: Publisher, prepared: Prepared, timeout: float) -> None:
+        request: Request = prepared.payload
+        client.post(b"[" + b",".join(request.bodies) + b"]", request.content_type or EVENT_GRID_BATCH, timeout)
 
     def _is_refused(self, error: Exception) -> bool:
         return isinstance(error, ClientAuthenticationError)

@@ -1,11 +1,15 @@
 """A local Event Grid topic endpoint that `EventGridPublisherClient` publishes to, for tests.
 
-It accepts POSTs on one path (default `/api/events`) over plain http, checks the `aeg-sas-key` header
-against the configured key as Event Grid does, and records every request: its status, content type,
-size and the parsed events (a JSON array of EventGridEvents with `application/json`, of CloudEvents
-with `application/cloudevents-batch+json`). Faults (429, 500, 413, ...) can be queued at runtime, and
-`black_hole()` reads requests and never answers them.
-It runs `http.server` in a background thread on 127.0.0.1 and touches nothing else.
+It accepts POSTs on one path (default `/api/events`) over plain http, or https (`tls=True`: a
+certificate for 127.0.0.1 from a CA made for the receiver, whose PEM `ca_file` names), checks the
+`aeg-sas-key` header against the configured key as Event Grid does, or, when a `token` is configured,
+an `Authorization: Bearer <token>` header carrying exactly that token (what a Microsoft Entra
+credential sends; the SDK sends a Bearer token over https only), and records every request: its
+status, query, headers, content type, size and the parsed events (a JSON array of EventGridEvents
+with `application/json`, of CloudEvents with `application/cloudevents-batch+json`). Faults (429, 500,
+413, ...) can be queued at runtime, and `black_hole()` reads requests and never answers them.
+It runs `http.server` in a background thread on 127.0.0.1 and touches nothing else (the https
+certificate's files live in a temporary folder removed on `stop()`).
 
 It refuses what the service refuses, so a sender that passes here passes there (Microsoft's "Post to
 custom topic", "Event Grid event schema" and "CloudEvents v1.0 schema" pages; the CloudEvents 1.0 spec):
@@ -26,13 +30,18 @@ Errors come back in the service's shape, `{"error": {"code", "message", "details
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import json
 import re
+import ssl
+import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Self
 
@@ -71,6 +80,7 @@ class ReceivedRequest:
     path: str
     status: int
     content_type: str
+    query: str = ""  # what follows the path's `?`
     size: int  # bytes of the request body
     events: tuple[Mapping[str, object], ...] = ()
     error: str | None = None  # why it was refused (400 and 413)
@@ -91,8 +101,9 @@ class _Fault:
 class EventGridReceiver:
     """Event Grid's publish endpoint on 127.0.0.1, recording what arrives.
 
-    `key` is the topic key expected in `aeg-sas-key` (401 otherwise); `topic` the topic's ARM id, the
-    only `topic` an Event Grid schema event may carry. `max_request_size` and `max_event_size` answer
+    `key` is the topic key expected in `aeg-sas-key`, `token` (when set) the one Bearer token also
+    accepted (401 for anything else); `topic` the topic's ARM id, the only `topic` an Event Grid schema
+    event may carry. `max_request_size` and `max_event_size` answer
     413 above them, as Event Grid does above 1 MB; None accepts any size.
     """
 
@@ -105,8 +116,13 @@ class EventGridReceiver:
         topic: str = DEFAULT_TOPIC,
         max_request_size: int | None = MAX_BYTES,
         max_event_size: int | None = MAX_BYTES,
+        token: str | None = None,
+        tls: bool = False,
     ) -> None:
         self.key = key
+        self.token = token
+        self.tls = tls
+        self._certificates: tempfile.TemporaryDirectory[str] | None = None
         self.topic = topic
         self.max_event_size = max_event_size
         self.path = path
@@ -131,6 +147,8 @@ class EventGridReceiver:
             raise RuntimeError("the Event Grid receiver is already running")
         server = ThreadingHTTPServer((self.host, 0), _handler_for(self))
         server.daemon_threads = True
+        if self.tls:
+            server.socket = self._tls_context().wrap_socket(server.socket, server_side=True)
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(
@@ -149,6 +167,24 @@ class EventGridReceiver:
             self._thread.join(timeout=5)
         self._server = None
         self._thread = None
+        if self._certificates is not None:
+            self._certificates.cleanup()
+            self._certificates = None
+
+    @property
+    def ca_file(self) -> str:
+        """The PEM of the CA that issued the https certificate (for `REQUESTS_CA_BUNDLE` or `connection_verify`)."""
+        if self._certificates is None:
+            raise RuntimeError("the Event Grid receiver serves https only when started with tls=True")
+        return str(Path(self._certificates.name) / "ca.pem")
+
+    def _tls_context(self) -> ssl.SSLContext:
+        self._certificates = tempfile.TemporaryDirectory(prefix="eventgrid-receiver-")
+        folder = Path(self._certificates.name)
+        _write_certificates(folder, self.host)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(folder / "server.pem", folder / "server.key")
+        return context
 
     def __enter__(self) -> Self:
         return self.start()
@@ -161,7 +197,8 @@ class EventGridReceiver:
     @property
     def endpoint(self) -> str:
         """The URL to give `EventGridPublisherClient`."""
-        return f"http://{self.host}:{self.port}{self.path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}{self.path}"
 
     # -- what arrived ------------------------------------------------------------------------------
     def requests(self) -> list[ReceivedRequest]:
@@ -217,12 +254,17 @@ class EventGridReceiver:
             return self._released if self._black_hole else None
 
     # -- called from the server threads ------------------------------------------------------------
+    def _authorised(self, key: str | None, authorization: str | None) -> bool:
+        if key is not None:
+            return key == self.key
+        return self.token is not None and authorization == f"Bearer {self.token}"
+
     def _decide(
-        self, path: str, key: str | None, body: bytes, content_type: str
+        self, path: str, key: str | None, authorization: str | None, body: bytes, content_type: str
     ) -> tuple[int, float | None, str | None]:
         if path != self.path:
             return 404, None, None
-        if key != self.key:
+        if not self._authorised(key, authorization):
             return 401, None, None
         with self._lock:
             for fault in self._faults:
@@ -332,6 +374,53 @@ def _parse_events(body: bytes) -> tuple[Mapping[str, object], ...]:
     return tuple(MappingProxyType(e) for e in items if isinstance(e, dict))
 
 
+def _write_certificates(folder: Path, host: str) -> None:
+    """A CA (`ca.pem`) and a certificate it issued for `host` (`server.pem`, `server.key`), valid a day."""
+    from cryptography import x509  # noqa: PLC0415 - only for https
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415
+
+    now = dt.datetime.now(dt.UTC)
+
+    def issue(
+        subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[str, ec.EllipticCurvePrivateKey] | None
+    ) -> x509.Certificate:
+        issuer_name, signer = issuer or (subject, key)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+        )
+        if issuer is None:
+            builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+        else:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False
+            )
+            builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    ca = issue("Event Grid receiver test CA", ca_key, None)
+    server = issue(host, server_key, ("Event Grid receiver test CA", ca_key))
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.key").write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+
 def _handler_for(receiver: EventGridReceiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -339,7 +428,7 @@ def _handler_for(receiver: EventGridReceiver) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             content_type = self.headers.get("Content-Type", "")
             held = receiver._held()
             if held is not None:
@@ -347,12 +436,15 @@ def _handler_for(receiver: EventGridReceiver) -> type[BaseHTTPRequestHandler]:
                 held.wait()  # no answer until the black hole ends; then the connection closes unanswered
                 self.close_connection = True
                 return
-            status, retry_after, error = receiver._decide(path, self.headers.get("aeg-sas-key"), body, content_type)
+            status, retry_after, error = receiver._decide(
+                path, self.headers.get("aeg-sas-key"), self.headers.get("Authorization"), body, content_type
+            )
             receiver._record(
                 ReceivedRequest(
                     path=path,
                     status=status,
                     content_type=content_type,
+                    query=query,
                     size=len(body),
                     events=_parse_events(body),
                     error=error,
