@@ -6,6 +6,7 @@ an attribute Event Grid would refuse fails its event alone."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -209,3 +210,20 @@ def test_the_service_s_reason_for_a_400_is_kept(grid: EventGridReceiver) -> None
     [failure] = report.failed
     assert failure.permanent
     assert failure.reason.startswith("HttpResponseError: HTTP 400 (Event 0: Property 'metadataVersion'")
+
+
+@pytest.mark.parametrize(("status", "at_once"), [(500, True), (502, True), (504, True), (503, False), (429, False)])
+def test_a_server_error_is_retried_at_once_the_first_time_and_a_request_to_slow_down_backs_off(
+    grid: EventGridReceiver, caplog: pytest.LogCaptureFixture, status: int, at_once: bool
+) -> None:
+    # A backoff long enough that a retry which waited it says so in its log line.
+    retry = RetryOptions(attempts=3, backoff_initial=0.5, backoff_max=1.0, timeout=5.0, budget=15.0)
+    routed = EventGridSender(endpoint(grid, False), retry=retry, env={"GRID": KEY})
+    grid.fail_next(status, times=2)
+    with caplog.at_level(logging.WARNING, logger="routing"):
+        report = routed.send(routed.endpoint, [KeyGroup(key="k", messages=tuple(messages(grid, cloud=False)))])
+    routed.close()
+    assert report.failed == () and [r.status for r in grid.requests()] == [status, status, 200]
+    first, second = [r.getMessage() for r in caplog.records if "retrying a batch" in r.getMessage()]
+    assert (", at once, after " in first) is at_once, first
+    assert ", in " in second, second  # a second failure always backs off

@@ -56,6 +56,8 @@ _ERROR_MAP: dict[int, type[HttpResponseError]] = {
 }
 # Statuses no retry will cure: bad request, not found, too large.
 _PERMANENT_STATUSES = frozenset({400, 403, 404, 413})
+# Server errors whose first retry goes at once (429 and 503 ask the client to slow down: they back off).
+_AT_ONCE_STATUSES = frozenset({500, 502, 504})
 _CONTEXT_ATTRIBUTES = frozenset(
     {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema", "data", "data_base64"}
 )
@@ -164,6 +166,9 @@ class EventGridSender(ClientSender[Publisher]):
 
     def _is_refused(self, error: Exception) -> bool:
         return isinstance(error, ClientAuthenticationError)
+
+    def _retry_at_once(self, error: Exception) -> bool:
+        return isinstance(error, HttpResponseError) and error.status_code in _AT_ONCE_STATUSES
 
     def _describe(self, error: Exception) -> tuple[str, bool]:
         status = getattr(error, "status_code", None)

@@ -20,8 +20,8 @@ from azure.eventhub._constants import ALL_PARTITIONS
 from azure.eventhub.exceptions import AuthenticationError, ConnectError, ConnectionLostError
 
 from routing.connections import resolve
-from routing.deliver.encode_once import EventHubsTransport, encoding_once
 from routing.deliver.senders import DEFAULT_LANES, ClientSender, Prepared, RetryOptions, Unsendable, unsendable_reason
+from routing.deliver.transports import EventHubsTransport
 from routing.model import Outgoing
 from routing.routes.table import Endpoint
 
@@ -111,6 +111,9 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
             "retry_backoff_factor": 0,
             # The token request (CBS) gives up after this, instead of the SDK's 60 s.
             "auth_timeout": self.retry.timeout,
+            # The SDK's own transport with its batches encoding each message once and its links opened
+            # without a 50 ms sleep per handshake frame (routing/deliver/transports.py).
+            "amqp_transport": EventHubsTransport,
         }
         if connection.secret:
             return EventHubProducerClient.from_connection_string(connection.secret, **options)
@@ -138,8 +141,8 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
 
     def _open(self, client: EventHubProducerClient, route: Hashable) -> EventDataBatch:
         if self.by_partition:
-            return encoding_once(client.create_batch(partition_id=cast(str, route)), EventHubsTransport)
-        return encoding_once(client.create_batch(partition_key=cast(str, route)), EventHubsTransport)
+            return client.create_batch(partition_id=cast(str, route))
+        return client.create_batch(partition_key=cast(str, route))
 
     def _add(self, batch: EventDataBatch, message: Outgoing) -> bool:
         data = event_data(message)
@@ -180,7 +183,7 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
             error
         )
 
-    def _connection_lost(self, error: Exception) -> bool:
+    def _retry_at_once(self, error: Exception) -> bool:
         return isinstance(error, ConnectError | ConnectionLostError)
 
     def _describe(self, error: Exception) -> tuple[str, bool]:

@@ -175,16 +175,14 @@ class RetryOptions:
 class BatchFailed(Exception):
     """A batch (or the preparing of the batches) failed: none of its messages was delivered."""
 
-    def __init__(
-        self, reason: str, *, permanent: bool, endpoint_wide: bool = False, connection_lost: bool = False
-    ) -> None:
+    def __init__(self, reason: str, *, permanent: bool, endpoint_wide: bool = False, at_once: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         # A refusal of the endpoint itself (its credentials), not of what the batch held.
         self.endpoint_wide = endpoint_wide
-        # The connection broke under the try (reset, closed): the next try reconnects, and goes at once.
-        self.connection_lost = connection_lost
+        # A fault the next try may follow without a backoff, the first time (`ClientSender._retry_at_once`).
+        self.at_once = at_once
         self.attempts: tuple[Attempt, ...] = ()
 
 
@@ -446,9 +444,11 @@ class ClientSender(ABC, Generic[ClientT]):
     def _describe(self, error: Exception) -> tuple[str, bool]:
         """A reason a person understands, and whether retrying later could help (False) or not (True)."""
 
-    def _connection_lost(self, error: Exception) -> bool:
-        """Whether `error` says the connection broke (reset, closed by the far side): the client reconnects
-        on the next try, which then goes without a backoff (opening the connection is its own wait)."""
+    def _retry_at_once(self, error: Exception) -> bool:
+        """Whether the first retry after the transient fault `error` may go without a backoff: a connection
+        that broke under the try (reset, closed by the far side; the next try reconnects), or a server error
+        that asks no one to slow down (HTTP 500, 502, 504; not 429 or 503). azure-core's own retry policy
+        sends every first retry at once; a backoff here only added to every batch such a fault touched."""
         return False
 
     def _transmit_within(self, prepared: Prepared, client: ClientT, timeout: float) -> None:
@@ -751,7 +751,7 @@ class ClientSender(ABC, Generic[ClientT]):
                 if self._timed_out(error):
                     reason = f"timed out after {timeout:g} s: {reason}" if "timed out" not in reason else reason
                 raise BatchFailed(
-                    reason, permanent=permanent, connection_lost=not permanent and self._connection_lost(error)
+                    reason, permanent=permanent, at_once=not permanent and self._retry_at_once(error)
                 ) from error
 
     def _attempt(self, lane: int, operation: Operation[ClientT, T], first: Outgoing, count: int, deadline: float) -> T:
@@ -801,11 +801,10 @@ class ClientSender(ABC, Generic[ClientT]):
         )
 
         def wait(state: RetryCallState) -> float:
-            # A lost connection is retried at once, the first time: the try reconnects (which takes long
-            # enough: the SDKs' open polls every 50 ms), and a backoff would only add to every batch a reset
-            # touches. Only a second failure backs off.
+            # A lost connection or a server error is retried at once, the first time (`_retry_at_once`): a
+            # backoff would only add to every batch such a fault touches. Only a second failure backs off.
             failure = state.outcome.exception() if state.outcome else None
-            if state.attempt_number == 1 and isinstance(failure, BatchFailed) and failure.connection_lost:
+            if state.attempt_number == 1 and isinstance(failure, BatchFailed) and failure.at_once:
                 return 0.0
             return max(0.0, min(backoff(state), remaining() - _MIN_TRY))
 

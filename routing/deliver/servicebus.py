@@ -28,7 +28,6 @@ from azure.servicebus.exceptions import (
 )
 
 from routing.connections import resolve
-from routing.deliver.encode_once import ServiceBusTransport, encoding_once
 from routing.deliver.senders import (
     DEFAULT_LANES,
     ClientSender,
@@ -38,6 +37,7 @@ from routing.deliver.senders import (
     Unsendable,
     unsendable_reason,
 )
+from routing.deliver.transports import ServiceBusTransport
 from routing.model import Outgoing
 from routing.routes.table import Endpoint
 
@@ -115,14 +115,19 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
         # ~0.8 s on Azure too, azure-sdk-for-python#36212). The pings do not keep an idle link anyway: Service
         # Bus detaches a sender link idle for 10 minutes whatever they do (#10127, #38627), and the next try
         # reconnects. Event Hubs producers have no keep-alive by default either.
-        return client.get_queue_sender(queue_name=self.endpoint.path, keep_alive=None)
+        sender = client.get_queue_sender(queue_name=self.endpoint.path, keep_alive=None)
+        # The SDK's own transport with its batches encoding each message once and its link opened without a
+        # 50 ms sleep per handshake frame (routing/deliver/transports.py). The client takes no transport, its
+        # senders keep the one they are given here until their first open.
+        sender._amqp_transport = ServiceBusTransport  # type: ignore[assignment]  # a class, as the SDK's default
+        return sender
 
     def _route(self, client: ServiceBusSender, key: str) -> Hashable:
         # A key's batches stay in one sequence (its order); one message per send still spreads keys over lanes.
         return None if self.packing is Packing.SESSIONS else key
 
     def _open(self, client: ServiceBusSender, route: Hashable) -> ServiceBusMessageBatch:
-        return encoding_once(client.create_message_batch(), ServiceBusTransport)
+        return client.create_message_batch()
 
     def _add(self, batch: ServiceBusMessageBatch, message: Outgoing) -> bool:
         if self.packing is Packing.MESSAGE and len(batch):
@@ -178,7 +183,7 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
         refused = isinstance(error, ServiceBusAuthenticationError | ServiceBusAuthorizationError)
         return refused and not _not_found(error)
 
-    def _connection_lost(self, error: Exception) -> bool:
+    def _retry_at_once(self, error: Exception) -> bool:
         return isinstance(error, ServiceBusConnectionError)
 
     def _describe(self, error: Exception) -> tuple[str, bool]:
