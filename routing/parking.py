@@ -382,7 +382,7 @@ class Parking:
         assert first is not None
         name = parked_name(hub, partition, endpoint, first_sequence, first.message_id, replayed=replayed)
         when = self.clock()
-        records = [blob_record(letter, when) | {"parkedAt": rfc3339(when)} for letter in letters]
+        records = [blob_record(letter, when, cut=False) | {"parkedAt": rfc3339(when)} for letter in letters]
         data = pack(records, hub=hub, partition=partition_of(partition), endpoint=endpoint)
         try:
             etag = self.store.write(name, data, messages=len(records))

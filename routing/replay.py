@@ -15,11 +15,13 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from routing.deadletters import attempts_of, ingress_of
 from routing.deliver import envelope
 from routing.deliver.senders import KeyGroup, SenderFor
 from routing.ingest.classify import classify
-from routing.model import DeadLetter, Event, Outgoing
+from routing.model import DeadLetter, Event, IngressMessage, Outgoing, message_id
 from routing.parking import PARKED_CODE, ParkedKey, partition_of
 from routing.routes.table import Endpoint, RouteTable, matching
 
@@ -177,6 +179,18 @@ def _plan_one(letter: Letter, table: RouteTable, unconfirmed: Collection[str]) -
     return out
 
 
+def _at(event: Event, ingress: IngressMessage, index: int) -> Event:
+    """`event`, classified from its own JSON cut from an array, as it was at `index` of its message."""
+    alone = message_id(ingress, 0)
+    identity = message_id(ingress, index)
+    return msgspec.structs.replace(
+        event,
+        index=index,
+        message_id=identity,
+        event_id=identity if event.event_id == alone else event.event_id,  # an id classify gave it
+    )
+
+
 def _event_of(letter: Letter) -> Event | str:
     """The letter's event, classified again from the original message (or why it cannot be)."""
     try:
@@ -186,6 +200,13 @@ def _event_of(letter: Letter) -> Event | str:
     except Exception as exc:  # a record edited by hand (or a bug) must cost one letter, not the replay
         return f"the dead letter is unreadable: {exc!r}"
     count = int(letter.record.get("count") or 1)
+    if index and len(results) == 1 and results[0].index == 0:
+        # The letter keeps its event cut from its array (`element_body`: marked `element`; or parked by a
+        # replay since, its mark lost): the event is at `index` of the original message, and its ids say so.
+        [result] = results
+        if not isinstance(result, Event):
+            return f"still cannot be classified: {result.reason}"
+        return _at(result, ingress, index)
     for result in results:
         if result.index == index:
             if isinstance(result, Event) and count > 1:

@@ -9,12 +9,14 @@ Costs (time, bytes) are measured outside the tests; here the letters are counted
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
@@ -30,6 +32,7 @@ from routing.pipeline import Router, StaticRoutes
 from routing.replay import Letter, replay
 from routing.routes.table import parse_routes
 from tests.conftest import WorkerEvent, sensor_data, telemetry, twin_event, worker_batch
+from tests.fakes import FakeSenders, FakeWire, MemoryDeadLetters
 
 ROUTES = [
     {"name": "bus", "type": "ServiceBus", "eventTypes": ["SensorChange"], "connection": "BUS", "path": "q"},
@@ -286,6 +289,69 @@ def test_a_grouped_letter_and_a_too_deep_one_replay_as_kept_and_resend_nothing(t
     assert kept[0].startswith("still cannot be classified: 9990 of the 10000 events")
     assert kept[1].startswith("still cannot be classified:") and "deeper than 253 levels" in kept[1]
     assert not (tmp_path / "bus.jsonl").exists(), "replay re-sent the valid events the array delivered"
+
+
+def test_an_endpoint_refusing_every_event_of_an_array_costs_letters_of_about_the_array_s_size(tmp_path: Path) -> None:
+    size = 1_000
+    array = twin_event([sensor(f"s-{i}") for i in range(size)], seq=7)
+    events = [result for result in classify(array) if isinstance(result, Event)]
+    built = [envelope.build(event, TABLE.endpoints[0]) for event in events]
+    wire = FakeWire(mixed=True, batch_size=size, faults={f"bus/{m.message_id}": ["permanent"] * 2 for m in built})
+    store = MemoryDeadLetters()
+    router = Router(routes=StaticRoutes(TABLE), senders=FakeSenders(wire), dead_letters=store)
+
+    report = router.route([array])
+
+    assert report.dead_letters == {"delivery-failed": size} and not wire.delivered
+    records = sorted(store.blobs.values(), key=lambda r: r["index"])
+    original = orjson.loads(array.body)
+    for i, record in enumerate(records):
+        # Each letter keeps its own event, cut from the array, and says what it was cut from.
+        assert record["index"] == i and record["id"] == built[i].message_id
+        assert orjson.loads(base64.b64decode(record["original"]["bodyBase64"])) == original[i]
+        assert record["original"]["element"] == {"count": size, "bytes": len(array.body)}
+    weight = sum(len(orjson.dumps(record)) for record in records)
+    # Each letter holds its event twice (as it came and as built, in base64) and its reason: about 5x the array
+    # in all. Whole, they held the array 1,000 times (1,337x its size).
+    assert weight < 8 * len(array.body), (weight, len(array.body))
+
+    # Replayed, each is the message the pipeline built for the event: the same id, body and properties.
+    letters = [Letter(name=name, record=record) for name, record in store.blobs.items()]
+    deleted: list[str] = []
+    replayed = replay(letters, table=TABLE, senders=lambda _e: FileSender(tmp_path), delete=deleted.append)
+    assert len(replayed.delivered) == size and not replayed.failed and not replayed.kept
+    sent = path_lines(tmp_path / "bus.jsonl")
+    direct = tmp_path / "direct"
+    Router(routes=StaticRoutes(TABLE), senders=lambda _e: FileSender(direct), dead_letters=KeptLetters()).route([array])
+    assert sent == path_lines(direct / "bus.jsonl")
+
+
+def test_a_cut_letter_parked_by_a_replay_and_expired_since_still_replays_as_its_event(tmp_path: Path) -> None:
+    # Its record no longer marks the cut (a parked blob keeps the original it was given): position and body
+    # alone say it is an event cut from its array.
+    array = twin_event([sensor("s-0"), sensor("s-1"), sensor("s-2")], seq=3)
+    event = [r for r in classify(array) if isinstance(r, Event)][2]
+    message = envelope.build(event, TABLE.endpoints[0])
+    cut = IngressMessage(
+        **{f: getattr(array, f) for f in IngressMessage.__struct_fields__} | {"body": orjson.dumps(sensor("s-2"))}
+    )
+    relabelled = msgspec.structs.replace(message, event=msgspec.structs.replace(event, ingress=cut))
+    record = blob_record(
+        DeadLetter.of_message(relabelled, code="expired", reason="x"), datetime(2026, 11, 26, tzinfo=UTC)
+    )
+    assert "element" not in record["original"] and record["index"] == 2
+
+    replayed = replay(
+        [Letter(name="bus/x.json", record=record)],
+        table=TABLE,
+        senders=lambda _e: FileSender(tmp_path),
+        delete=lambda _n: None,
+    )
+
+    assert replayed.failed == {} and replayed.kept == {}
+    direct = tmp_path / "direct"
+    Router(routes=StaticRoutes(TABLE), senders=lambda _e: FileSender(direct), dead_letters=KeptLetters()).route([array])
+    assert path_lines(tmp_path / "bus.jsonl") == path_lines(direct / "bus.jsonl")[2:]
 
 
 # --- events-file lines ----------------------------------------------------------------------------------
