@@ -15,8 +15,9 @@ their producers, senders and batches. The transports below are those classes, su
   polls `client_ready()` with `time.sleep(0.05)` between polls, and each poll reads one frame of the
   handshake (SASL, open, begin, the CBS links and the token, the link's attach): 9 sleeps for a Service
   Bus sender, 25 for an Event Hubs producer with its partition-ids request. Against the local peer a
-  cold connect and first send took 1.28 s (Event Hubs) and 0.46 s (Service Bus) with them, 20 ms and
-  6 ms without; on Azure each sleep also outlasts the round trip it waits for. Every reconnect after
+  cold connect and first send took 1.3-1.6 s (Event Hubs) and 0.46 s (Service Bus) with them, 19-20 ms
+  and 6 ms without (`python -m bench.connect`); on Azure, wherever a round trip is shorter than 50 ms (in
+  one region it is a few), each sleep outlasts the frame it waits for. Every reconnect after
   a lost connection pays it again, which made a reset cost a batch about half a second. The clients
   made here answer `client_ready()` by reading frames as they come (each read blocks on the socket, up
   to the SDK's socket timeout, 0.2 s, so it never spins) until the link is ready or that timeout has
