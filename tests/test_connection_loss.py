@@ -87,4 +87,5 @@ def test_a_reset_connection_is_retried_at_once_and_the_batch_arrives_whole_in_or
         retries = [r.getMessage() for r in caplog.records if "retrying a batch" in r.getMessage()]
         assert retries, "the reset was not seen: nothing was retried"
         assert all(", at once, after " in line for line in retries), retries
+        assert all("\n" not in line for line in retries), retries  # the SDK's error in one line
         assert not stored_letters(letters) and not stored_parked(letters)

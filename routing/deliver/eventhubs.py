@@ -20,7 +20,15 @@ from azure.eventhub._constants import ALL_PARTITIONS
 from azure.eventhub.exceptions import AuthenticationError, ConnectError, ConnectionLostError
 
 from routing.connections import resolve
-from routing.deliver.senders import DEFAULT_LANES, ClientSender, Prepared, RetryOptions, Unsendable, unsendable_reason
+from routing.deliver.senders import (
+    DEFAULT_LANES,
+    ClientSender,
+    Prepared,
+    RetryOptions,
+    Unsendable,
+    sdk_error_text,
+    unsendable_reason,
+)
 from routing.deliver.transports import EventHubsTransport
 from routing.model import Outgoing
 from routing.routes.table import Endpoint
@@ -187,7 +195,7 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
         return isinstance(error, ConnectError | ConnectionLostError)
 
     def _describe(self, error: Exception) -> tuple[str, bool]:
-        text = f"{type(error).__name__}: {error}"
+        text = sdk_error_text(error)
         lowered = text.lower()
         if _not_found(error):
             return f"event hub '{self.endpoint.path}' was not found: {text}", True

@@ -225,6 +225,21 @@ def unencodable_property(properties: Mapping[str, Any]) -> str | None:
     return None
 
 
+def sdk_error_text(error: Exception) -> str:
+    """An SDK error as one line: its type and message, then what else it says (an AMQP error condition),
+    without the "Error Description" the AMQP SDKs add, which repeats the message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    first, *rest = lines
+    more = [
+        line
+        for line in rest
+        if not (line.lower().startswith("error description:") and line.partition(":")[2].strip() in first)
+    ]
+    return f"{type(error).__name__}: " + "; ".join([first, *more])
+
+
 def unsendable_reason(message: Outgoing, destination: str, error: Exception) -> str:
     """The reason a message the SDK refused to encode fails alone, naming the property when it can."""
     why = unencodable_property(message.properties) or f"{type(error).__name__}: {error}"

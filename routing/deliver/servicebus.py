@@ -35,6 +35,7 @@ from routing.deliver.senders import (
     Prepared,
     RetryOptions,
     Unsendable,
+    sdk_error_text,
     unsendable_reason,
 )
 from routing.deliver.transports import ServiceBusTransport
@@ -187,7 +188,7 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
         return isinstance(error, ServiceBusConnectionError)
 
     def _describe(self, error: Exception) -> tuple[str, bool]:
-        text = f"{type(error).__name__}: {error}"
+        text = sdk_error_text(error)
         if _not_found(error):
             return f"queue or topic '{self.endpoint.path}' was not found: {text}", True
         permanent = (MessageSizeExceededError, MessagingEntityNotFoundError, MessagingEntityDisabledError)
