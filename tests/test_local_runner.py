@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from routing.cli import main
 from routing.cli.main import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,6 +123,20 @@ def test_summary_table_names_endpoints_and_dead_letter_reasons(tmp_path: Path) -
     assert result.exit_code == 0, result.output
     for words in ("telemetry-hub", "DeviceMessages", "sensor-alerts", "Dead letters", "not-json"):
         assert words in result.output
+
+
+def test_the_summary_never_cuts_or_folds_an_event_type_at_80_columns(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(main.console, "width", 80)
+    result = run(
+        "--events", str(SAMPLES / "events.jsonl"), "--routes", str(SAMPLES / "routes.json"), "--out", str(tmp_path)
+    )
+    assert result.exit_code == 0, result.output
+    delivered = result.output.split("Dead letters")[0]
+    cells = {line.split("│")[2].strip() for line in delivered.splitlines() if line.count("│") == 4}
+    types = {line["eventType"] for path in tmp_path.glob("*.jsonl") if path.stem != "deadletter" for line in read(path)}
+    assert "Microsoft.DigitalTwins.Relationship.Create" in types
+    assert types <= cells, sorted(types - cells)
+    assert all(len(line) <= 80 for line in delivered.splitlines()), delivered
 
 
 def test_a_bad_routes_file_is_refused_with_every_problem_and_nothing_written(tmp_path: Path) -> None:

@@ -93,8 +93,11 @@ def report_json(report: BatchReport, fallback: str | None = None) -> dict[str, A
 
 def print_report(report: BatchReport, out: Path, fallback: str | None = None) -> None:
     delivered = Table(title=f"Delivered ({out})", title_justify="left")
-    delivered.add_column("Endpoint")
-    delivered.add_column("Event type")
+    # A type name is never cut or folded (two Relationship types would read alike): its column is as wide as
+    # the longest, and endpoint names fold instead.
+    longest = max((len(str(event_type)) for _endpoint, event_type in report.delivered), default=0)
+    delivered.add_column("Endpoint", overflow="fold")
+    delivered.add_column("Event type", no_wrap=True, min_width=longest)
     delivered.add_column("Messages", justify="right")
     for (endpoint, event_type), count in sorted(report.delivered.items()):
         # What the fallback got is what no other endpoint took: shown as such, as IoT Hub names its route.
