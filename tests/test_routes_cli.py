@@ -639,3 +639,21 @@ def test_add_warns_when_a_connection_setting_is_defined_nowhere_here(
     # Defined in local.settings.json (as Core Tools reads it), or as identity settings: no warning.
     (tmp_path / "local.settings.json").write_text(json.dumps({"Values": {"BUS__fullyQualifiedNamespace": "x"}}))
     assert "not defined" not in routes("add", "b", *ALERTS).stderr
+
+
+def test_import_and_validate_warn_once_per_connection_setting_defined_nowhere_here(
+    routes: Routes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("BUS", raising=False)
+    file = tmp_path / "routes.json"
+    both = [
+        {"name": "a", "type": "ServiceBus", "eventTypes": ["SensorChange"], "connection": "BUS", "path": "q"},
+        {"name": "b", "type": "ServiceBus", "eventTypes": ["SpaceChange"], "connection": "BUS", "path": "q"},
+    ]
+    file.write_text(json.dumps(both))
+    for result in (routes("import", str(file)), routes("validate")):
+        assert result.exit_code == 0, result.output
+        [line] = [line for line in result.stderr.splitlines() if "not defined" in line]
+        assert line.startswith("warning: endpoints 'a', 'b': app setting BUS is not defined in this shell"), line
+    monkeypatch.setenv("BUS", "Endpoint=sb://x/;SharedAccessKeyName=k;SharedAccessKey=v")
+    assert "not defined" not in routes("validate").stderr

@@ -192,19 +192,27 @@ def reported(rows: RouteRows) -> Iterator[None]:
         raise fail(f"{describe(rows.client)}: {short_reason(exc)}") from None
 
 
-def _warn_undefined(endpoint: Endpoint) -> None:
-    """Say so when a connection the endpoint names is set neither here nor in local.settings.json: the
-    function app must have it, or every message to the endpoint is dead-lettered naming it."""
+def _warn_undefined(*endpoints: Endpoint) -> None:
+    """Say so when a connection the endpoints name is set neither here nor in local.settings.json: the
+    function app must have it, or every message to those endpoints is dead-lettered naming it (once per
+    setting, with the endpoints that name it)."""
     local = _local_settings()
-    names = [endpoint.connection, *([endpoint.secondary_connection] if endpoint.secondary_connection else [])]
-    identity = "topicEndpointUri" if endpoint.type is EndpointType.EVENT_GRID else "fullyQualifiedNamespace"
-    for setting in names:
-        if not (connection_is_set(setting, os.environ) or connection_is_set(setting, local)):
-            warn(
-                f"endpoint '{endpoint.name}': app setting {setting} is not defined in this shell or in "
-                f"{LOCAL_SETTINGS}; the function app needs it (a connection string, or {setting}__{identity} for its "
-                "identity), else its messages are dead-lettered naming it"
-            )
+    missing: dict[str, tuple[list[str], str]] = {}
+    for endpoint in endpoints:
+        names = [endpoint.connection, *([endpoint.secondary_connection] if endpoint.secondary_connection else [])]
+        identity = "topicEndpointUri" if endpoint.type is EndpointType.EVENT_GRID else "fullyQualifiedNamespace"
+        for setting in names:
+            if not (connection_is_set(setting, os.environ) or connection_is_set(setting, local)):
+                missing.setdefault(setting, ([], identity))[0].append(endpoint.name)
+    for setting, (named_by, identity) in missing.items():
+        who = (
+            f"endpoint '{named_by[0]}'" if len(named_by) == 1 else "endpoints " + ", ".join(f"'{n}'" for n in named_by)
+        )
+        warn(
+            f"{who}: app setting {setting} is not defined in this shell or in "
+            f"{LOCAL_SETTINGS}; the function app needs it (a connection string, or {setting}__{identity} for its "
+            "identity), else its messages are dead-lettered naming it"
+        )
 
 
 def _warn_invalid(loaded: TableLoad) -> None:
@@ -670,6 +678,7 @@ def validate(
     rows = open_rows(connection_string, table)
     with reported(rows):
         loaded = rows.load()
+    _warn_undefined(*loaded.table.endpoints)
     if output is OutputFormat.json:
         write_json(
             {
@@ -711,6 +720,7 @@ def import_routes(
         routes = load_routes_file(file)
     except RoutingError as exc:
         raise fail(f"nothing imported: {exc}") from None
+    _warn_undefined(*routes.endpoints)
     rows = open_rows(connection_string, table)
     with reported(rows):
         diff = import_diff(routes, rows.load(), replace=replace) if dry_run or replace else None
