@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from routing.cli import main
 from routing.cli.main import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +125,7 @@ def test_summary_table_names_endpoints_and_dead_letter_reasons(tmp_path: Path) -
 
 
 def test_the_summary_never_cuts_or_folds_an_event_type_at_80_columns(tmp_path: Path, monkeypatch: Any) -> None:
-    monkeypatch.setattr(main.console, "width", 80)
+    monkeypatch.setattr("routing.cli.main.console.width", 80)
     result = run(
         "--events", str(SAMPLES / "events.jsonl"), "--routes", str(SAMPLES / "routes.json"), "--out", str(tmp_path)
     )
