@@ -47,6 +47,7 @@ def as_json(results: Results) -> dict[str, Any]:
         "filtered": results.filtered,
         "devices": results.devices,
         "end_to_end": results.end_to_end,
+        "decode": results.decode,
         "memory": results.memory,
         "outage": results.outage,
         "targets": [
@@ -107,6 +108,24 @@ def print_results(results: Results) -> None:
             [[t.name, f"{t.per_second:,.0f}", f"{t.micros:.1f}"] for t in results.stages],
         )
     )
+    if results.decode:
+        console.print(
+            _table(
+                "The worker's decoding before the function runs (azure-functions EventHubTriggerConverter.decode), "
+                "per event",
+                ["corpus", "worker decode µs", "router core µs", "decode / core (per round)", "fromisoformat times µs"],
+                [
+                    [
+                        d["corpus"],
+                        f"{d['decode_us_per_event']:.1f}",
+                        f"{d['core_us_per_event']:.1f}",
+                        _range(d["decode_over_core"], "x"),
+                        f"{d['decode_fast_us_per_event']:.1f}",
+                    ]
+                    for d in results.decode
+                ],
+            )
+        )
     console.print(
         _table(
             "Route table size (fan-out grows with it)",

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import corpus as corpora
-from bench import e2e, filtered, memory, outage, stages
+from bench import decode, e2e, filtered, memory, outage, stages
 from bench.routes import route_table
 from bench.script import Script
 from bench.timing import Ratios, Timing, interleaved, stage_ratio
@@ -67,6 +67,8 @@ class Results:
     filtered: list[dict[str, Any]] = field(default_factory=list)
     devices: list[dict[str, Any]] = field(default_factory=list)
     end_to_end: dict[str, Any] = field(default_factory=dict)
+    # The worker's decoding beside the router core, per corpus (bench/decode.py).
+    decode: list[dict[str, Any]] = field(default_factory=list)
     memory: dict[str, Any] = field(default_factory=dict)
     outage: dict[str, Any] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
@@ -93,26 +95,45 @@ FLOOR_A, CORE, FLOOR_B, CORE_SDK = (
     "floor B: SDK batches only",
     "router core + SDK batches",
 )
+DECODE, DECODE_FAST = "worker decode (azure-functions)", "worker decode, enqueued times by fromisoformat"
 
 
 def _stage_set(prefix: str, c: corpora.Corpus, table: Any) -> dict[str, tuple[Callable[[], object], int]]:
     batches = c.ingress_batches()
     bodies = [m.body for batch in batches for m in batch]
     plans = stages.planned(table, batches)
+    host = decode.host_inputs(c.batches)
     n = c.messages
     return {
         f"{prefix}{FLOOR_A}": (stages.floor_a(bodies), n),
         f"{prefix}{CORE}": (stages.route_all(stages.core_router(table), batches), n),
         f"{prefix}{FLOOR_B}": (stages.floor_b(plans), n),
         f"{prefix}{CORE_SDK}": (stages.route_all(stages.sdk_router(table), batches), n),
+        f"{prefix}{DECODE}": (decode.library_decode(host), n),
+        f"{prefix}{DECODE_FAST}": (decode.fast_decode(host), n),
     }
 
 
 def run_stages(results: Results, c: corpora.Corpus, table: Any, log: Callable[[str], None]) -> dict[str, Timing]:
-    log("stages 1-4: mixed corpus and telemetry alone")
+    log("stages 1-4 and the worker's decoding: mixed corpus and telemetry alone")
+    checked = decode.check_fast_enqueued_times(decode.host_inputs(c.batches))
     sets = {**_stage_set("mixed: ", c, table), **_stage_set("telemetry: ", c.only("telemetry"), table)}
     timings = interleaved(sets, duration=results.options.duration, min_rounds=results.options.rounds)
     results.stages.extend(timings.values())
+    for prefix in ("mixed: ", "telemetry: "):
+        library, fast, core = (timings[prefix + name] for name in (DECODE, DECODE_FAST, CORE))
+        # Per round, the decoding's cost per event over the core's (the core's throughput over the decoding's).
+        over_core = stage_ratio(core, library)
+        results.decode.append(
+            {
+                "corpus": prefix.rstrip(": "),
+                "decode_us_per_event": library.micros,
+                "decode_fast_us_per_event": fast.micros,
+                "core_us_per_event": core.micros,
+                "decode_over_core": {"median": over_core.median, "low": over_core.low, "high": over_core.high},
+                "fast_checked_events": checked,
+            }
+        )
     return timings
 
 
