@@ -38,6 +38,8 @@ def as_json(results: Results) -> dict[str, Any]:
                 "us_per_event": t.micros,
                 "median_round_s": t.median,
                 "rounds": t.rounds,
+                "round_s": list(t.samples),
+                "round_cpu_s": list(t.cpu),
             }
             for t in results.stages
         ],
@@ -45,10 +47,12 @@ def as_json(results: Results) -> dict[str, Any]:
         "filtered": results.filtered,
         "devices": results.devices,
         "end_to_end": results.end_to_end,
+        "decode": results.decode,
         "memory": results.memory,
         "outage": results.outage,
         "targets": [
-            {"target": t.name, "measured": t.measured, "ratio": t.ratio, "pass": t.passed} for t in results.targets
+            {"target": t.name, "measured": t.measured, "ratio": t.ratio, "low": t.low, "high": t.high, "pass": t.passed}
+            for t in results.targets
         ],
         "notes": results.notes,
         "seconds": results.seconds,
@@ -64,6 +68,29 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
     return table
 
 
+def _range(r: dict[str, float], suffix: str = "x") -> str:
+    return f"{r['median']:.2f}{suffix} ({r['low']:.2f}-{r['high']:.2f}{suffix})"
+
+
+def print_end_to_end(e: dict[str, Any]) -> None:
+    """The headline: router over script end to end, per corpus, as median (range) of paired rounds."""
+    console.print("End to end, router / script (paired rounds, order rotated; the peers in their own process)")
+    for s in e["comparisons"]:
+        r, c = s["router_sends"], s["script_sends"]
+        console.print(
+            f"  {s['corpus']}: throughput {_range(s['throughput_ratio'])} over {s['rounds']} rounds "
+            f"(router {s['router_events_per_second']:,.0f} events/s, script {s['script_events_per_second']:,.0f}); "
+            f"CPU {_range(s['cpu_ratio'])} (events per CPU second; router {s['router_cpu_us_per_event']:.0f} "
+            f"µs/event, script {s['script_cpu_us_per_event']:.0f}); sends per pass: router {r['amqp_transfers']} "
+            f"AMQP + {r['grid_requests']} Event Grid, script {c['amqp_transfers']} + {c['grid_requests']}",
+            highlight=False,
+        )
+    if e["same_messages"]:
+        console.print("  every pass of both delivered the same messages to the same destinations", highlight=False)
+    else:
+        console.print("[bold red]  the script did not deliver exactly the router's messages: the comparison is void[/]")
+
+
 def print_results(results: Results) -> None:
     m, c = results.machine, results.corpus
     console.print(
@@ -72,6 +99,8 @@ def print_results(results: Results) -> None:
         f"mean body {c['mean_body_bytes']:.0f} B, "
         f"{c['endpoints']} endpoints, batches of {results.options.batch_size}"
     )
+    if results.end_to_end:
+        print_end_to_end(results.end_to_end)
     console.print(
         _table(
             "Stages (best round; events = ingress messages)",
@@ -79,6 +108,24 @@ def print_results(results: Results) -> None:
             [[t.name, f"{t.per_second:,.0f}", f"{t.micros:.1f}"] for t in results.stages],
         )
     )
+    if results.decode:
+        console.print(
+            _table(
+                "The worker's decoding before the function runs (azure-functions EventHubTriggerConverter.decode), "
+                "per event",
+                ["corpus", "worker decode µs", "router core µs", "decode / core (per round)", "fromisoformat times µs"],
+                [
+                    [
+                        d["corpus"],
+                        f"{d['decode_us_per_event']:.1f}",
+                        f"{d['core_us_per_event']:.1f}",
+                        _range(d["decode_over_core"], "x"),
+                        f"{d['decode_fast_us_per_event']:.1f}",
+                    ]
+                    for d in results.decode
+                ],
+            )
+        )
     console.print(
         _table(
             "Route table size (fan-out grows with it)",
@@ -130,12 +177,13 @@ def print_results(results: Results) -> None:
     if results.end_to_end:
         e = results.end_to_end
         console.print(
-            f"end to end: {e['messages']:,} messages in {e['batches']} batches, {e['events_per_second']:,.0f} events/s "
-            f"({e['us_per_event']:.0f} µs/event), batch p50 {e['p50_ms']:.1f} ms, p99 {e['p99_ms']:.1f} ms; "
+            f"end to end (router, mixed, median round): {e['messages']:,} messages in {e['batches']} batches, "
+            f"{e['events_per_second']:,.0f} events/s ({e['us_per_event']:.0f} µs/event), "
+            f"batch p50 {e['p50_ms']:.1f} ms, p99 {e['p99_ms']:.1f} ms; "
             f"AMQP connections {e['connections_after_warmup']} after warm-up, {e['connections_at_end']} after "
             f"{e['invocations']} invocations, {e['connections_after_sweep']} after the device sweep; "
             f"{e['amqp_messages_received']:,} AMQP messages and {e['event_grid_requests']:,} Event Grid requests "
-            "received"
+            "received per pass"
         )
     if results.memory:
         mem = results.memory
@@ -149,7 +197,7 @@ def print_results(results: Results) -> None:
     console.print(
         _table(
             "Targets",
-            ["target", "measured", "result"],
+            ["target", "measured: median (range) of per-round ratios where paired", "result"],
             [[t.name, t.measured, "PASS" if t.passed else "[bold red]MISS[/]"] for t in results.targets],
         )
     )
@@ -172,6 +220,10 @@ def main(  # noqa: PLR0917 - Typer reads each option from a parameter
     outage: Annotated[
         bool, typer.Option(help="Run the endpoint-outage stage (needs the end-to-end stage; Azurite).")
     ] = True,
+    rounds: Annotated[
+        int,
+        typer.Option(min=2, help="Paired rounds per comparison (end to end: router and script; the stages at least)."),
+    ] = 8,
     output: Annotated[OutputFormat, typer.Option("--output", "-o", help="Figures as tables or as JSON.")] = (
         OutputFormat.table
     ),
@@ -179,7 +231,7 @@ def main(  # noqa: PLR0917 - Typer reads each option from a parameter
     """Benchmark the router against floors measured in the same run (issue #7)."""
     # Records are still made (their cost is the router's), but not printed over the figures.
     logging.getLogger().addHandler(logging.NullHandler())
-    options = Options(events, devices, routes, batch_size, duration, memory_events, end_to_end, outage)
+    options = Options(events, devices, routes, batch_size, duration, memory_events, end_to_end, outage, rounds)
     results = run_all(options, lambda line: progress.print(f"[dim]{line}[/]", highlight=False))
     if output is OutputFormat.json:
         sys.stdout.write(orjson.dumps(as_json(results), option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -1,14 +1,23 @@
 """End to end: worker-shaped batches through function_app's own functions, delivered by the production
-senders (`routing.deliver.pool.SenderPool`) to the local AMQP 1.0 peer and the Event Grid receiver.
+senders (`routing.deliver.pool.SenderPool`) to the local AMQP 1.0 peer and the Event Grid receiver,
+which run in a child process (`bench.peers`) and are reached over loopback; and, in the same rounds,
+the script baseline (`bench.script`) sending exactly what the router sent, with the same SDKs.
 
 The router is built by `routing.app.build_router` from app settings as deployed (`ROUTES_FILE`,
 connections in settings, `ROUTER_OUTPUT_DIR` unset); only its dead-letter store is swapped for one in
 memory after it is built, and its parking and breaker (Blob too) switched off (Blob Storage would need
 Azurite, and the corpus has no dead letters and no outage anyway).
+
+Each comparison runs its rounds in turn, router then script, then script then router, ...: each side
+passes over the whole corpus once per round (the router one function call per trigger batch, the worker's
+decoding done beforehand, untimed), and the peers forget what arrived between passes. Every pass is
+checked against the router's first: the same messages to the same destinations (`Digest`), or the
+comparison is void.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 import time
@@ -19,23 +28,28 @@ from pathlib import Path
 from typing import Any
 
 from bench.corpus import Batch
-from bench.routes import AMQP_SETTING, GRID_SETTING, write_routes
-from bench.stages import MemoryDeadLetters
-from bench.timing import percentile
+from bench.decode import fast_enqueued_times
+from bench.peers import Counts, Digest, PeersProcess
+from bench.routes import AMQP_SETTING, GRID_SETTING, route_table, write_routes
+from bench.script import Script, Send, precompute
+from bench.stages import MemoryDeadLetters, planned
+from bench.timing import Ratios, median, paired, percentile, rotated
 from routing import app as wiring
 from routing.deliver.pool import SenderPool
 from routing.pipeline import Router
-from tests.peers import AmqpPeer, EventGridReceiver
+from routing.routes.table import RouteTable
 
 Function = Callable[[list[Any]], None]
+ROUTER, SCRIPT = "router", "script"
 
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
     functions: dict[str, Function]
     router: Router
-    peer: AmqpPeer
-    grid: EventGridReceiver
+    peers: PeersProcess
+    # The deployed routes file as a table, for the script's plan.
+    table: RouteTable
 
 
 _functions: dict[str, Function] | None = None
@@ -53,14 +67,12 @@ def _app_functions() -> dict[str, Function]:
 
 @contextmanager
 def deployed(endpoints: int) -> Iterator[Deployment]:
-    """The function app wired to local peers, with `endpoints` endpoints; settings restored afterwards."""
+    """The function app wired to the peers' process, with `endpoints` endpoints; settings restored afterwards."""
     saved = dict(os.environ)
-    with (
-        AmqpPeer(partition_count=4) as peer,
-        EventGridReceiver() as grid,
-        tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp,
-    ):
-        routes = write_routes(Path(tmp) / "routes.json", endpoints, grid_url=grid.endpoint)
+    with PeersProcess() as peers, tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        assert peers.addresses is not None
+        grid_url = peers.addresses.grid_url
+        routes = write_routes(Path(tmp) / "routes.json", endpoints, grid_url=grid_url)
         for name in ("ROUTER_OUTPUT_DIR", "ROUTES_STORAGE"):
             os.environ.pop(name, None)
         os.environ.update(
@@ -68,8 +80,8 @@ def deployed(endpoints: int) -> Iterator[Deployment]:
                 "ROUTES_FILE": str(routes),
                 # Never contacted: the dead-letter store is replaced below, before any batch.
                 "DEADLETTER_STORAGE": "UseDevelopmentStorage=true",
-                AMQP_SETTING: peer.connection_string(),
-                GRID_SETTING: grid.key,
+                AMQP_SETTING: peers.addresses.amqp_connection,
+                GRID_SETTING: peers.addresses.grid_key,
             }
         )
         wiring.reset()
@@ -81,7 +93,7 @@ def deployed(endpoints: int) -> Iterator[Deployment]:
             # stage; bench/outage.py measures them against Azurite.
             router.parking = None
             router.breaker = None
-            yield Deployment(_app_functions(), router, peer, grid)
+            yield Deployment(_app_functions(), router, peers, route_table(endpoints, grid_url=grid_url))
         finally:
             if router is not None and isinstance(router.senders, SenderPool):
                 router.senders.close()
@@ -106,60 +118,142 @@ def invoke(deployment: Deployment, batches: Sequence[Batch]) -> list[float]:
 
 
 @dataclass(frozen=True, slots=True)
-class EndToEnd:
-    messages: int
+class Pass:
+    """One side's pass over a corpus: wall and CPU seconds, and what the peers received."""
+
     seconds: float
-    p50: float
-    p99: float
+    cpu: float
+    counts: Counts
+    digest: Digest
+    latencies: tuple[float, ...] = ()  # the router's, per batch
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Router and script on one corpus, in paired rounds (order rotated)."""
+
+    corpus: str
+    messages: int
     batches: int
-    connections_after_warmup: int
-    connections_at_end: int
-    invocations: int
-    delivered_amqp: int
-    grid_requests: int
-    dead_letters: int
+    router: tuple[Pass, ...]
+    script: tuple[Pass, ...]
+    same_messages: bool
 
     @property
-    def per_second(self) -> float:
-        return self.messages / self.seconds if self.seconds else 0.0
+    def throughput(self) -> Ratios:
+        """Router events/s over script events/s, per round."""
+        return paired([p.seconds for p in self.router], [p.seconds for p in self.script])
 
     @property
-    def micros(self) -> float:
-        return self.seconds / self.messages * 1e6 if self.messages else 0.0
+    def cpu(self) -> Ratios:
+        """Router events per CPU second over the script's, per round (above 1: the router uses less CPU)."""
+        return paired([p.cpu for p in self.router], [p.cpu for p in self.script])
+
+    def per_second(self, side: str) -> list[float]:
+        passes = self.router if side == ROUTER else self.script
+        return [self.messages / p.seconds for p in passes]
+
+    def cpu_micros(self, side: str) -> list[float]:
+        passes = self.router if side == ROUTER else self.script
+        return [p.cpu / self.messages * 1e6 for p in passes]
+
+    @property
+    def latencies(self) -> list[float]:
+        return [s for p in self.router for s in p.latencies]
 
 
-def run_corpus(deployment: Deployment, batches: Sequence[Batch], *, duration: float) -> EndToEnd:
-    """Warm up (first batch of each hub opens the connections), then batches until `duration` has passed."""
-    warm = [next(b for b in batches if b.source == source) for source in FUNCTION_FOR]
-    invoke(deployment, warm)
-    connections = deployment.peer.stats().connections
-    latencies: list[float] = []
-    messages = 0
-    started = time.perf_counter()
-    for batch in batches:
-        latencies.extend(invoke(deployment, [batch]))
-        messages += len(batch.events)
-        if time.perf_counter() - started > duration and len(latencies) >= 10:
-            break
-    stats = deployment.peer.stats()
-    letters = deployment.router.dead_letters
-    return EndToEnd(
-        messages=messages,
-        seconds=sum(latencies),
-        p50=percentile(latencies, 0.5),
-        p99=percentile(latencies, 0.99),
-        batches=len(latencies),
-        connections_after_warmup=connections,
-        connections_at_end=stats.connections,
-        invocations=len(latencies) + len(warm),
-        delivered_amqp=len(deployment.peer.received()),
-        grid_requests=len(deployment.grid.requests()),
-        dead_letters=len(letters.letters) if isinstance(letters, MemoryDeadLetters) else -1,
-    )
+class Paired:
+    """The router and the script over the same peers: passes over corpora, each checked against the router's
+    first pass over it."""
+
+    def __init__(self, deployment: Deployment, script: Script) -> None:
+        self.deployment = deployment
+        self.script = script
+        self._reference: dict[str, Digest] = {}
+        self._sends: dict[str, list[list[Send]]] = {}
+
+    def prepare(self, name: str, batches: Sequence[Batch]) -> None:
+        """The script's sends for `batches`, from the router's plan for them, and its clients for them."""
+        self._sends[name] = precompute(planned(self.deployment.table, [b.ingress() for b in batches]))
+        self.script.open(self._sends[name])
+
+    def _router_pass(self, batches: Sequence[Batch]) -> Pass:
+        # Untimed, and fresh each pass (the events cache their metadata); with the fast enqueued times, which
+        # decode every event alike (bench/decode.py) in a twentieth of the time.
+        with fast_enqueued_times():
+            decoded = [(self.deployment.functions[FUNCTION_FOR[b.source]], b.worker()) for b in batches]
+        self.deployment.peers.forget()
+        gc.collect()
+        latencies = []
+        c0, t0 = time.process_time(), time.perf_counter()
+        for function, events in decoded:
+            started = time.perf_counter()
+            function(events)
+            latencies.append(time.perf_counter() - started)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return Pass(seconds, cpu, self.deployment.peers.counts(), self.deployment.peers.digest(), tuple(latencies))
+
+    def _script_pass(self, name: str) -> Pass:
+        sends = self._sends[name]
+        self.deployment.peers.forget()
+        gc.collect()
+        c0, t0 = time.process_time(), time.perf_counter()
+        self.script.run(sends)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return Pass(seconds, cpu, self.deployment.peers.counts(), self.deployment.peers.digest())
+
+    def warm(self, name: str, batches: Sequence[Batch]) -> bool:
+        """One pass of each side, untimed: the router's is the reference; True if the script's matches it."""
+        self._reference[name] = self._router_pass(batches).digest
+        return self._script_pass(name).digest == self._reference[name]
+
+    def compare(self, name: str, batches: Sequence[Batch], *, rounds: int) -> Comparison:
+        passes: dict[str, list[Pass]] = {ROUTER: [], SCRIPT: []}
+        for r in range(rounds):
+            for side in rotated([ROUTER, SCRIPT], r):
+                passes[side].append(self._router_pass(batches) if side == ROUTER else self._script_pass(name))
+        reference = self._reference[name]
+        same = all(p.digest == reference for side in passes.values() for p in side)
+        return Comparison(
+            corpus=name,
+            messages=sum(len(b.events) for b in batches),
+            batches=len(batches),
+            router=tuple(passes[ROUTER]),
+            script=tuple(passes[SCRIPT]),
+            same_messages=same,
+        )
+
+
+def summary(c: Comparison) -> dict[str, Any]:
+    """A comparison's figures for the results (and `-o json`)."""
+    router_rate, script_rate = c.per_second(ROUTER), c.per_second(SCRIPT)
+    last_router, last_script = c.router[-1].counts, c.script[-1].counts
+    return {
+        "corpus": c.corpus,
+        "messages": c.messages,
+        "batches": c.batches,
+        "rounds": len(c.router),
+        "router_events_per_second": median(router_rate),
+        "script_events_per_second": median(script_rate),
+        "router_cpu_us_per_event": median(c.cpu_micros(ROUTER)),
+        "script_cpu_us_per_event": median(c.cpu_micros(SCRIPT)),
+        "throughput_ratio": {"median": c.throughput.median, "low": c.throughput.low, "high": c.throughput.high},
+        "throughput_ratios": list(c.throughput.values),
+        "cpu_ratio": {"median": c.cpu.median, "low": c.cpu.low, "high": c.cpu.high},
+        "cpu_ratios": list(c.cpu.values),
+        "p50_ms": percentile(c.latencies, 0.5) * 1e3,
+        "p99_ms": percentile(c.latencies, 0.99) * 1e3,
+        "router_sends": {"amqp_transfers": last_router.amqp_transfers, "grid_requests": last_router.grid_requests},
+        "script_sends": {"amqp_transfers": last_script.amqp_transfers, "grid_requests": last_script.grid_requests},
+        "amqp_messages": last_router.amqp_messages,
+        "grid_events": last_router.grid_events,
+        "same_messages": c.same_messages,
+    }
 
 
 def device_latency(deployment: Deployment, make: Callable[[int], Batch], *, repeats: int) -> tuple[float, float]:
     """Median and best seconds per batch over `repeats` fresh batches from `make(i)`."""
     invoke(deployment, [make(-1)])  # warm
     latencies = invoke(deployment, [make(i) for i in range(repeats)])
+    deployment.peers.forget()
     return percentile(latencies, 0.5), min(latencies)

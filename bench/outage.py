@@ -2,11 +2,12 @@
 
 function_app's own functions on worker-shaped batches, the production senders (`SenderPool`) and
 parking (routing/parking.py, routing/health.py) in Blob Storage: a real Azurite started for the stage,
-the AMQP 1.0 peer and the Event Grid receiver of tests/peers in this process (they share its GIL, as in
-bench/e2e.py), each AMQP endpoint reached through a loopback proxy (tests/blackhole.py) that can refuse,
-black-hole or reset its connections. The breaker's first probe is due at once (`PROBE_INITIAL_SECONDS`
-0; in production the first redelivery probe comes 10 s after the outage opens the circuit, and the timer
-runs every 10 s), so drain times are those of the redelivery run itself.
+the AMQP 1.0 peer and the Event Grid receiver of tests/peers in this process (they share its GIL; the
+end-to-end stage, bench/e2e.py, runs them in a child process), each AMQP endpoint reached through a
+loopback proxy (tests/blackhole.py) that can refuse, black-hole or reset its connections. The breaker's
+first probe is due at once (`PROBE_INITIAL_SECONDS` 0; in production the first redelivery probe comes
+10 s after the outage opens the circuit, and the timer runs every 10 s), so drain times are those of
+the redelivery run itself.
 
 Three measurements, each in one run:
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench import corpus as corpora
-from bench import e2e, filtered, memory, outage, stages
+from bench import decode, e2e, filtered, memory, outage, stages
 from bench.routes import route_table
-from bench.timing import Timing, interleaved
+from bench.script import Script
+from bench.timing import Ratios, Timing, interleaved, stage_ratio
 
 MB = 1_000_000
 # Outgoing messages per round in the route-table sweep, for the router core and for core + SDK.
@@ -29,19 +31,30 @@ class Options:
     memory_events: int
     e2e: bool = True
     outage: bool = True
+    # Paired rounds per comparison: the end-to-end router-vs-script rounds, and the least the stages run.
+    rounds: int = 8
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
     name: str
     measured: str
-    ratio: float
+    ratio: float  # the median of the per-round ratios where there are rounds: what passes or misses
     limit: float
     higher_is_better: bool
+    low: float | None = None  # the range of the per-round ratios, where there are rounds
+    high: float | None = None
 
     @property
     def passed(self) -> bool:
         return self.ratio >= self.limit if self.higher_is_better else self.ratio <= self.limit
+
+    @classmethod
+    def paired(cls, name: str, ratios: Ratios, limit: float, *, percent: bool = False, note: str = "") -> Target:
+        """A higher-is-better target on the median of paired per-round ratios, measured as median (range)."""
+        measured = f"{ratios.median:.1%} ({ratios.low:.1%}-{ratios.high:.1%})" if percent else ratios.describe()
+        measured += f" over {len(ratios.values)} rounds" + (f"; {note}" if note else "")
+        return cls(name, measured, ratios.median, limit, True, low=ratios.low, high=ratios.high)
 
 
 @dataclass
@@ -54,6 +67,8 @@ class Results:
     filtered: list[dict[str, Any]] = field(default_factory=list)
     devices: list[dict[str, Any]] = field(default_factory=list)
     end_to_end: dict[str, Any] = field(default_factory=dict)
+    # The worker's decoding beside the router core, per corpus (bench/decode.py).
+    decode: list[dict[str, Any]] = field(default_factory=list)
     memory: dict[str, Any] = field(default_factory=dict)
     outage: dict[str, Any] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
@@ -74,24 +89,51 @@ def machine() -> dict[str, str]:
     return {"nproc": str(cpu_count()), "cpu": model, "python": platform.python_version()}
 
 
+FLOOR_A, CORE, FLOOR_B, CORE_SDK = (
+    "floor A: orjson loads+dumps",
+    "router core",
+    "floor B: SDK batches only",
+    "router core + SDK batches",
+)
+DECODE, DECODE_FAST = "worker decode (azure-functions)", "worker decode, enqueued times by fromisoformat"
+
+
 def _stage_set(prefix: str, c: corpora.Corpus, table: Any) -> dict[str, tuple[Callable[[], object], int]]:
     batches = c.ingress_batches()
     bodies = [m.body for batch in batches for m in batch]
     plans = stages.planned(table, batches)
+    host = decode.host_inputs(c.batches)
     n = c.messages
     return {
-        f"{prefix}floor A: orjson loads+dumps": (stages.floor_a(bodies), n),
-        f"{prefix}router core": (stages.route_all(stages.core_router(table), batches), n),
-        f"{prefix}floor B: SDK batches only": (stages.floor_b(plans), n),
-        f"{prefix}router core + SDK batches": (stages.route_all(stages.sdk_router(table), batches), n),
+        f"{prefix}{FLOOR_A}": (stages.floor_a(bodies), n),
+        f"{prefix}{CORE}": (stages.route_all(stages.core_router(table), batches), n),
+        f"{prefix}{FLOOR_B}": (stages.floor_b(plans), n),
+        f"{prefix}{CORE_SDK}": (stages.route_all(stages.sdk_router(table), batches), n),
+        f"{prefix}{DECODE}": (decode.library_decode(host), n),
+        f"{prefix}{DECODE_FAST}": (decode.fast_decode(host), n),
     }
 
 
 def run_stages(results: Results, c: corpora.Corpus, table: Any, log: Callable[[str], None]) -> dict[str, Timing]:
-    log("stages 1-4: mixed corpus and telemetry alone")
+    log("stages 1-4 and the worker's decoding: mixed corpus and telemetry alone")
+    checked = decode.check_fast_enqueued_times(decode.host_inputs(c.batches))
     sets = {**_stage_set("mixed: ", c, table), **_stage_set("telemetry: ", c.only("telemetry"), table)}
-    timings = interleaved(sets, duration=results.options.duration)
+    timings = interleaved(sets, duration=results.options.duration, min_rounds=results.options.rounds)
     results.stages.extend(timings.values())
+    for prefix in ("mixed: ", "telemetry: "):
+        library, fast, core = (timings[prefix + name] for name in (DECODE, DECODE_FAST, CORE))
+        # Per round, the decoding's cost per event over the core's (the core's throughput over the decoding's).
+        over_core = stage_ratio(core, library)
+        results.decode.append(
+            {
+                "corpus": prefix.rstrip(": "),
+                "decode_us_per_event": library.micros,
+                "decode_fast_us_per_event": fast.micros,
+                "core_us_per_event": core.micros,
+                "decode_over_core": {"median": over_core.median, "low": over_core.low, "high": over_core.high},
+                "fast_checked_events": checked,
+            }
+        )
     return timings
 
 
@@ -156,7 +198,7 @@ def device_counts(batch_size: int) -> list[int]:
     return sorted({d for d in (1, 2, 5, 10, 25, 50, batch_size) if d <= batch_size})
 
 
-def run_device_sweep_offline(results: Results, table: Any, log: Callable[[str], None]) -> dict[int, float]:
+def run_device_sweep_offline(results: Results, table: Any, log: Callable[[str], None]) -> Ratios:
     """Router core + SDK batches per telemetry batch, 1 device up to one device per event."""
     size = results.options.batch_size
     log("device sweep (offline): router core + SDK batches")
@@ -169,37 +211,61 @@ def run_device_sweep_offline(results: Results, table: Any, log: Callable[[str], 
         sets[str(distinct)] = (stages.route_all(stages.sdk_router(table), batches), len(batches))
         sets[f"core {distinct}"] = (stages.route_all(stages.core_router(table), batches), len(batches))
     timings = interleaved(sets, duration=results.options.duration / 2)
-    out = {}
     for distinct in device_counts(size):
-        out[distinct] = timings[str(distinct)].best / timings[str(distinct)].units
         results.devices.append(
             {
                 "devices": distinct,
                 "core_ms_per_batch": timings[f"core {distinct}"].best / timings[f"core {distinct}"].units * 1e3,
-                "sdk_ms_per_batch": out[distinct] * 1e3,
+                "sdk_ms_per_batch": timings[str(distinct)].best / timings[str(distinct)].units * 1e3,
             }
         )
-    return out
+    # A batch of `size` devices' cost over a batch of one device's, per round (1 device's throughput over `size`'s).
+    return stage_ratio(timings["1"], timings[str(size)])
 
 
 def run_end_to_end(results: Results, c: corpora.Corpus, log: Callable[[str], None]) -> tuple[float, float] | None:
+    """The router against the script on the mixed corpus and on telemetry alone, in paired rounds, with the
+    peers in their own process; then the device sweep through the same deployment."""
     opts = results.options
-    log(f"end to end: function_app -> SenderPool -> AMQP peer + Event Grid receiver ({opts.routes} endpoints)")
+    log(f"end to end: function_app -> SenderPool -> the peers' process ({opts.routes} endpoints), against the script")
+    corpora_ = {"mixed": c.batches, "telemetry": c.only("telemetry").batches}
     with e2e.deployed(opts.routes) as deployment:
-        run = e2e.run_corpus(deployment, c.batches, duration=opts.duration * 4)
+        addresses = deployment.peers.addresses
+        assert addresses is not None
+        script = Script(amqp_connection=addresses.amqp_connection, grid_key=addresses.grid_key)
+        try:
+            paired = e2e.Paired(deployment, script)
+            warm_same = True
+            for name, batches in corpora_.items():
+                paired.prepare(name, batches)
+                warm_same = paired.warm(name, batches) and warm_same
+            connections = deployment.peers.counts().connections
+            comparisons = {}
+            for name, batches in corpora_.items():
+                log(f"end to end: router and script on {name}, {opts.rounds} rounds, order rotated")
+                comparisons[name] = paired.compare(name, batches, rounds=opts.rounds)
+            at_end = deployment.peers.counts().connections
+        finally:
+            script.close()
+        mixed = comparisons["mixed"]
+        summaries = [e2e.summary(comparison) for comparison in comparisons.values()]
         results.end_to_end = {
-            "messages": run.messages,
-            "batches": run.batches,
-            "events_per_second": run.per_second,
-            "us_per_event": run.micros,
-            "p50_ms": run.p50 * 1e3,
-            "p99_ms": run.p99 * 1e3,
-            "connections_after_warmup": run.connections_after_warmup,
-            "connections_at_end": run.connections_at_end,
-            "invocations": run.invocations,
-            "amqp_messages_received": run.delivered_amqp,
-            "event_grid_requests": run.grid_requests,
-            "dead_letters": run.dead_letters,
+            "messages": mixed.messages,
+            "batches": mixed.batches,
+            "events_per_second": summaries[0]["router_events_per_second"],
+            "us_per_event": 1e6 / summaries[0]["router_events_per_second"],
+            "p50_ms": summaries[0]["p50_ms"],
+            "p99_ms": summaries[0]["p99_ms"],
+            "connections_after_warmup": connections,
+            "connections_at_end": at_end,
+            "invocations": sum(len(b) for b in corpora_.values()) * (opts.rounds + 1),
+            "amqp_messages_received": summaries[0]["amqp_messages"],
+            "event_grid_requests": summaries[0]["router_sends"]["grid_requests"],
+            "dead_letters": len(letters.letters)
+            if isinstance(letters := deployment.router.dead_letters, stages.MemoryDeadLetters)
+            else -1,
+            "same_messages": warm_same and all(s["same_messages"] for s in summaries),
+            "comparisons": summaries,
         }
         log("device sweep (end to end)")
         single = many = 0.0
@@ -215,8 +281,25 @@ def run_end_to_end(results: Results, c: corpora.Corpus, log: Callable[[str], Non
                 single = median
             if distinct == opts.batch_size:
                 many = median
-        results.end_to_end["connections_after_sweep"] = deployment.peer.stats().connections
+        results.end_to_end["connections_after_sweep"] = deployment.peers.counts().connections
         return single, many
+
+
+def e2e_targets(results: Results) -> None:
+    """Issue #15, target 1: router over script end to end, throughput per round (the CPU ratio beside it)."""
+    limits = {"mixed": 1.2, "telemetry": 1.0}
+    same = results.end_to_end["same_messages"]
+    for s in results.end_to_end["comparisons"]:
+        throughput = Ratios(tuple(s["throughput_ratios"]))
+        cpu = Ratios(tuple(s["cpu_ratios"]))
+        note = f"CPU {cpu.describe()}" + ("" if same else "; NOT the same messages: void")
+        target = Target.paired(
+            f"router / script end to end, {s['corpus']} >= {limits[s['corpus']]:.1f}x",
+            throughput,
+            limits[s["corpus"]],
+            note=note,
+        )
+        results.targets.append(target if same else dataclasses.replace(target, ratio=0.0))
 
 
 def run_memory(results: Results, log: Callable[[str], None]) -> None:
@@ -315,18 +398,20 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
     if opts.memory_events:
         run_memory(results, log)
 
-    def ratio(a: str, b: str) -> float:
-        return t[a].per_second / t[b].per_second
+    def ratio(a: str, b: str) -> Ratios:
+        return stage_ratio(t[a], t[b])
 
     targets = results.targets
-    r = ratio("mixed: router core", "mixed: floor A: orjson loads+dumps")
-    targets.append(Target("router core >= 40% of floor A (mixed)", f"{r:.1%}", r, 0.40, True))
-    r = ratio("telemetry: router core", "telemetry: floor A: orjson loads+dumps")
-    targets.append(Target("router core >= 80% of floor A (telemetry)", f"{r:.1%}", r, 0.80, True))
-    r = ratio("mixed: router core + SDK batches", "mixed: floor B: SDK batches only")
-    targets.append(Target("core + SDK >= 85% of floor B (mixed)", f"{r:.1%}", r, 0.85, True))
-    r = ratio("telemetry: router core + SDK batches", "telemetry: floor B: SDK batches only")
-    targets.append(Target("core + SDK >= 85% of floor B (telemetry)", f"{r:.1%}", r, 0.85, True))
+    if results.end_to_end:
+        e2e_targets(results)
+    for corpus, core_limit in (("mixed", 0.40), ("telemetry", 0.80)):
+        r = ratio(f"{corpus}: {CORE}", f"{corpus}: {FLOOR_A}")
+        targets.append(
+            Target.paired(f"router core >= {core_limit:.0%} of floor A ({corpus})", r, core_limit, percent=True)
+        )
+    for corpus in ("mixed", "telemetry"):
+        r = ratio(f"{corpus}: {CORE_SDK}", f"{corpus}: {FLOOR_B}")
+        targets.append(Target.paired(f"core + SDK >= 85% of floor B ({corpus})", r, 0.85, percent=True))
     first, last = results.endpoints[0], results.endpoints[-1]
     r = last["core_us_per_outgoing"] / first["core_us_per_outgoing"]
     targets.append(Target("1,000 vs 10 endpoints, core, per message sent <= 1.5x", f"{r:.2f}x", r, 1.5, False))
@@ -349,12 +434,23 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
             )
         )
     size = opts.batch_size
-    r = offline[size] / offline[1]
-    targets.append(Target(f"{size} devices vs 1 per batch, core + SDK <= 2x", f"{r:.2f}x", r, 2.0, False))
+    targets.append(
+        Target(
+            f"{size} devices vs 1 per batch, core + SDK <= 2x",
+            f"{offline.describe()} over {len(offline.values)} rounds",
+            offline.median,
+            2.0,
+            False,
+            low=offline.low,
+            high=offline.high,
+        )
+    )
     if e2e_devices is not None:
         single, many = e2e_devices
-        r = many / single
-        targets.append(Target(f"{size} devices vs 1 per batch, end to end <= 2x", f"{r:.2f}x", r, 2.0, False))
+        per_batch = many / single
+        targets.append(
+            Target(f"{size} devices vs 1 per batch, end to end <= 2x", f"{per_batch:.2f}x", per_batch, 2.0, False)
+        )
         e = results.end_to_end
         constant = e["connections_at_end"] == e["connections_after_warmup"] == e["connections_after_sweep"]
         targets.append(
