@@ -8,19 +8,16 @@ Most of it is the enqueued times. The host writes each `EnqueuedTimeUtc` without
 raising. `strptime` keeps the regular expressions of only five formats (`_strptime._CACHE_MAX_SIZE`),
 so with fourteen formats in turn every call compiles its format again.
 
-`fast_enqueued_times()` measures what an app could do about it: the same classmethod replaced by one
-that reads the forms the host writes (`YYYY-MM-DDTHH:MM:SS`, 0-7 fraction digits, `Z`, `+00:00` or
-`-00:00` or no zone) with `datetime.fromisoformat`, and hands anything else to the library's own. It
-gives the same values (`check_fast_enqueued_times` compares every event of the corpus). Only the
-benchmark applies it, and only around its own stage.
+function_app.py installs routing.ingest.host_times (its `_parse_datetime` reading the host's forms with
+`datetime.fromisoformat`, the library's own for anything else). This stage measures both: the library as
+it came (`library_times()` takes the app's one away for the pass) and with it (`fast_enqueued_times()`);
+`check_fast_enqueued_times` compares every event of the corpus both ways.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,12 +25,10 @@ from azure.functions import meta
 from azure.functions.eventhub import EventHubTriggerConverter
 
 from bench.corpus import Batch
+from routing.ingest import host_times
 from tests.host import trigger_metadata
 
 HostInput = tuple[meta.Datum, dict[str, meta.Datum]]
-
-# What the host writes: a .NET DateTime by Newtonsoft, 0-7 fraction digits, a UTC zone or none.
-_HOST_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(\d{1,7}))?(Z|[+-]00:00)?")
 
 
 def host_inputs(batches: Sequence[Batch]) -> list[HostInput]:
@@ -47,50 +42,50 @@ def host_inputs(batches: Sequence[Batch]) -> list[HostInput]:
     ]
 
 
-def library_decode(inputs: Sequence[HostInput]) -> Callable[[], None]:
-    """One pass of the library's converter over every batch, as the worker calls it."""
-    decode = EventHubTriggerConverter.decode
-
-    def run() -> None:
-        for data, metadata in inputs:
-            decode(data, trigger_metadata=metadata)
-
-    return run
-
-
-_library_parse: Callable[[str | None], datetime | None] = EventHubTriggerConverter._parse_datetime
-
-
-def fast_parse_datetime(value: str | None) -> datetime | None:
-    """The library's `_parse_datetime` for the host's forms by `fromisoformat`; the library's own for the rest."""
-    match = _HOST_TIME.fullmatch(value) if value else None
-    if value is None or match is None:
-        return _library_parse(value)
-    fraction, zone = match.group(1), match.group(2)
-    if fraction is not None and len(fraction) == 7:  # Python's datetime holds six; the library cuts the seventh
-        value = value[: match.start(1) + 6] + value[match.end(1) :]
-    moment = datetime.fromisoformat(value[:-1] if zone == "Z" else value)
-    return moment.replace(tzinfo=UTC) if zone else moment
+@contextmanager
+def library_times() -> Iterator[None]:
+    """The library's converter as it came, for as long as the block runs (function_app installs the fast one)."""
+    was = host_times.installed()
+    host_times.uninstall()
+    try:
+        yield
+    finally:
+        if was:
+            host_times.install()
 
 
 @contextmanager
 def fast_enqueued_times() -> Iterator[None]:
-    """The library's converter with `fast_parse_datetime`, for as long as the block runs."""
-    # The library defines it on its base converter; set here, it shadows that one, and deleting it restores it.
-    assert "_parse_datetime" not in EventHubTriggerConverter.__dict__, "the library's converter is already patched"
-    EventHubTriggerConverter._parse_datetime = staticmethod(fast_parse_datetime)  # type: ignore[method-assign,assignment]
+    """The library's converter with routing.ingest.host_times installed, for as long as the block runs."""
+    was = host_times.installed()
+    assert host_times.install(), "the library's converter is not as host_times expects"
     try:
         yield
     finally:
-        del EventHubTriggerConverter._parse_datetime
+        if not was:
+            host_times.uninstall()
+
+
+def library_decode(inputs: Sequence[HostInput]) -> Callable[[], None]:
+    """One pass of the library's own converter over every batch, as the worker calls it."""
+    decode = EventHubTriggerConverter.decode
+
+    def run() -> None:
+        with library_times():
+            for data, metadata in inputs:
+                decode(data, trigger_metadata=metadata)
+
+    return run
 
 
 def fast_decode(inputs: Sequence[HostInput]) -> Callable[[], None]:
-    run_library = library_decode(inputs)
+    """One pass with routing.ingest.host_times installed, as function_app runs it."""
+    decode = EventHubTriggerConverter.decode
 
     def run() -> None:
         with fast_enqueued_times():
-            run_library()
+            for data, metadata in inputs:
+                decode(data, trigger_metadata=metadata)
 
     return run
 
@@ -105,7 +100,8 @@ def check_fast_enqueued_times(inputs: Sequence[HostInput]) -> int:
     """Every event decoded both ways; raises on the first difference; returns the events compared."""
     compared = 0
     for data, metadata in inputs:
-        library = _fields(EventHubTriggerConverter.decode(data, trigger_metadata=metadata))
+        with library_times():
+            library = _fields(EventHubTriggerConverter.decode(data, trigger_metadata=metadata))
         with fast_enqueued_times():
             fast = _fields(EventHubTriggerConverter.decode(data, trigger_metadata=metadata))
         for a, b in zip(library, fast, strict=True):
