@@ -38,7 +38,6 @@ from azure.core.exceptions import (
     ServiceRequestError,
 )
 from azure.storage.blob import BlobServiceClient, LinearRetry
-from rich.console import Console
 from rich.markup import escape
 from rich.padding import Padding
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -46,7 +45,17 @@ from rich.table import Table
 from rich.text import Text
 
 from routing.cli import routes as route_commands
-from routing.cli.routes import LOCAL_SETTINGS, OutputFormat, OutputOption, YesOption, _local_settings, write_json
+from routing.cli.output import (
+    OutputFormat,
+    OutputOption,
+    console,
+    errors,
+    fail,
+    printable,
+    warn,
+    write_json,
+)
+from routing.cli.routes import LOCAL_SETTINGS, YesOption, _local_settings
 from routing.cli.routes import open_rows as open_route_rows
 from routing.cli.routes import reported as route_rows_reported
 from routing.connections import Connection, resolve
@@ -77,19 +86,6 @@ from routing.settings import (
     ROUTES_STORAGE,
     connection_is_set,
 )
-
-console = Console()
-errors = Console(stderr=True)
-
-
-def fail(message: str) -> typer.Exit:
-    # Every message passes here: an SDK error can quote a request URL, and with it a SAS signature.
-    return route_commands.fail(redact(message))
-
-
-def warn(message: str) -> None:
-    route_commands.warn(redact(message))
-
 
 deadletters_app = typer.Typer(
     help="List, show, replay, delete and purge dead letters in Blob Storage (or Azurite) or a local run's folder.",
@@ -469,15 +465,6 @@ def _print_letters(letters: Sequence[Letter], waiting: Mapping[str, str | None])
             else:
                 console.print(Text(f"    waits for {ahead}"), soft_wrap=True, highlight=False)
         console.print(Padding(Text(printable(str(record.get("reason") or ""))), (0, 0, 0, 4)), highlight=False)
-
-
-# Control characters of a message shown on a terminal (an escape sequence in a body could rewrite the screen).
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def printable(text: str) -> str:
-    """`text` with control characters (but newline and tab) shown as `\\xNN`."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 @deadletters_app.command("list")

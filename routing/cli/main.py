@@ -16,16 +16,14 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from routing import observability
 from routing.cli import runner, status  # noqa: F401 - status registers `routes status`
 from routing.cli.deadletters import deadletters_app
-
-# One console, one error style for every command: the routes commands' (they cannot import this module).
-from routing.cli.routes import OutputFormat, console, errors, fail, routes_app
+from routing.cli.output import OutputFormat, console, errors, fail, warn
+from routing.cli.routes import routes_app
 from routing.deadletters import FILE_NAME as DEAD_LETTER_FILE
 from routing.errors import RoutingError
 from routing.pipeline import BatchReport
@@ -211,15 +209,13 @@ def run(
     else:
         print_report(report, out, table.fallback.name if table.fallback is not None else None)
     for text, count in warnings.others():
-        times = f" ({count} times)" if count > 1 else ""
-        errors.print(f"[bold yellow]warning:[/] {escape(text)}{times}", highlight=False, soft_wrap=True)
+        warn(text + (f" ({count} times)" if count > 1 else ""))
     written = {f"{e.name}.jsonl" for e in table.endpoints} | {DEAD_LETTER_FILE, runner.PARKED_FILE}
     stale = sorted(p.name for p in out.glob("*.jsonl") if p.name not in written)
     if stale:
-        errors.print(
-            f"[bold yellow]warning:[/] {escape(str(out))} also holds {escape(', '.join(stale))}, which this run "
-            "did not write (an earlier run with other routes?): delete them, or use another --out",
-            soft_wrap=True,
+        warn(
+            f"{out} also holds {', '.join(stale)}, which this run did not write (an earlier run with other "
+            "routes?): delete them, or use another --out"
         )
 
 

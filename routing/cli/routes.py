@@ -23,10 +23,10 @@ from typing import Annotated, Any, get_type_hints
 import orjson
 import typer
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ServiceRequestError
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from routing.cli.output import OutputFormat, OutputOption, console, errors, fail, warn, write_json
 from routing.connections import Connection, resolve
 from routing.errors import Problem, RouteTableError, RoutingError
 from routing.explain import explain
@@ -47,11 +47,6 @@ from routing.routes.tables import (
 )
 from routing.settings import DEFAULT_ROUTES_TABLE, ROUTES_STORAGE, connection_is_set, table_name_problem
 
-# The consoles, `fail` and the output formats of every command (main.py and deadletters.py take them
-# from here: this module cannot import main.py, which registers its sub-app).
-console = Console()
-errors = Console(stderr=True)
-
 routes_app = typer.Typer(
     help="Edit and check the routes in Azure Table Storage (or Azurite).",
     no_args_is_help=True,
@@ -62,25 +57,6 @@ routes_app = typer.Typer(
 LOCAL_SETTINGS = "local.settings.json"
 # Exit code of `validate` when it found invalid rows; 2 stays for errors (as in every command).
 INVALID_ROWS_EXIT = 1
-
-
-class OutputFormat(StrEnum):
-    table = "table"
-    json = "json"
-
-
-def fail(message: str) -> typer.Exit:
-    # Soft wrap: an error is read, and pasted into searches, as the lines it was written in.
-    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
-
-
-def warn(message: str) -> None:
-    errors.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
-
-
-def write_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 def interactive() -> bool:
@@ -114,7 +90,6 @@ TableOption = Annotated[
         "--table", help=f"Routes table; else $ROUTES_TABLE, else {LOCAL_SETTINGS}, else '{DEFAULT_ROUTES_TABLE}'."
     ),
 ]
-OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", help="A table for people or JSON for scripts.")]
 NameArgument = Annotated[str, typer.Argument(help="Endpoint name (case-insensitive).", show_default=False)]
 
 
