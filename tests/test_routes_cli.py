@@ -367,6 +367,20 @@ def test_export_writes_a_routes_file_that_imports_back_unchanged(routes: Routes,
     assert result.exit_code == 0, result.output
     assert parse_routes(json.loads(out.read_text())) == parse_routes(source)
     assert json.loads(routes("export").stdout) == json.loads(out.read_text())
+    assert json.loads(routes("export", "-o", "json").stdout) == json.loads(out.read_text())
+
+
+def test_export_shows_the_table_it_exports_with_o_table_and_still_writes_the_routes_file(
+    routes: Routes, tmp_path: Path
+) -> None:
+    add_alerts(routes)
+    shown = routes("export", "-o", "table")
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout == routes("list").stdout  # the view `list` gives
+    out = tmp_path / "out.json"
+    both = routes("export", "--file", str(out), "-o", "table")
+    assert both.stdout == shown.stdout and "Wrote 1 endpoints" in both.stderr
+    assert [e["name"] for e in json.loads(out.read_text())] == ["Sensor-Alerts"]
 
 
 def test_a_missing_import_file_is_named(routes: Routes, tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ from rich.table import Table
 from rich.text import Text
 
 from routing.cli import routes as route_commands
+from routing.cli.command import App, examples
 from routing.cli.output import (
     OutputFormat,
     OutputOption,
@@ -87,11 +88,9 @@ from routing.settings import (
     connection_is_set,
 )
 
-deadletters_app = typer.Typer(
+deadletters_app = App(
     help="List, show, replay, delete and purge dead letters in Blob Storage (or Azurite) or a local run's folder.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    epilog=examples("routing deadletters list", "routing deadletters replay --dry-run"),
 )
 
 # Exit code of `replay` when a letter could not be delivered (it stays in the store); 2 stays for errors.
@@ -467,7 +466,14 @@ def _print_letters(letters: Sequence[Letter], waiting: Mapping[str, str | None])
         console.print(Padding(Text(printable(str(record.get("reason") or ""))), (0, 0, 0, 4)), highlight=False)
 
 
-@deadletters_app.command("list")
+@deadletters_app.command(
+    "list",
+    epilog=examples(
+        "routing deadletters list",
+        "routing deadletters list --all --endpoint sensor-alerts --since 2h",
+        "routing deadletters list --dir out -o json   # a local run's letters",
+    ),
+)
 def list_letters(
     *,
     endpoint: EndpointOption = None,
@@ -588,7 +594,12 @@ def _print_record(name: str, record: Mapping[str, Any], where: str) -> None:
                 console.print(Text(f"{label}: {printable(_json_text(part[label]))}"), highlight=False)
 
 
-@deadletters_app.command()
+@deadletters_app.command(
+    epilog=examples(
+        "routing deadletters show sensor-alerts/2026/11/26/09/<id>.json",
+        "routing deadletters show sensor-alerts/2026/11/26/09/<id>.json -o json",
+    )
+)
 def show(
     name: Annotated[str, typer.Argument(help="The letter's name, as `list --all` shows it.", show_default=False)],
     connection_string: ConnectionStringOption = None,
@@ -645,7 +656,9 @@ def _print_deleted(store: Store, names: Sequence[str], output: OutputFormat) -> 
         console.print(f"Deleted {_letters(len(names))} from {escape(store.where)}", highlight=False, soft_wrap=True)
 
 
-@deadletters_app.command("delete")
+@deadletters_app.command(
+    "delete", epilog=examples("routing deadletters delete sensor-alerts/2026/11/26/09/<id>.json --yes")
+)
 def delete_letters(
     names: Annotated[
         list[str], typer.Argument(help="The letters' names, as `list --all` shows them.", show_default=False)
@@ -681,7 +694,12 @@ def delete_letters(
     _print_deleted(store, unique, output)
 
 
-@deadletters_app.command()
+@deadletters_app.command(
+    epilog=examples(
+        "routing deadletters purge --endpoint sensor-alerts --before 7d",
+        "routing deadletters purge --code expired --yes",
+    )
+)
 def purge(
     *,
     endpoint: EndpointOption = None,
@@ -838,8 +856,11 @@ def _print_reasons(title: str, reasons: Mapping[str, str]) -> None:
 
 @deadletters_app.command(
     "replay",
-    epilog="Examples: routing deadletters replay --dry-run  |  routing deadletters replay --endpoint raw "
-    "--routes routes.json  |  routing deadletters replay --dir out",
+    epilog=examples(
+        "routing deadletters replay --dry-run",
+        "routing deadletters replay --endpoint raw --routes routes.json",
+        "routing deadletters replay --dir out   # a local run's letters, into its endpoint files",
+    ),
 )
 def replay_letters(
     *,

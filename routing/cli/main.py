@@ -21,6 +21,7 @@ from rich.table import Table
 
 from routing import observability
 from routing.cli import runner, status  # noqa: F401 - status registers `routes status`
+from routing.cli.command import App, examples
 from routing.cli.deadletters import deadletters_app
 from routing.cli.output import OutputFormat, console, errors, fail, warn
 from routing.cli.routes import routes_app
@@ -29,12 +30,15 @@ from routing.errors import RoutingError
 from routing.pipeline import BatchReport
 from routing.routes.files import load_routes_file
 
-app = typer.Typer(
+app = App(
     help="Route Digital Twins events and device telemetry to Event Hubs, Service Bus and Event Grid.",
-    no_args_is_help=True,
+    epilog=examples(
+        "routing run --events samples/events.jsonl --routes samples/routes.json --out out",
+        "routing routes list",
+        "routing deadletters list",
+    ),
     # `routing --install-completion` (bash, zsh, fish, PowerShell), as `az` offers.
     add_completion=True,
-    pretty_exceptions_enable=False,
 )
 app.add_typer(routes_app, name="routes")
 app.add_typer(deadletters_app, name="deadletters")
@@ -138,8 +142,12 @@ def print_report(report: BatchReport, out: Path, fallback: str | None = None) ->
 
 
 @app.command(
-    epilog="Examples: routing run --events samples/events.jsonl --routes samples/routes.json --out out  |  "
-    "... --fail sensor-alerts:2-4 --batch-size 5 (an outage: parking and redelivery)  |  ... -o json"
+    epilog=examples(
+        "routing run --events samples/events.jsonl --routes samples/routes.json --out out",
+        "routing run --events samples/events.jsonl --routes samples/routes.json --out out "
+        "--fail sensor-alerts:2-4 --batch-size 5   # an outage: parking and redelivery",
+        "routing run --events samples/events.jsonl --routes samples/routes.json --out out -o json",
+    )
 )
 def run(
     *,
