@@ -23,8 +23,10 @@ from typing import Annotated, Any, get_type_hints
 import orjson
 import typer
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ServiceRequestError
+from rich import box
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from routing.cli.command import App, choices, examples
 from routing.cli.output import OutputFormat, OutputOption, console, errors, fail, warn, write_json
@@ -196,27 +198,82 @@ def _warn_invalid(loaded: TableLoad) -> None:
         )
 
 
-def _endpoints_table(endpoints: tuple[Endpoint, ...], title: str) -> Table:
-    """The overview: what a reader scans for. Connections and formats are in `show` and `-o json`,
-    so the table fits an 80-column terminal; a long path folds rather than ending in "..."."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("Name", no_wrap=True)
+# The words of a dotted event type, each with its dot: "Microsoft.", "DigitalTwins.", "Twin.", "Create".
+_DOTTED = re.compile(r"[^.]+\.?|\.")
+# What the overview keeps for a name and a path before it breaks event types over lines (a longer name
+# or path folds when the table is too wide).
+_NAME_ROOM, _PATH_ROOM = 24, 10
+
+
+def _wrap_at_dots(name: str, width: int) -> list[str]:
+    """`name` on lines of at most `width`, broken only after a dot, the rest indented: a type name is
+    never split inside a word, as Rich folds a long word ("Microsoft.Digi / talTwins...")."""
+    lines, line = [], ""
+    for part in _DOTTED.findall(name):
+        if line.strip() and len(line) + len(part) > width:
+            lines.append(line)
+            line = "  "
+        line += part
+    return [*lines, line]
+
+
+def _types_width(names: list[str], room: int) -> int:
+    """The event types column: every name whole if `room` allows, else as narrow as `room`, down to
+    the widest word a name can be broken into (a name without dots is one word)."""
+    width = max(room, max((len(line) for name in names for line in _wrap_at_dots(name, 1)), default=0))
+    return max((len(line) for name in names for line in _wrap_at_dots(name, width)), default=0)
+
+
+def _filter_cell(endpoint: Endpoint) -> str:
+    if endpoint.filter is None:
+        return ""
+    return "iothub" if endpoint.filter_language is FilterLanguage.IOT_HUB else "yes"
+
+
+def _endpoints_table(endpoints: tuple[Endpoint, ...], title: str, width: int) -> Table:
+    """The overview, for `width` columns: what a reader scans for (connections and formats are in `show`
+    and `-o json`). Each event type on a line of its own, whole, or broken after a dot when the terminal
+    is narrow (a name whole first: it is what `show NAME` takes); a long path folds rather than ending
+    in "..."."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    rows = [
+        (e.name, e.type.value, [t.value for t in e.event_types], e.path, _filter_cell(e), "yes" if e.enabled else "no")
+        for e in endpoints
+    ]
+    headers = ("Name", "Type", "Event types", "Path", "Filter", "Enabled")
+    widest = [max([len(header), *(len(str(row[i])) for row in rows)]) for i, header in enumerate(headers)]
+    types = [name for row in rows for name in row[2]] or [headers[2]]
+    widest[2] = max(len(headers[2]), *map(len, types))
+    # What the name, the types and the path share: the width less the fixed columns, each column's
+    # padding and the borders between them.
+    room = width - (2 * len(headers) - 1) - widest[1] - widest[4] - widest[5]
+    fits = widest[0] + widest[2] + widest[3] <= room
+    name_room, path_room = min(widest[0], _NAME_ROOM), min(widest[3], _PATH_ROOM)
+    types_width = widest[2] if fits else _types_width(types, room - name_room - path_room)
+    rest = room - types_width
+    path_width = min(widest[3], max(path_room, rest - name_room))
+    name_width = min(widest[0], max(len(headers[0]), rest - path_width))
+    table.add_column("Name", overflow="fold", width=None if fits else name_width)
     table.add_column("Type", no_wrap=True)
-    # Today's Digital Twins type names are long: they fold rather than squeeze the other columns.
-    table.add_column("Event types", overflow="fold")
-    table.add_column("Path", overflow="fold")
+    table.add_column("Event types", no_wrap=True)
+    table.add_column("Path", overflow="fold", width=None if fits else path_width)
+    table.add_column("Filter", no_wrap=True)
     table.add_column("Enabled", no_wrap=True)
-    for e in endpoints:
-        table.add_row(
-            escape(e.name), str(e.type), "\n".join(e.event_types), escape(e.path), "yes" if e.enabled else "no"
-        )
+    for name, kind, event_types, path, filtered, enabled in rows:
+        lines = [line for event_type in event_types for line in _wrap_at_dots(event_type, types_width)]
+        table.add_row(escape(name), kind, "\n".join(lines), escape(path), filtered, enabled)
     if not endpoints:
-        table.add_row("(none)", "", "", "", "")
+        table.add_row("(none)", "", "", "", "", "")
     return table
 
 
 def _print_endpoints(endpoints: tuple[Endpoint, ...], title: str) -> None:
-    console.print(_endpoints_table(endpoints, title))
+    console.print(_endpoints_table(endpoints, title, console.width))
+    # The filters below the table, one line each, read whole (a cell would fold them), as `test` shows them.
+    for e in endpoints:
+        if e.filter is not None:
+            language = " (IoT Hub routing query)" if e.filter_language is FilterLanguage.IOT_HUB else ""
+            console.print(Text(f"  filter of '{e.name}'{language}: {e.filter.text}"), highlight=False, soft_wrap=True)
 
 
 def _endpoint_table(endpoint: Endpoint, title: str) -> Table:
