@@ -5,6 +5,7 @@ dry-run `test`, and the storage found from the option, the environment or local.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +35,9 @@ class Routes:
         self.connection_string = connection_string
         self.table = f"routes{uuid.uuid4().hex[:16]}"
 
-    def __call__(self, *args: str, connect: bool = True) -> Any:
+    def __call__(self, *args: str, connect: bool = True, env: dict[str, str] | None = None) -> Any:
         target = ["--connection-string", self.connection_string, "--table", self.table] if connect else []
-        return cli.invoke(app, ["routes", *args, *target])
+        return cli.invoke(app, ["routes", *args, *target], env=env)
 
     def json(self, *args: str, exit_code: int = 0) -> Any:
         result = self(*args, "-o", "json")
@@ -367,6 +368,20 @@ def test_export_writes_a_routes_file_that_imports_back_unchanged(routes: Routes,
     assert result.exit_code == 0, result.output
     assert parse_routes(json.loads(out.read_text())) == parse_routes(source)
     assert json.loads(routes("export").stdout) == json.loads(out.read_text())
+    assert json.loads(routes("export", "-o", "json").stdout) == json.loads(out.read_text())
+
+
+def test_export_shows_the_table_it_exports_with_o_table_and_still_writes_the_routes_file(
+    routes: Routes, tmp_path: Path
+) -> None:
+    add_alerts(routes)
+    shown = routes("export", "-o", "table")
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout == routes("list").stdout  # the view `list` gives
+    out = tmp_path / "out.json"
+    both = routes("export", "--file", str(out), "-o", "table")
+    assert both.stdout == shown.stdout and "Wrote 1 endpoints" in both.stderr
+    assert [e["name"] for e in json.loads(out.read_text())] == ["Sensor-Alerts"]
 
 
 def test_a_missing_import_file_is_named(routes: Routes, tmp_path: Path) -> None:
@@ -552,6 +567,53 @@ def sample_routes() -> Iterator[Path]:
 def test_the_sample_routes_import_and_validate_clean(routes: Routes, sample_routes: Path) -> None:
     assert routes("import", str(sample_routes)).exit_code == 0
     assert routes("validate").exit_code == 0
+
+
+def cells(lines: list[str], header: str, column: str) -> list[str]:
+    """A column of a borderless table: each line's text under the header's word, up to the next column's."""
+    start = header.index(column)
+    end = min((header.index(c) for c in re.findall(r"(?<=  )\S+", header) if header.index(c) > start), default=None)
+    return [line[start:end].rstrip() for line in lines]
+
+
+def test_the_list_shows_filters_and_breaks_no_event_type_inside_a_word_at_80_columns(
+    routes: Routes, sample_routes: Path
+) -> None:
+    assert routes("import", str(sample_routes)).exit_code == 0
+    result = routes("list", env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    table = lines[: next(i for i, line in enumerate(lines) if line.startswith("  filter of"))]
+    assert all(len(line) <= 80 for line in table), "wider than the terminal"
+    [header] = [line for line in table if line.startswith("Name ")]
+    rows = table[table.index(header) + 2 :]
+    endpoints = json.loads(sample_routes.read_text())
+
+    # Each type whole on its line, or broken after a dot and continued, indented, on the next.
+    shown: list[str] = []
+    for piece in cells(rows, header, "Event types"):
+        if piece.startswith("  "):
+            assert shown[-1].endswith("."), f"{shown[-1]!r} broken inside a word"
+            shown[-1] += piece.strip()
+        elif piece:
+            shown.append(piece)
+    expected = parse_routes(endpoints).endpoints
+    assert shown == [t.value for e in expected for t in e.event_types]
+
+    names = [n for n in cells(rows, header, "Name") if n]
+    filters = [f for n, f in zip(cells(rows, header, "Name"), cells(rows, header, "Filter"), strict=True) if n]
+    assert dict(zip(names, filters, strict=True)) == {
+        e["name"]: ("iothub" if e.get("filterLanguage") == "iothub" else "yes") if "filter" in e else ""
+        for e in endpoints
+    }
+    # Below the table, each filter whole on a line.
+    assert (
+        "  filter of 'telemetry-hub': NOT STARTS_WITH($system['iothub-connection-device-id'], 'door-sensor-')" in lines
+    )
+    assert (
+        "  filter of 'thermostat-01-hot' (IoT Hub routing query): "
+        "$connectionDeviceId = 'thermostat-01' AND IS_DEFINED(CreationTimeUtc)"
+    ) in lines
     assert len(routes.json("list")) == len(json.loads(sample_routes.read_text()))
 
 

@@ -38,7 +38,6 @@ from azure.core.exceptions import (
     ServiceRequestError,
 )
 from azure.storage.blob import BlobServiceClient, LinearRetry
-from rich.console import Console
 from rich.markup import escape
 from rich.padding import Padding
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -46,7 +45,18 @@ from rich.table import Table
 from rich.text import Text
 
 from routing.cli import routes as route_commands
-from routing.cli.routes import LOCAL_SETTINGS, OutputFormat, OutputOption, YesOption, _local_settings, write_json
+from routing.cli.command import App, examples
+from routing.cli.output import (
+    OutputFormat,
+    OutputOption,
+    console,
+    errors,
+    fail,
+    printable,
+    warn,
+    write_json,
+)
+from routing.cli.routes import LOCAL_SETTINGS, YesOption, _local_settings
 from routing.cli.routes import open_rows as open_route_rows
 from routing.cli.routes import reported as route_rows_reported
 from routing.connections import Connection, resolve
@@ -78,24 +88,9 @@ from routing.settings import (
     connection_is_set,
 )
 
-console = Console()
-errors = Console(stderr=True)
-
-
-def fail(message: str) -> typer.Exit:
-    # Every message passes here: an SDK error can quote a request URL, and with it a SAS signature.
-    return route_commands.fail(redact(message))
-
-
-def warn(message: str) -> None:
-    route_commands.warn(redact(message))
-
-
-deadletters_app = typer.Typer(
+deadletters_app = App(
     help="List, show, replay, delete and purge dead letters in Blob Storage (or Azurite) or a local run's folder.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    epilog=examples("routing deadletters list", "routing deadletters replay --dry-run"),
 )
 
 # Exit code of `replay` when a letter could not be delivered (it stays in the store); 2 stays for errors.
@@ -471,16 +466,14 @@ def _print_letters(letters: Sequence[Letter], waiting: Mapping[str, str | None])
         console.print(Padding(Text(printable(str(record.get("reason") or ""))), (0, 0, 0, 4)), highlight=False)
 
 
-# Control characters of a message shown on a terminal (an escape sequence in a body could rewrite the screen).
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def printable(text: str) -> str:
-    """`text` with control characters (but newline and tab) shown as `\\xNN`."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-@deadletters_app.command("list")
+@deadletters_app.command(
+    "list",
+    epilog=examples(
+        "routing deadletters list",
+        "routing deadletters list --all --endpoint sensor-alerts --since 2h",
+        "routing deadletters list --dir out -o json   # a local run's letters",
+    ),
+)
 def list_letters(
     *,
     endpoint: EndpointOption = None,
@@ -601,7 +594,12 @@ def _print_record(name: str, record: Mapping[str, Any], where: str) -> None:
                 console.print(Text(f"{label}: {printable(_json_text(part[label]))}"), highlight=False)
 
 
-@deadletters_app.command()
+@deadletters_app.command(
+    epilog=examples(
+        "routing deadletters show sensor-alerts/2026/11/26/09/<id>.json",
+        "routing deadletters show sensor-alerts/2026/11/26/09/<id>.json -o json",
+    )
+)
 def show(
     name: Annotated[str, typer.Argument(help="The letter's name, as `list --all` shows it.", show_default=False)],
     connection_string: ConnectionStringOption = None,
@@ -658,7 +656,9 @@ def _print_deleted(store: Store, names: Sequence[str], output: OutputFormat) -> 
         console.print(f"Deleted {_letters(len(names))} from {escape(store.where)}", highlight=False, soft_wrap=True)
 
 
-@deadletters_app.command("delete")
+@deadletters_app.command(
+    "delete", epilog=examples("routing deadletters delete sensor-alerts/2026/11/26/09/<id>.json --yes")
+)
 def delete_letters(
     names: Annotated[
         list[str], typer.Argument(help="The letters' names, as `list --all` shows them.", show_default=False)
@@ -694,7 +694,12 @@ def delete_letters(
     _print_deleted(store, unique, output)
 
 
-@deadletters_app.command()
+@deadletters_app.command(
+    epilog=examples(
+        "routing deadletters purge --endpoint sensor-alerts --before 7d",
+        "routing deadletters purge --code expired --yes",
+    )
+)
 def purge(
     *,
     endpoint: EndpointOption = None,
@@ -851,8 +856,11 @@ def _print_reasons(title: str, reasons: Mapping[str, str]) -> None:
 
 @deadletters_app.command(
     "replay",
-    epilog="Examples: routing deadletters replay --dry-run  |  routing deadletters replay --endpoint raw "
-    "--routes routes.json  |  routing deadletters replay --dir out",
+    epilog=examples(
+        "routing deadletters replay --dry-run",
+        "routing deadletters replay --endpoint raw --routes routes.json",
+        "routing deadletters replay --dir out   # a local run's letters, into its endpoint files",
+    ),
 )
 def replay_letters(
     *,

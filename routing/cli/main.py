@@ -16,27 +16,29 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from routing import observability
 from routing.cli import runner, status  # noqa: F401 - status registers `routes status`
+from routing.cli.command import App, examples
 from routing.cli.deadletters import deadletters_app
-
-# One console, one error style for every command: the routes commands' (they cannot import this module).
-from routing.cli.routes import OutputFormat, console, errors, fail, routes_app
+from routing.cli.output import OutputFormat, console, errors, fail, warn
+from routing.cli.routes import routes_app
 from routing.deadletters import FILE_NAME as DEAD_LETTER_FILE
 from routing.errors import RoutingError
 from routing.pipeline import BatchReport
 from routing.routes.files import load_routes_file
 
-app = typer.Typer(
+app = App(
     help="Route Digital Twins events and device telemetry to Event Hubs, Service Bus and Event Grid.",
-    no_args_is_help=True,
+    epilog=examples(
+        "routing run --events samples/events.jsonl --routes samples/routes.json --out out",
+        "routing routes list",
+        "routing deadletters list",
+    ),
     # `routing --install-completion` (bash, zsh, fish, PowerShell), as `az` offers.
     add_completion=True,
-    pretty_exceptions_enable=False,
 )
 app.add_typer(routes_app, name="routes")
 app.add_typer(deadletters_app, name="deadletters")
@@ -143,8 +145,12 @@ def print_report(report: BatchReport, out: Path, fallback: str | None = None) ->
 
 
 @app.command(
-    epilog="Examples: routing run --events samples/events.jsonl --routes samples/routes.json --out out  |  "
-    "... --fail sensor-alerts:2-4 --batch-size 5 (an outage: parking and redelivery)  |  ... -o json"
+    epilog=examples(
+        "routing run --events samples/events.jsonl --routes samples/routes.json --out out",
+        "routing run --events samples/events.jsonl --routes samples/routes.json --out out "
+        "--fail sensor-alerts:2-4 --batch-size 5   # an outage: parking and redelivery",
+        "routing run --events samples/events.jsonl --routes samples/routes.json --out out -o json",
+    )
 )
 def run(
     *,
@@ -214,15 +220,13 @@ def run(
     else:
         print_report(report, out, table.fallback.name if table.fallback is not None else None)
     for text, count in warnings.others():
-        times = f" ({count} times)" if count > 1 else ""
-        errors.print(f"[bold yellow]warning:[/] {escape(text)}{times}", highlight=False, soft_wrap=True)
+        warn(text + (f" ({count} times)" if count > 1 else ""))
     written = {f"{e.name}.jsonl" for e in table.endpoints} | {DEAD_LETTER_FILE, runner.PARKED_FILE}
     stale = sorted(p.name for p in out.glob("*.jsonl") if p.name not in written)
     if stale:
-        errors.print(
-            f"[bold yellow]warning:[/] {escape(str(out))} also holds {escape(', '.join(stale))}, which this run "
-            "did not write (an earlier run with other routes?): delete them, or use another --out",
-            soft_wrap=True,
+        warn(
+            f"{out} also holds {', '.join(stale)}, which this run did not write (an earlier run with other "
+            "routes?): delete them, or use another --out"
         )
 
 

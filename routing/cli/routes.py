@@ -14,7 +14,7 @@ import inspect
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -23,18 +23,22 @@ from typing import Annotated, Any, get_type_hints
 import orjson
 import typer
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ServiceRequestError
-from rich.console import Console
+from rich import box
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from routing.cli.command import App, choices, examples
+from routing.cli.output import OutputFormat, OutputOption, console, errors, fail, warn, write_json
 from routing.connections import Connection, resolve
 from routing.errors import Problem, RouteTableError, RoutingError
 from routing.explain import explain
 from routing.ingest.classify import classify
 from routing.ingest.ingress import parse_line
-from routing.model import EndpointType
+from routing.model import EndpointType, EnvelopeFormat
 from routing.routes.files import load_routes_file
-from routing.routes.table import FIELDS, Endpoint, RouteTable
+from routing.routes.filters import FilterLanguage
+from routing.routes.table import FIELDS, PARTITIONING, REQUIRED, Endpoint, RouteTable
 from routing.routes.tables import (
     RouteRows,
     Row,
@@ -47,40 +51,18 @@ from routing.routes.tables import (
 )
 from routing.settings import DEFAULT_ROUTES_TABLE, ROUTES_STORAGE, connection_is_set, table_name_problem
 
-# The consoles, `fail` and the output formats of every command (main.py and deadletters.py take them
-# from here: this module cannot import main.py, which registers its sub-app).
-console = Console()
-errors = Console(stderr=True)
-
-routes_app = typer.Typer(
+routes_app = App(
     help="Edit and check the routes in Azure Table Storage (or Azurite).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    epilog=examples(
+        "routing routes import samples/routes.json",
+        "routing routes list",
+        "routing routes test --event event.json",
+    ),
 )
 
 LOCAL_SETTINGS = "local.settings.json"
 # Exit code of `validate` when it found invalid rows; 2 stays for errors (as in every command).
 INVALID_ROWS_EXIT = 1
-
-
-class OutputFormat(StrEnum):
-    table = "table"
-    json = "json"
-
-
-def fail(message: str) -> typer.Exit:
-    # Soft wrap: an error is read, and pasted into searches, as the lines it was written in.
-    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
-
-
-def warn(message: str) -> None:
-    errors.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
-
-
-def write_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 def interactive() -> bool:
@@ -114,7 +96,6 @@ TableOption = Annotated[
         "--table", help=f"Routes table; else $ROUTES_TABLE, else {LOCAL_SETTINGS}, else '{DEFAULT_ROUTES_TABLE}'."
     ),
 ]
-OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", help="A table for people or JSON for scripts.")]
 NameArgument = Annotated[str, typer.Argument(help="Endpoint name (case-insensitive).", show_default=False)]
 
 
@@ -225,23 +206,82 @@ def _warn_invalid(loaded: TableLoad) -> None:
         )
 
 
-def _endpoints_table(endpoints: tuple[Endpoint, ...], title: str) -> Table:
-    """The overview: what a reader scans for. Connections and formats are in `show` and `-o json`,
-    so the table fits an 80-column terminal; a long path folds rather than ending in "..."."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("Name", no_wrap=True)
+# The words of a dotted event type, each with its dot: "Microsoft.", "DigitalTwins.", "Twin.", "Create".
+_DOTTED = re.compile(r"[^.]+\.?|\.")
+# What the overview keeps for a name and a path before it breaks event types over lines (a longer name
+# or path folds when the table is too wide).
+_NAME_ROOM, _PATH_ROOM = 24, 10
+
+
+def _wrap_at_dots(name: str, width: int) -> list[str]:
+    """`name` on lines of at most `width`, broken only after a dot, the rest indented: a type name is
+    never split inside a word, as Rich folds a long word ("Microsoft.Digi / talTwins...")."""
+    lines, line = [], ""
+    for part in _DOTTED.findall(name):
+        if line.strip() and len(line) + len(part) > width:
+            lines.append(line)
+            line = "  "
+        line += part
+    return [*lines, line]
+
+
+def _types_width(names: list[str], room: int) -> int:
+    """The event types column: every name whole if `room` allows, else as narrow as `room`, down to
+    the widest word a name can be broken into (a name without dots is one word)."""
+    width = max(room, max((len(line) for name in names for line in _wrap_at_dots(name, 1)), default=0))
+    return max((len(line) for name in names for line in _wrap_at_dots(name, width)), default=0)
+
+
+def _filter_cell(endpoint: Endpoint) -> str:
+    if endpoint.filter is None:
+        return ""
+    return "iothub" if endpoint.filter_language is FilterLanguage.IOT_HUB else "yes"
+
+
+def _endpoints_table(endpoints: tuple[Endpoint, ...], title: str, width: int) -> Table:
+    """The overview, for `width` columns: what a reader scans for (connections and formats are in `show`
+    and `-o json`). Each event type on a line of its own, whole, or broken after a dot when the terminal
+    is narrow (a name whole first: it is what `show NAME` takes); a long path folds rather than ending
+    in "..."."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    rows = [
+        (e.name, e.type.value, [t.value for t in e.event_types], e.path, _filter_cell(e), "yes" if e.enabled else "no")
+        for e in endpoints
+    ]
+    headers = ("Name", "Type", "Event types", "Path", "Filter", "Enabled")
+    widest = [max([len(header), *(len(str(row[i])) for row in rows)]) for i, header in enumerate(headers)]
+    types = [name for row in rows for name in row[2]] or [headers[2]]
+    widest[2] = max(len(headers[2]), *map(len, types))
+    # What the name, the types and the path share: the width less the fixed columns, each column's
+    # padding and the borders between them.
+    room = width - (2 * len(headers) - 1) - widest[1] - widest[4] - widest[5]
+    fits = widest[0] + widest[2] + widest[3] <= room
+    name_room, path_room = min(widest[0], _NAME_ROOM), min(widest[3], _PATH_ROOM)
+    types_width = widest[2] if fits else _types_width(types, room - name_room - path_room)
+    rest = room - types_width
+    path_width = min(widest[3], max(path_room, rest - name_room))
+    name_width = min(widest[0], max(len(headers[0]), rest - path_width))
+    table.add_column("Name", overflow="fold", width=None if fits else name_width)
     table.add_column("Type", no_wrap=True)
-    # Today's Digital Twins type names are long: they fold rather than squeeze the other columns.
-    table.add_column("Event types", overflow="fold")
-    table.add_column("Path", overflow="fold")
+    table.add_column("Event types", no_wrap=True)
+    table.add_column("Path", overflow="fold", width=None if fits else path_width)
+    table.add_column("Filter", no_wrap=True)
     table.add_column("Enabled", no_wrap=True)
-    for e in endpoints:
-        table.add_row(
-            escape(e.name), str(e.type), "\n".join(e.event_types), escape(e.path), "yes" if e.enabled else "no"
-        )
+    for name, kind, event_types, path, filtered, enabled in rows:
+        lines = [line for event_type in event_types for line in _wrap_at_dots(event_type, types_width)]
+        table.add_row(escape(name), kind, "\n".join(lines), escape(path), filtered, enabled)
     if not endpoints:
-        table.add_row("(none)", "", "", "", "")
+        table.add_row("(none)", "", "", "", "", "")
     return table
+
+
+def _print_endpoints(endpoints: tuple[Endpoint, ...], title: str) -> None:
+    console.print(_endpoints_table(endpoints, title, console.width))
+    # The filters below the table, one line each, read whole (a cell would fold them), as `test` shows them.
+    for e in endpoints:
+        if e.filter is not None:
+            language = " (IoT Hub routing query)" if e.filter_language is FilterLanguage.IOT_HUB else ""
+            console.print(Text(f"  filter of '{e.name}'{language}: {e.filter.text}"), highlight=False, soft_wrap=True)
 
 
 def _endpoint_table(endpoint: Endpoint, title: str) -> Table:
@@ -269,66 +309,41 @@ def _print_endpoint(endpoint: Endpoint, output: OutputFormat, title: str) -> Non
         console.print(_endpoint_table(endpoint, title))
 
 
-def _options(
-    *,
-    type_: str | None,
-    event_types: list[str] | None,
-    connection: str | None,
-    secondary_connection: str | None,
-    path: str | None,
-    format_: str | None,
-    enabled: bool | None,
-    filter_: str | None = None,
-    filter_language: str | None = None,
-    order_key: str | None = None,
-    enrich: list[str] | None = None,
-    partitioning: str | None = None,
-    time_to_live: int | None = None,
-    fallback: bool | None = None,
-    file_name_format: str | None = None,
-) -> dict[str, Any]:
-    """The fields the user gave, in the routes-file form (left out when not given)."""
+def _options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields the user gave (`values`: the endpoint options by parameter name), in the routes-file
+    form; left out when not given."""
     given: dict[str, Any] = {}
-    if type_ is not None:
-        given["type"] = type_
-    if event_types is not None:
-        given["eventTypes"] = [part.strip() for item in event_types for part in item.split(",") if part.strip()]
-    if connection is not None:
-        given["connection"] = connection
-    if secondary_connection is not None:
-        given["secondaryConnection"] = secondary_connection
-    if path is not None:
-        given["path"] = path
-    if format_ is not None:
-        given["format"] = format_
-    if enabled is not None:
-        given["enabled"] = enabled
-    if filter_language is not None:
-        given["filterLanguage"] = filter_language
-    if filter_ is not None:
-        given["filter"] = filter_
-    if order_key is not None:
-        given["orderKey"] = order_key
-    if partitioning is not None:
-        given["partitioning"] = partitioning
-    if time_to_live is not None:
-        given["timeToLiveMinutes"] = time_to_live
-    if fallback is not None:
-        given["fallback"] = fallback
-    if file_name_format is not None:
-        given["fileNameFormat"] = file_name_format
-    if enrich:
-        enrichments: dict[str, str] = {}
-        for item in enrich:
-            name, equals, value = item.partition("=")
-            if not equals or not name.strip():
-                raise fail(f"--enrich {item!r}: write NAME=VALUE (a fixed text, a path like $body.Site, or a template)")
-            enrichments[name.strip()] = value
-        given["enrichments"] = enrichments
+    for name, value in values.items():
+        field_name, _option = ENDPOINT_OPTIONS[name]
+        if value is None or (name == "enrich" and not value):
+            continue
+        if name == "event_types":
+            given[field_name] = [part.strip() for item in value for part in item.split(",") if part.strip()]
+        elif name == "enrich":
+            given[field_name] = _enrichments(value)
+        else:
+            given[field_name] = value
     return given
 
 
-TypeOption = Annotated[str | None, typer.Option("--type", help="EventHub, ServiceBus, EventGrid or Storage.")]
+def _enrichments(items: list[str]) -> dict[str, str]:
+    enrichments: dict[str, str] = {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        if not equals or not name.strip():
+            raise fail(f"--enrich {item!r}: write NAME=VALUE (a fixed text, a path like $body.Site, or a template)")
+        enrichments[name.strip()] = value
+    return enrichments
+
+
+TypeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--type",
+        **choices(EndpointType),
+        help="The kind of endpoint: an event hub, a Service Bus queue or topic, an Event Grid topic, a Blob container.",
+    ),
+]
 EventTypesOption = Annotated[
     list[str] | None,
     typer.Option("--event-types", help="Event types, comma-separated or the option repeated."),
@@ -344,7 +359,14 @@ PathOption = Annotated[
     str | None,
     typer.Option("--path", help="Event hub, queue or topic; Event Grid: the topic host; Storage: the Blob container."),
 ]
-FormatOption = Annotated[str | None, typer.Option("--format", help="EventGridSchema or CloudEventSchemaV1_0.")]
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        **choices(EnvelopeFormat),
+        help="How Digital Twins events are wrapped (default EventGridSchema); telemetry goes as it came.",
+    ),
+]
 EnabledOption = Annotated[bool | None, typer.Option("--enabled/--disabled", help="Whether it receives events.")]
 OrderKeyOption = Annotated[
     str | None,
@@ -366,6 +388,7 @@ PartitioningOption = Annotated[
     str | None,
     typer.Option(
         "--partitioning",
+        **choices(PARTITIONING),
         help="EventHub: 'router' (default) picks each key's partition with the service's hash and sends a batch "
         "per partition; 'service' sends a batch per key and lets the service pick.",
     ),
@@ -391,8 +414,9 @@ FilterLanguageOption = Annotated[
     str | None,
     typer.Option(
         "--filter-language",
-        help="How --filter is written: 'digitaltwins' (a Digital Twins route filter, the default) or 'iothub' "
-        "(an IoT Hub routing query, for IoT Hub's messages); docs/FILTERS.md.",
+        **choices(FilterLanguage),
+        help="How --filter is written: a Digital Twins route filter (the default) or an IoT Hub routing query "
+        "(for IoT Hub's messages); docs/FILTERS.md.",
     ),
 ]
 FilterOption = Annotated[
@@ -403,7 +427,10 @@ FilterOption = Annotated[
 ]
 
 
-@routes_app.command("list")
+@routes_app.command(
+    "list",
+    epilog=examples("routing routes list", "routing routes list --table stagingroutes -o json"),
+)
 def list_routes(
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
@@ -416,11 +443,11 @@ def list_routes(
     if output is OutputFormat.json:
         write_json([e.to_dict() for e in loaded.table.endpoints])
     else:
-        console.print(_endpoints_table(loaded.table.endpoints, f"Routes in {describe(rows.client)}"))
+        _print_endpoints(loaded.table.endpoints, f"Routes in {describe(rows.client)}")
     _warn_invalid(loaded)
 
 
-@routes_app.command()
+@routes_app.command(epilog=examples("routing routes show sensor-alerts", "routing routes show sensor-alerts -o json"))
 def show(
     name: NameArgument,
     connection_string: ConnectionStringOption = None,
@@ -469,23 +496,24 @@ FileNameFormatOption = Annotated[
 ]
 
 
-# The options `add` and `update` both take, one per routes-file field, declared once (endpoint_fields).
-ENDPOINT_OPTIONS: dict[str, Any] = {
-    "type_": TypeOption,
-    "event_types": EventTypesOption,
-    "connection": ConnectionOption,
-    "secondary_connection": SecondaryOption,
-    "path": PathOption,
-    "format_": FormatOption,
-    "enabled": EnabledOption,
-    "filter_": FilterOption,
-    "filter_language": FilterLanguageOption,
-    "order_key": OrderKeyOption,
-    "enrich": EnrichOption,
-    "partitioning": PartitioningOption,
-    "time_to_live": TimeToLiveOption,
-    "fallback": FallbackOption,
-    "file_name_format": FileNameFormatOption,
+# The options `add` and `update` both take, one per routes-file field, declared once (endpoint_fields):
+# parameter name -> (the field it sets, the option).
+ENDPOINT_OPTIONS: dict[str, tuple[str, Any]] = {
+    "type_": ("type", TypeOption),
+    "event_types": ("eventTypes", EventTypesOption),
+    "connection": ("connection", ConnectionOption),
+    "secondary_connection": ("secondaryConnection", SecondaryOption),
+    "path": ("path", PathOption),
+    "format_": ("format", FormatOption),
+    "enabled": ("enabled", EnabledOption),
+    "filter_": ("filter", FilterOption),
+    "filter_language": ("filterLanguage", FilterLanguageOption),
+    "order_key": ("orderKey", OrderKeyOption),
+    "enrich": ("enrichments", EnrichOption),
+    "partitioning": ("partitioning", PartitioningOption),
+    "time_to_live": ("timeToLiveMinutes", TimeToLiveOption),
+    "fallback": ("fallback", FallbackOption),
+    "file_name_format": ("fileNameFormat", FileNameFormatOption),
 }
 # Fields an empty value removes (with `update`; with `add`, an empty one is as if not given).
 REMOVABLE_FIELDS = ("secondaryConnection", "filter", "orderKey", "fileNameFormat")
@@ -497,33 +525,49 @@ def _flag(annotation: Any) -> str:
     return str(info.default)
 
 
-def endpoint_fields(command: Callable[..., None]) -> Callable[..., None]:
-    """Give `command` the endpoint options after its first argument; it receives them as `given`: the
-    fields the user gave, in the routes-file form (see `_options`)."""
-    hints = get_type_hints(command, include_extras=True)
-    own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(command).parameters.values()]
-    own = [p for p in own if p.name != "given"]
-    shared = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=None)
-        for name, annotation in ENDPOINT_OPTIONS.items()
-    ]
+def endpoint_fields(*, required: Collection[str] = ()) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the endpoint options after its first argument, those of the `required` fields
+    required (help marks them, and all missing ones are named in one error); it receives them as `given`:
+    the fields the user gave, in the routes-file form (see `_options`)."""
+    fields = {field_name for field_name, _option in ENDPOINT_OPTIONS.values()}
+    # A field the model comes to require needs its option here, else `add` could never give it.
+    assert set(required) <= fields, f"no option for {sorted(set(required) - fields)}"
 
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> None:
-        fields = {name: kwargs.pop(name) for name in ENDPOINT_OPTIONS}
-        command(*args, given=_options(**fields), **kwargs)
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        hints = get_type_hints(command, include_extras=True)
+        own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(command).parameters.values()]
+        own = [p for p in own if p.name != "given"]
+        shared = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=annotation,
+                default=inspect.Parameter.empty if field_name in required else None,
+            )
+            for name, (field_name, annotation) in ENDPOINT_OPTIONS.items()
+        ]
 
-    run.__signature__ = inspect.Signature([own[0], *shared, *own[1:]])  # type: ignore[attr-defined]
-    return run
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> None:
+            values = {name: kwargs.pop(name) for name in ENDPOINT_OPTIONS}
+            command(*args, given=_options(values), **kwargs)
+
+        run.__signature__ = inspect.Signature([own[0], *shared, *own[1:]])  # type: ignore[attr-defined]
+        return run
+
+    return decorate
 
 
 @routes_app.command(
-    epilog=(
-        "Example: routing routes add raw --type EventHub --event-types DeviceMessages "
-        "--connection RAW_HUB --path raw --order-key '$body.DeviceId'"
+    epilog=examples(
+        "routing routes add raw --type EventHub --event-types DeviceMessages --connection RAW_HUB --path raw "
+        "--order-key '$body.DeviceId'",
+        "routing routes add topology-grid --type EventGrid --event-types TopologyOperation,UdfCustom "
+        "--connection TOPOLOGY_GRID_KEY --path topology-events.westeurope-1.eventgrid.azure.net "
+        "--format CloudEventSchemaV1_0",
     )
 )
-@endpoint_fields
+@endpoint_fields(required=[f for f in REQUIRED if f != "name"])  # the name is the argument
 def add(
     name: NameArgument,
     *,
@@ -546,13 +590,13 @@ def add(
 
 
 @routes_app.command(
-    epilog=(
-        'Examples: routing routes update raw --filter "$body.Temperature > 25"  |  '
-        "routing routes update raw --time-to-live 60  |  routing routes update raw "
-        "--remove-property Enabeld --disabled"
+    epilog=examples(
+        "routing routes update raw --filter '$body.Temperature > 25'",
+        "routing routes update raw --time-to-live 60",
+        "routing routes update raw --remove-property Enabeld --disabled   # repair a row written by hand",
     )
 )
-@endpoint_fields
+@endpoint_fields()
 def update(
     name: NameArgument,
     *,
@@ -575,7 +619,7 @@ def update(
     Storage Explorer) is repaired with --remove-property NAME, together with the field it meant."""
     removed = {name.strip().lower() for name in remove_property or [] if name.strip()}
     if not given and not removed:
-        flags = ", ".join([*(_flag(annotation) for annotation in ENDPOINT_OPTIONS.values()), "--remove-property"])
+        flags = ", ".join([*(_flag(option) for _field, option in ENDPOINT_OPTIONS.values()), "--remove-property"])
         raise fail(f"nothing to change: pass one or more of {flags}")
     known = {field.lower() for field in FIELDS}
     if refused := sorted(removed & known):
@@ -625,7 +669,7 @@ def _set_enabled(name: str, enabled: bool, connection_string: str | None, table:
         return rows.edit(name, lambda raw: {**raw, "enabled": enabled})
 
 
-@routes_app.command()
+@routes_app.command(epilog=examples("routing routes enable sensor-alerts"))
 def enable(
     name: NameArgument,
     connection_string: ConnectionStringOption = None,
@@ -637,7 +681,7 @@ def enable(
     _print_endpoint(endpoint, output, f"Enabled endpoint '{endpoint.name}'")
 
 
-@routes_app.command()
+@routes_app.command(epilog=examples("routing routes disable sensor-alerts"))
 def disable(
     name: NameArgument,
     connection_string: ConnectionStringOption = None,
@@ -649,7 +693,9 @@ def disable(
     _print_endpoint(endpoint, output, f"Disabled endpoint '{endpoint.name}'")
 
 
-@routes_app.command()
+@routes_app.command(
+    epilog=examples("routing routes delete sensor-alerts", "routing routes delete sensor-alerts --yes -o json")
+)
 def delete(
     name: NameArgument,
     yes: YesOption = False,
@@ -668,7 +714,7 @@ def delete(
         console.print(f"Deleted endpoint '{escape(name)}' from {escape(describe(rows.client))}")
 
 
-@routes_app.command()
+@routes_app.command(epilog=examples("routing routes validate", "routing routes validate -o json"))
 def validate(
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
@@ -699,7 +745,14 @@ def validate(
         raise typer.Exit(code=INVALID_ROWS_EXIT)
 
 
-@routes_app.command("import")
+@routes_app.command(
+    "import",
+    epilog=examples(
+        "routing routes import samples/routes.json --dry-run",
+        "routing routes import samples/routes.json",
+        "routing routes import routes.json --replace --yes   # also delete the rows not in the file",
+    ),
+)
 def import_routes(
     file: Annotated[Path, typer.Argument(help="Routes file: a JSON list of endpoints.", show_default=False)],
     *,
@@ -782,25 +835,42 @@ def _print_diff(diff: dict[str, list[str]], output: OutputFormat, title: str) ->
     console.print("Nothing written (--dry-run).")
 
 
-@routes_app.command()
+@routes_app.command(
+    epilog=examples(
+        "routing routes export --file routes.json",
+        "routing routes export > routes.json",
+        "routing routes export -o table   # what it exports, as `list` shows it",
+    )
+)
 def export(
     file: Annotated[Path | None, typer.Option("--file", help="Write here instead of stdout.")] = None,
     connection_string: ConnectionStringOption = None,
     table: TableOption = None,
+    output: Annotated[
+        OutputFormat,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The routes file's JSON (what --file holds, and `import` reads back) or, for people, the table "
+            "`list` shows.",
+        ),
+    ] = OutputFormat.json,
 ) -> None:
     """The table as a routes file (JSON), to stdout or --file; `import` reads it back."""
     rows = open_rows(connection_string, table)
     with reported(rows):
         loaded = rows.load()
     text = orjson.dumps([e.to_dict() for e in loaded.table.endpoints], option=orjson.OPT_INDENT_2) + b"\n"
-    if file is None:
-        sys.stdout.write(text.decode())
-    else:
+    if file is not None:
         try:
             file.write_bytes(text)
         except OSError as exc:
             raise fail(f"--file {file}: {exc.strerror or exc}") from None
         errors.print(f"Wrote {len(loaded.table.endpoints)} endpoints to {escape(str(file))}", highlight=False)
+    if output is OutputFormat.table:
+        _print_endpoints(loaded.table.endpoints, f"Routes in {describe(rows.client)}")
+    elif file is None:
+        sys.stdout.write(text.decode())
     _warn_invalid(loaded)
 
 
@@ -849,10 +919,9 @@ def _test_line(
 
 @routes_app.command(
     "test",
-    epilog=(
-        'Examples: routing routes test --body \'{"Id": "s-1"}\' --properties \'{"Type": '
-        '"SensorChange"}\' --routes routes.json  |  routing routes test --event line.json '
-        "-o json"
+    epilog=examples(
+        """routing routes test --body '{"Id": "s-1"}' --properties '{"Type": "SensorChange"}' --routes routes.json""",
+        "routing routes test --event line.json -o json",
     ),
 )
 def test_route(

@@ -26,27 +26,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from routing.cli.deadletters import (
-    READERS,
-    ContainerOption,
-    fail,
-    open_store,
-    printable,
-    reported,
-    warn,
-)
-from routing.cli.routes import (
-    LOCAL_SETTINGS,
-    OutputFormat,
-    OutputOption,
-    TableOption,
-    _local_settings,
-    console,
-    errors,
-    open_rows,
-    routes_app,
-    write_json,
-)
+from routing.cli.command import examples
+from routing.cli.deadletters import READERS, ContainerOption, open_store, reported
+from routing.cli.output import OutputFormat, OutputOption, console, errors, fail, printable, warn, write_json
+from routing.cli.routes import LOCAL_SETTINGS, TableOption, _local_settings, open_rows, routes_app
 from routing.cli.routes import reported as rows_reported
 from routing.deadletters import BlobDeadLetters, parse_time, redact, rfc3339
 from routing.errors import RoutingError
@@ -340,7 +323,14 @@ def _check_failures(items: Sequence[EndpointStatus]) -> list[str]:
     return found
 
 
-@routes_app.command("status")
+@routes_app.command(
+    "status",
+    epilog=examples(
+        "routing routes status",
+        "routing routes status --routes samples/routes.json --check   # exit 1 if anything waits, for CI",
+        "routing routes status -o json",
+    ),
+)
 def status(
     *,
     routes_file: Annotated[
