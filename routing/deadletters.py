@@ -145,10 +145,11 @@ def letter_id(letter: DeadLetter) -> str:
     raise ValueError("a dead letter without a message")
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)
 def _array_of(body: bytes) -> list[Any] | None:
     """A body's JSON array, parsed once for all the letters of its events (a message's letters are
-    written together), or None when it is not one."""
+    written together, so two kept are enough; a 1 MB array parsed is ten times that), or None when it is
+    not one."""
     try:
         events = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -93,3 +93,14 @@ def test_a_library_that_reads_a_form_otherwise_is_left_alone(
     assert not host_times.install()
     assert not host_times.installed()
     assert "it reads the enqueued times itself" in caplog.text
+
+
+def test_a_library_that_cannot_read_a_form_is_left_alone_and_the_app_still_imports(
+    library: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuses(value: str | None) -> Any:
+        raise ValueError(f"time data {value!r} does not match format")
+
+    monkeypatch.setattr(host_times, "_library", refuses)
+    assert not host_times.install()
+    assert not host_times.installed()
