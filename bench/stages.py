@@ -28,6 +28,7 @@ from routing.deliver.eventgrid import EventGridSender
 from routing.deliver.eventhubs import EventHubSender, partition_for, with_partition_key
 from routing.deliver.senders import ClientSender, KeyGroup, Prepared, RetryOptions, Sender, SendReport
 from routing.deliver.servicebus import ServiceBusEndpointSender
+from routing.deliver.transports import EventHubsTransport, ServiceBusTransport
 from routing.model import DeadLetter, EndpointType, IngressMessage, Outgoing
 from routing.pipeline import Router, StaticRoutes
 from routing.routes.table import Endpoint, RouteTable
@@ -190,14 +191,18 @@ class _OfflineProducer:
         return list(PARTITION_IDS)
 
     def create_batch(self, *, partition_id: str | None = None, partition_key: str | None = None) -> EventDataBatch:
+        # With the transport the production client is given (routing/deliver/transports.py), as it is.
         return EventDataBatch(
-            partition_id=partition_id, partition_key=partition_key, max_size_in_bytes=MAX_MESSAGE_SIZE
+            partition_id=partition_id,
+            partition_key=partition_key,
+            max_size_in_bytes=MAX_MESSAGE_SIZE,
+            amqp_transport=EventHubsTransport,
         )
 
 
 class _OfflineQueueSender:
     def create_message_batch(self) -> ServiceBusMessageBatch:
-        return ServiceBusMessageBatch(max_size_in_bytes=MAX_MESSAGE_SIZE)
+        return ServiceBusMessageBatch(max_size_in_bytes=MAX_MESSAGE_SIZE, amqp_transport=ServiceBusTransport)
 
 
 class OfflineEventHubSender(EventHubSender):
