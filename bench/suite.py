@@ -362,10 +362,13 @@ def outage_targets(results: Results) -> None:
     targets.append(
         Target(
             "fault mix throughput >= 50% of clean",
-            f"{m['ratio']:.0%} ({m['faults']['resets']} resets, {m['faults']['grid_500s']} x 500)",
+            f"{m['ratio']:.0%} ({m['low']:.0%}-{m['high']:.0%}) over {len(m['ratios'])} rounds; "
+            f"{m['faults']['resets']} resets, {m['faults']['grid_500s']} x 500 a run",
             m["ratio"],
             0.5,
             True,
+            low=m["low"],
+            high=m["high"],
         )
     )
 
