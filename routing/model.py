@@ -41,6 +41,10 @@ class EventType(StrEnum):
     DIGITAL_TWIN_CHANGE_EVENTS = "DigitalTwinChangeEvents"
     DEVICE_JOB_LIFECYCLE_EVENTS = "DeviceJobLifecycleEvents"
 
+    # Hashed as the text it equals (Enum hashes its name in Python, per look-up): the types are keys and
+    # set members on every event's path, and a member and its value are then one key, as they are equal.
+    __hash__ = str.__hash__
+
     @classmethod
     def parse(cls, name: str) -> EventType | None:
         """The type a user or a producer means by `name`: case-insensitive, `DeviceMessage` too, and the
@@ -107,6 +111,8 @@ class EndpointType(StrEnum):
     # IoT Hub's storage container endpoint: a Blob container, one blob per batch per ingress partition.
     STORAGE = "Storage"
 
+    __hash__ = str.__hash__  # as EventType's
+
     @classmethod
     def parse(cls, name: str) -> EndpointType | None:
         return _ENDPOINT_TYPE_NAMES.get(name.strip().lower())
@@ -144,6 +150,8 @@ class EnvelopeFormat(StrEnum):
     EVENT_GRID = "EventGridSchema"
     CLOUD_EVENTS = "CloudEventSchemaV1_0"
 
+    __hash__ = str.__hash__  # as EventType's
+
     @classmethod
     def parse(cls, name: str) -> EnvelopeFormat | None:
         return _FORMAT_NAMES.get(name.strip().lower())
@@ -158,7 +166,12 @@ _FORMAT_NAMES = {
 }
 
 
-class IngressMessage(msgspec.Struct, frozen=True, kw_only=True):
+# The values made per message (`IngressMessage`, `Event`, `Rejection`, `Outgoing`; `KeyGroup` in senders)
+# are `gc=False`: not tracked by the cycle collector. A batch keeps thousands of them alive until it is
+# sent, and tracked they set off its full passes over the whole heap (a 1,000-endpoint table cost ~2x
+# per message sent for it). They hold plain values and the dicts they are given, which never refer back
+# to them, so no cycle can pass through one (msgspec: a cycle through `gc=False` structs is never freed).
+class IngressMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One message as it came off an ingress hub (or a line of a local events file).
 
     `source` names the ingress (the hub) so that ids stay unique across hubs whose partitions and
@@ -237,7 +250,7 @@ def shaped_message_id(event_message_id: str, seed: bytes | None) -> str:
     return _uuid5_text(hashlib.sha1(seed + event_message_id.encode(), usedforsecurity=False).hexdigest())
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A classified event, ready to be matched against routes.
 
     Raw events (telemetry, IoT Hub's other sources) carry only the type, key and ingress (v2 telemetry
@@ -272,7 +285,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 POSITIONS_LISTED = 100
 
 
-class Rejection(msgspec.Struct, frozen=True, kw_only=True):
+class Rejection(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Why (part of) an ingress message could not be classified. `code` groups reasons in reports.
 
     The rejected events of one message come as one rejection (the junk of an Event Grid array is one
@@ -288,7 +301,7 @@ class Rejection(msgspec.Struct, frozen=True, kw_only=True):
     positions: tuple[int, ...] = ()
 
 
-class Outgoing(msgspec.Struct, frozen=True, kw_only=True):
+class Outgoing(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A message built for one endpoint: exactly what a sender puts on the wire."""
 
     endpoint: str

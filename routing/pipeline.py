@@ -31,9 +31,7 @@ from routing.health import Breaker
 from routing.ingest import trace
 from routing.ingest.classify import classify
 from routing.model import (
-    RAW_TYPES,
     DeadLetter,
-    EnvelopeFormat,
     Event,
     EventType,
     IngressMessage,
@@ -203,7 +201,7 @@ class Router:
                         unrouted[event_type] = unrouted.get(event_type, 0) + 1
                         continue
                     stage = "building the envelope"
-                    outgoing = _build_all(result, endpoints, body)
+                    outgoing = envelope.build_all(result, endpoints, body)
                 except envelope.UnserialisableError as exc:  # the event's fault: its own reason, not a crash
                     letters.append(DeadLetter(code="unserialisable", reason=str(exc), ingress=msg, index=result.index))
                     continue
@@ -212,11 +210,15 @@ class Router:
                     reason = f"internal error while {stage}: {exc!r}"
                     letters.append(DeadLetter(code="internal-error", reason=reason, ingress=msg, index=result.index))
                     continue
-                for endpoint, message in outgoing:
+                for endpoint, message in zip(endpoints, outgoing, strict=True):
                     entry = plan.get(endpoint.name)
                     if entry is None:
                         entry = plan[endpoint.name] = (endpoint, {})
-                    entry[1].setdefault(message.order_key, []).append(message)
+                    keyed = entry[1].get(message.order_key)
+                    if keyed is None:
+                        entry[1][message.order_key] = [message]
+                    else:
+                        keyed.append(message)
         report.events.update(events)
         report.unrouted.update(unrouted)
 
@@ -240,8 +242,12 @@ class Router:
         futures = [self._executor().submit(deliver, e) for e in entries[1:]]
         sent_reports = [deliver(e) for e in entries[:1]] + [future.result() for future in futures]
         for (endpoint, _groups), sent in zip(entries, sent_reports, strict=True):
+            delivered: dict[EventType, int] = {}  # counted here: a Counter's += costs a call per message
             for message in sent.delivered:
-                report.delivered[(endpoint.name, message.event_type)] += 1
+                event_type = message.event.event_type
+                delivered[event_type] = delivered.get(event_type, 0) + 1
+            for event_type, count in delivered.items():
+                report.delivered[(endpoint.name, event_type)] += count
             transient = permanent = None
             for failure in sent.failed:
                 held = failure.reason == HELD_BEHIND
@@ -404,18 +410,3 @@ def _record(report: BatchReport, letters: list[DeadLetter], hub: str) -> None:
             dimensions["event_type"] = str(letter.message.event_type)
             dimensions["order_key"] = letter.message.order_key
         log.warning("dead-lettered: %s", letter.reason, extra=dimensions)
-
-
-def _build_all(
-    event: Event, endpoints: tuple[Endpoint, ...], event_body: EventBody | None
-) -> list[tuple[Endpoint, Outgoing]]:
-    if event.event_type in RAW_TYPES:  # no envelope: the message is the one that came (Event Grid: envelope.build)
-        return [(endpoint, envelope.build(event, endpoint, None, event_body)) for endpoint in endpoints]
-    bodies: dict[EnvelopeFormat, bytes] = {}
-    out = []
-    for endpoint in endpoints:
-        body = bodies.get(endpoint.format)
-        if body is None:
-            body = bodies[endpoint.format] = envelope.envelope_body(event, endpoint.format)
-        out.append((endpoint, envelope.build(event, endpoint, body, event_body)))
-    return out

@@ -13,7 +13,7 @@ classification already rejects for twin events but not for telemetry an enrichme
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -74,6 +74,10 @@ def event_grid_envelope(event: Event, *, topic: bool = True) -> dict[str, Any]:
 
 
 def cloud_event_envelope(event: Event) -> dict[str, Any]:
+    return _cloud_event(event, trace.of_event(event))
+
+
+def _cloud_event(event: Event, context: trace.TraceContext | None) -> dict[str, Any]:
     envelope = {
         "specversion": "1.0",
         "id": event.event_id,
@@ -84,7 +88,7 @@ def cloud_event_envelope(event: Event) -> dict[str, Any]:
         "datacontenttype": JSON,
         "data": event.data,
     }
-    _add_trace(envelope, trace.of_event(event))
+    _add_trace(envelope, context)
     return envelope
 
 
@@ -156,9 +160,15 @@ def telemetry_cloud_event(event: Event) -> dict[str, Any]:
 
 
 def envelope_body(event: Event, envelope_format: EnvelopeFormat) -> bytes:
+    return _envelope_body(event, envelope_format, trace.of_event)
+
+
+def _envelope_body(
+    event: Event, envelope_format: EnvelopeFormat, context: Callable[[Event], trace.TraceContext | None]
+) -> bytes:
     try:
         if envelope_format is EnvelopeFormat.CLOUD_EVENTS:
-            return orjson.dumps(cloud_event_envelope(event))
+            return orjson.dumps(_cloud_event(event, context(event)))
         return orjson.dumps(event_grid_envelope(event))
     except orjson.JSONEncodeError as exc:
         raise UnserialisableError(event, None, exc) from exc
@@ -172,14 +182,50 @@ def twin_properties(event: Event) -> dict[str, Any]:
     """What Event Hubs and Service Bus consumers can filter on without parsing the body, and the trace
     context the event came with (W3C `traceparent`/`tracestate`, and `Diagnostic-Id`, which the Azure
     SDKs' consumers read), so the consumer's work joins the device's or twin's trace."""
+    return _twin_properties(event, trace.of_event(event))
+
+
+def _twin_properties(event: Event, context: trace.TraceContext | None) -> dict[str, Any]:
     properties: dict[str, Any] = {"EventType": event.event_type.value, "Subject": event.subject}
     if event.correlation_id:
         properties["CorrelationId"] = event.correlation_id
-    context = trace.of_event(event)
     if context is not None:
         _add_trace(properties, context)
         properties["Diagnostic-Id"] = context.traceparent
     return properties
+
+
+_UNSET: Any = object()
+
+
+class _Shared:
+    """What all of one event's endpoints get alike, each made on first use and once per event: its
+    envelope per format, the properties Event Hubs and Service Bus carry (before enrichments), its trace
+    context. The properties are one dict for all of them: the senders copy what they give the SDKs."""
+
+    __slots__ = ("_context", "_properties", "bodies", "event")
+
+    def __init__(self, event: Event, bodies: dict[EnvelopeFormat, bytes]) -> None:
+        self.event = event
+        self.bodies = bodies
+        self._context: Any = _UNSET
+        self._properties: dict[str, Any] | None = None
+
+    def context(self, _event: Event | None = None) -> trace.TraceContext | None:
+        if self._context is _UNSET:
+            self._context = trace.of_event(self.event)
+        return self._context  # type: ignore[no-any-return]
+
+    def body(self, envelope_format: EnvelopeFormat) -> bytes:
+        body = self.bodies.get(envelope_format)
+        if body is None:
+            body = self.bodies[envelope_format] = _envelope_body(self.event, envelope_format, self.context)
+        return body
+
+    def properties(self) -> dict[str, Any]:
+        if self._properties is None:
+            self._properties = _twin_properties(self.event, self.context())
+        return self._properties
 
 
 def build(event: Event, endpoint: Endpoint, body: bytes | None = None, event_body: EventBody | None = None) -> Outgoing:
@@ -189,35 +235,48 @@ def build(event: Event, endpoint: Endpoint, body: bytes | None = None, event_bod
     extensions); `event_body` the event's lazily parsed body, shared by all of an event's endpoints.
     Raises `UnserialisableError` for an event that cannot be written as JSON.
     """
+    return _built(event, endpoint, _Shared(event, {} if body is None else {endpoint.format: body}), event_body)
+
+
+def build_all(event: Event, endpoints: Sequence[Endpoint], event_body: EventBody | None = None) -> list[Outgoing]:
+    """The message each of `endpoints` gets for `event`, in their order, what they get alike made once
+    (`_Shared`): an event routed to many endpoints is serialised once per envelope format, its properties
+    built once."""
+    shared = _Shared(event, {})
+    return [_built(event, endpoint, shared, event_body) for endpoint in endpoints]
+
+
+def _built(event: Event, endpoint: Endpoint, shared: _Shared, event_body: EventBody | None) -> Outgoing:
     try:
-        return _build(event, endpoint, body, event_body)
+        return _build(event, endpoint, shared, event_body)
     except orjson.JSONEncodeError as exc:  # an enrichment's value, or an envelope (a try costs nothing)
         raise UnserialisableError(event, endpoint.name, exc) from exc
 
 
-def _build(event: Event, endpoint: Endpoint, body: bytes | None, event_body: EventBody | None) -> Outgoing:
+def _build(event: Event, endpoint: Endpoint, shared: _Shared, event_body: EventBody | None) -> Outgoing:
     order_key = event.order_key
     if endpoint.order_key is not None:
         if event_body is None:
             event_body = EventBody(event)
         # A template the event cannot fill keeps the event's own key: the message is still ordered.
         order_key = endpoint.order_key.text(event, event_body) or order_key
-    if event.event_type is EventType.TWIN_TELEMETRY and endpoint.type is EndpointType.EVENT_GRID:
-        cloud_event = telemetry_cloud_event(event)
-        if endpoint.enrichments:
-            cloud_event.update(
-                enrich({}, endpoint.enrichments, event, event_body or EventBody(event), convert=as_extension)
+    event_type = event.event_type
+    if event_type in RAW_TYPES:
+        if event_type is EventType.TWIN_TELEMETRY and endpoint.type is EndpointType.EVENT_GRID:
+            cloud_event = telemetry_cloud_event(event)
+            if endpoint.enrichments:
+                cloud_event.update(
+                    enrich({}, endpoint.enrichments, event, event_body or EventBody(event), convert=as_extension)
+                )
+            return Outgoing(
+                endpoint=endpoint.name,
+                event=event,
+                body=orjson.dumps(cloud_event),
+                content_type=CLOUD_EVENT_JSON,
+                properties={},
+                order_key=order_key,
+                message_id=shaped_message_id(event.message_id, endpoint.id_seed),
             )
-        return Outgoing(
-            endpoint=endpoint.name,
-            event=event,
-            body=orjson.dumps(cloud_event),
-            content_type=CLOUD_EVENT_JSON,
-            properties={},
-            order_key=order_key,
-            message_id=shaped_message_id(event.message_id, endpoint.id_seed),
-        )
-    if event.event_type in RAW_TYPES:
         ingress = event.ingress
         content_type = ingress.system_properties.get("content-type")
         properties: Mapping[str, Any] = ingress.properties
@@ -232,24 +291,23 @@ def _build(event: Event, endpoint: Endpoint, body: bytes | None, event_body: Eve
             order_key=order_key,
             message_id=shaped_message_id(event.message_id, endpoint.id_seed),
         )
+    body = None
     if endpoint.type is EndpointType.EVENT_GRID:
         properties = {}
         if endpoint.enrichments:
             # Event Grid carries no application properties: CloudEvents extension attributes instead.
             extensions = enrich({}, endpoint.enrichments, event, event_body or EventBody(event), convert=as_extension)
-            body = orjson.dumps({**cloud_event_envelope(event), **extensions})
+            body = orjson.dumps({**_cloud_event(event, shared.context()), **extensions})
         elif endpoint.format is EnvelopeFormat.EVENT_GRID and event.topic is not None:
             body = orjson.dumps(event_grid_envelope(event, topic=False))  # the service stamps its own
+    elif endpoint.enrichments:
+        properties = enrich(shared.properties(), endpoint.enrichments, event, event_body or EventBody(event))
     else:
-        properties = twin_properties(event)
-        if endpoint.enrichments:
-            properties = enrich(properties, endpoint.enrichments, event, event_body or EventBody(event))
-    if body is None:
-        body = envelope_body(event, endpoint.format)
+        properties = shared.properties()
     return Outgoing(
         endpoint=endpoint.name,
         event=event,
-        body=body,
+        body=shared.body(endpoint.format) if body is None else body,
         content_type=content_type_of(endpoint.format),
         properties=properties,
         order_key=order_key,

@@ -47,7 +47,7 @@ from routing.routes.table import Endpoint
 log = logging.getLogger(__name__)
 
 
-class KeyGroup(msgspec.Struct, frozen=True):
+class KeyGroup(msgspec.Struct, frozen=True, gc=False):
     """One order key's messages for one endpoint, in the order they must arrive."""
 
     key: str

@@ -277,18 +277,18 @@ def _telemetry_from_properties(msg: IngressMessage, props: _Properties) -> Resul
 
 
 def _parse_body(msg: IngressMessage, event_type: EventType | None = None) -> tuple[Any, Rejection | None]:
-    # Name what the message claimed to be, so the reason says which producer to look at.
-    what = f"{event_type} event's body" if event_type else "body"
-    no_marks = (
-        ""
-        if event_type
-        else (f" and the message carries no telemetry properties ('{DEVICE_ID}' or '{TELEMETRY_MARK}')")
-    )
-    if not msg.body.strip():
-        return None, Rejection(code="empty-body", reason=f"{what} is empty{no_marks}")
     try:
         return orjson.loads(msg.body), None
     except orjson.JSONDecodeError as exc:
+        # Name what the message claimed to be, so the reason says which producer to look at.
+        what = f"{event_type} event's body" if event_type else "body"
+        no_marks = (
+            ""
+            if event_type
+            else (f" and the message carries no telemetry properties ('{DEVICE_ID}' or '{TELEMETRY_MARK}')")
+        )
+        if not msg.body.strip():
+            return None, Rejection(code="empty-body", reason=f"{what} is empty{no_marks}")
         if "depth limit" in str(exc):
             reason = f"{what} nests JSON arrays and objects deeper than {PARSER_DEPTH} levels, which the parser refuses"
             return None, Rejection(code="too-deep", reason=reason)

@@ -57,7 +57,10 @@ def of_properties(properties: Mapping[str, Any]) -> TraceContext | None:
     if not properties:
         return None
     for name in _PARENT_NAMES:
-        parent = _valid(properties.get(name))
+        value = properties.get(name)
+        if value is None:
+            continue
+        parent = _valid(value)
         if parent is not None:
             return TraceContext(parent, _state(properties.get(_STATE_NAMES[name])))
     return None
