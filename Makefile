@@ -90,7 +90,7 @@ test: lint typecheck unit infra-check ## everything CI runs
 # The benchmark of issue #7 (docs/PERFORMANCE.md): stages against floors measured in the same run, the
 # end-to-end path into the local peers, and `routing run` memory over 1,000,000 events. About 6 minutes.
 bench: $(VENV)/.dev node_modules/.installed ## the benchmark (docs/PERFORMANCE.md), about 6 minutes
-	$(BIN)/python -m bench --events 5000 --duration 4 --memory-events 1000000
+	$(BIN)/python -m bench --events 5000 --duration 4 --run-events 1000000 --run-rounds 2
 
 clean: ## remove the venvs, node_modules and outputs
 	rm -rf $(VENV) $(VENV_INFRA) out .mypy_cache .ruff_cache node_modules

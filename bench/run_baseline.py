@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 SOURCE = "local"  # the runner's ingress name: it seeds the ids and names a CloudEvent's source
-BATCH_SIZE = 100  # the runner's default batch
+BATCH_SIZE = 100  # the runner's default batch (`--batch-size`)
 ID_NAMESPACE = uuid.UUID("6f1d3c52-5a8e-4b8e-9d55-3a1f0c7e2b90")  # routing/model.py
 SHAPE_NAMESPACE = uuid.UUID("0b7a4f2e-93c1-4d6a-8e25-c4f1a9d3e760")
 CLASSIC = ("TopologyOperation", "SpaceChange", "SensorChange", "UdfCustom")
@@ -256,7 +256,7 @@ def flush(endpoints: list[Endpoint]) -> None:
             endpoint.pending.clear()
 
 
-def run(events: Path, routes: Path, out: Path) -> dict[str, int]:
+def run(events: Path, routes: Path, out: Path, batch_size: int = BATCH_SIZE) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     by_type = load_routes(routes, out)
     endpoints = list({id(e): e for group in by_type.values() for e in group}.values())
@@ -270,7 +270,7 @@ def run(events: Path, routes: Path, out: Path) -> dict[str, int]:
                 line.setdefault("sequenceNumber", line_number)
                 sent += route(line, by_type)
                 messages += 1
-                if messages % BATCH_SIZE == 0:
+                if messages % batch_size == 0:
                     flush(endpoints)
         flush(endpoints)
     finally:
@@ -284,9 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=Path, required=True)
     parser.add_argument("--routes", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     args = parser.parse_args(argv)
     try:
-        summary = run(args.events, args.routes, args.out)
+        summary = run(args.events, args.routes, args.out, args.batch_size)
     except Unsupported as exc:
         sys.exit(f"run_baseline: {exc}")
     sys.stdout.write(json.dumps(summary) + "\n")
