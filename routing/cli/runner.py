@@ -146,7 +146,8 @@ def run(
     staging = out / f".routing-partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    files = FileSender(staging)
+    # Lines are made on this thread after each batch, not on the pipeline's delivery threads (FileSender).
+    files = FileSender(staging, deferred=True)
     dead_letters = FileDeadLetters(staging)
     moment = [datetime.now(UTC)]
 
@@ -177,6 +178,7 @@ def run(
             health=breaker.store,
             clock=clock,
         )
+        files.flush()
         report.redelivered.update(done.delivered)
         for code, count in (("expired", done.expired.total()), ("delivery-failed", done.dead_lettered.total())):
             if count:
@@ -193,6 +195,7 @@ def run(
                     report.count_dead_letter(letter)
                 bad_lines.clear()
             report.merge(router.route(batch))
+            files.flush()
             if parking is not None:
                 redelivery()
                 moment[0] += timedelta(seconds=BATCH_SECONDS)
