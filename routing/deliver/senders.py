@@ -41,7 +41,7 @@ from tenacity.stop import stop_base
 
 from routing import observability as obs
 from routing.errors import SettingsError
-from routing.model import Attempt, EndpointType, Outgoing
+from routing.model import Attempt, EndpointType, EventType, Outgoing
 from routing.routes.table import Endpoint
 
 log = logging.getLogger(__name__)
@@ -88,40 +88,50 @@ def output_record(endpoint: Endpoint, message: Outgoing) -> dict[str, Any]:
     return record
 
 
+# The types' names, looked up (an enum's `.value` is a Python-level property, twice a line).
+_ENDPOINT_TYPE_TEXT = {t: t.value for t in EndpointType}
+_EVENT_TYPE_TEXT = {t: t.value for t in EventType}
+# Where an endpoint's order key goes in the record: its partition key, its session id, or nowhere.
+_KEY_FIELD = {EndpointType.EVENT_HUB: "partitionKey", EndpointType.SERVICE_BUS: "sessionId"}
+
+
 def _record_head(endpoint: Endpoint, message: Outgoing, body_base64: str) -> dict[str, Any]:
     """`output_record` up to its last field, `body`."""
     record: dict[str, Any] = {
         "endpoint": endpoint.name,
-        "endpointType": endpoint.type.value,
-        "eventType": message.event_type.value,
+        "endpointType": _ENDPOINT_TYPE_TEXT[endpoint.type],
+        "eventType": _EVENT_TYPE_TEXT[message.event.event_type],
     }
-    if endpoint.type is EndpointType.EVENT_HUB:
-        record["partitionKey"] = message.order_key
-    elif endpoint.type is EndpointType.SERVICE_BUS:
-        record["sessionId"] = message.order_key
+    key_field = _KEY_FIELD.get(endpoint.type)
+    if key_field is not None:
+        record[key_field] = message.order_key
     record["messageId"] = message.message_id
     record["contentType"] = message.content_type
-    record["properties"] = dict(message.properties)
+    properties = message.properties
+    record["properties"] = properties if type(properties) is dict else dict(properties)
     record["bodyBase64"] = body_base64
     return record
 
 
-# A body with this many brackets may nest as deep as orjson writes (254 levels; the record adds one): its
-# line is written the plain way, `orjson.dumps(output_record(...))`, failing as that fails.
+# A body with this many opening brackets may nest as deep as orjson writes (254 levels; the record adds
+# one): its line is written the plain way, `orjson.dumps(output_record(...))`, failing as that fails.
 _MAY_NEST_DEEP = 250
 
-# Per body (by identity, while the messages holding it are alive): its base64 text and the JSON its
-# `body` field is written as (None: the bytes hold no JSON).
-_BodyForms = dict[int, tuple[str, bytes | None]]
+# Per body (by identity, while the messages holding it are alive): its base64 text, the JSON its `body`
+# field is written as (None: the bytes hold no JSON), and whether it may nest too deep for either.
+_Forms = tuple[str, bytes | None, bool]
+_BodyForms = dict[int, _Forms]
 
 
-def _body_forms(body: bytes) -> tuple[str, bytes | None]:
+def _body_forms(body: bytes) -> _Forms:
+    if body.count(b"[") + body.count(b"{") >= _MAY_NEST_DEEP:
+        return "", None, True
     try:
         # What `orjson.dumps(record)` writes for `record["body"] = orjson.loads(body)`.
         written: bytes | None = orjson.dumps(orjson.loads(body))
     except orjson.JSONDecodeError:
         written = None
-    return base64.b64encode(body).decode("ascii"), written
+    return base64.b64encode(body).decode("ascii"), written, False
 
 
 def output_line(endpoint: Endpoint, message: Outgoing, forms: _BodyForms | None = None) -> bytes:
@@ -131,14 +141,14 @@ def output_line(endpoint: Endpoint, message: Outgoing, forms: _BodyForms | None 
     endpoint, and the record's head is written without it (orjson writes `{...,"body":<value>}` compactly,
     so the value's own JSON is spliced in before the closing brace)."""
     body = message.body
-    if body.count(b"[") + body.count(b"{") >= _MAY_NEST_DEEP:
-        return orjson.dumps(output_record(endpoint, message)) + b"\n"
     made = forms.get(id(body)) if forms is not None else None
     if made is None:
         made = _body_forms(body)
         if forms is not None:
             forms[id(body)] = made
-    body_base64, written = made
+    body_base64, written, deep = made
+    if deep:
+        return orjson.dumps(output_record(endpoint, message)) + b"\n"
     head = orjson.dumps(_record_head(endpoint, message, body_base64))
     if written is None:
         return head + b"\n"
