@@ -8,6 +8,7 @@ Event Hubs SDKs those tools use.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -200,7 +201,7 @@ def run(
     size = events.stat().st_size
     show_progress = size >= PROGRESS_MIN_BYTES and errors.is_terminal
     # Rich's progress bar only when one is drawn: a disabled one that counts costs as much to import.
-    with _progress(show_progress, size) as advance, summarised_warnings() as warnings:
+    with _progress(show_progress, size) as advance, summarised_warnings() as warnings, _fewer_collections():
         report = runner.run(
             events=events, table=table, out=out, batch_size=batch_size, progress=advance, outages=outages
         )
@@ -220,6 +221,25 @@ def run(
             f"{out} also holds {', '.join(stale)}, which this run did not write (an earlier run with other "
             "routes?): delete them, or use another --out"
         )
+
+
+# The cyclic collector's first threshold during a run (Python's default is 700 allocations): a batch
+# allocates tens of thousands of objects, nearly none in cycles, and each collection walked the young ones.
+RUN_GC_THRESHOLD = 10_000
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """The run with what was loaded before it (modules, the route table) out of the collector's way
+    (`gc.freeze`) and collections less often: 4-8% of a run's CPU. Restored after (the tests run in-process)."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(RUN_GC_THRESHOLD, *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 @contextmanager
