@@ -119,7 +119,7 @@ _MAY_NEST_DEEP = 250
 
 # Per body (by identity, while the messages holding it are alive): its base64 text, the JSON its `body`
 # field is written as (None: the bytes hold no JSON), and whether it may nest too deep for either.
-_Forms = tuple[str, bytes | None, bool]
+_Forms = tuple[str, orjson.Fragment | None, bool]
 _BodyForms = dict[int, _Forms]
 
 
@@ -128,7 +128,7 @@ def _body_forms(body: bytes) -> _Forms:
         return "", None, True
     try:
         # What `orjson.dumps(record)` writes for `record["body"] = orjson.loads(body)`.
-        written: bytes | None = orjson.dumps(orjson.loads(body))
+        written: orjson.Fragment | None = orjson.Fragment(orjson.dumps(orjson.loads(body)))
     except orjson.JSONDecodeError:
         written = None
     return base64.b64encode(body).decode("ascii"), written, False
@@ -138,8 +138,7 @@ def output_line(endpoint: Endpoint, message: Outgoing, forms: _BodyForms | None 
     """`orjson.dumps(output_record(endpoint, message)) + b"\n"`, byte for byte, with the body's base64
     and JSON made once per body object in `forms`: the pipeline builds one envelope per event and format,
     shared by every endpoint that takes it, so a twin event's body is read back once, not once per
-    endpoint, and the record's head is written without it (orjson writes `{...,"body":<value>}` compactly,
-    so the value's own JSON is spliced in before the closing brace)."""
+    endpoint, and its JSON (orjson's form of the value) goes into each record as made (`orjson.Fragment`)."""
     body = message.body
     made = forms.get(id(body)) if forms is not None else None
     if made is None:
@@ -149,10 +148,10 @@ def output_line(endpoint: Endpoint, message: Outgoing, forms: _BodyForms | None 
     body_base64, written, deep = made
     if deep:
         return orjson.dumps(output_record(endpoint, message)) + b"\n"
-    head = orjson.dumps(_record_head(endpoint, message, body_base64))
-    if written is None:
-        return head + b"\n"
-    return b"".join((head[:-1], b',"body":', written, b"}\n"))
+    record = _record_head(endpoint, message, body_base64)
+    if written is not None:
+        record["body"] = written
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
 class FileSender:
