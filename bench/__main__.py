@@ -91,6 +91,32 @@ def print_end_to_end(e: dict[str, Any]) -> None:
         console.print("[bold red]  the script did not deliver exactly the router's messages: the comparison is void[/]")
 
 
+def print_run(mem: dict[str, Any]) -> None:
+    """`routing run` against the stdlib-json router, where its time goes, and its memory."""
+    rounds = len(mem["round_s"])
+    console.print(
+        f"`python -m routing run` over {mem['events']:,} events ({mem['file_mb']:.0f} MB), against the "
+        f"stdlib-json router (bench/run_baseline.py), {rounds} paired rounds, order rotated: throughput "
+        f"{_range(mem['throughput_ratio'])}",
+        highlight=False,
+    )
+    for i, (router, start, baseline, first) in enumerate(
+        zip(mem["round_s"], mem["round_start_s"], mem["baseline_round_s"], mem["first"], strict=True), start=1
+    ):
+        console.print(
+            f"  round {i} ({first} first): router {router:.1f} s (start-up to routing {start:.2f} s: imports, "
+            f"routes; routing {router - start:.1f} s), baseline {baseline:.1f} s, "
+            f"ratio {mem['throughput_ratios'][i - 1]:.2f}x",
+            highlight=False,
+        )
+    console.print(
+        f"  memory (the round with the highest peak): RSS {mem['rss_start_mb']:.1f} MB when routing starts, "
+        f"peak {mem['rss_peak_mb']:.1f} MB, growth {mem['growth_mb']:.1f} MB; "
+        f"{mem['events_per_second']:,.0f} events/s (median run), exit {mem['exit_code']}",
+        highlight=False,
+    )
+
+
 def print_results(results: Results) -> None:
     m, c = results.machine, results.corpus
     console.print(
@@ -186,12 +212,7 @@ def print_results(results: Results) -> None:
             "received per pass"
         )
     if results.memory:
-        mem = results.memory
-        console.print(
-            f"memory: `python -m routing run` over {mem['events']:,} events ({mem['file_mb']:.0f} MB) in "
-            f"{mem['seconds']:.0f} s ({mem['events_per_second']:,.0f} events/s): RSS {mem['rss_start_mb']:.1f} MB at "
-            f"start, peak {mem['rss_peak_mb']:.1f} MB, growth {mem['growth_mb']:.1f} MB (exit {mem['exit_code']})"
-        )
+        print_run(results.memory)
     for line in outage_summary(results.outage) if results.outage else ():
         console.print(line, highlight=False)
     console.print(
@@ -213,9 +234,18 @@ def main(  # noqa: PLR0917 - Typer reads each option from a parameter
     routes: Annotated[int, typer.Option(min=5, help="Endpoints in the route table.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Messages per trigger batch.")] = 100,
     duration: Annotated[float, typer.Option(min=0.1, help="Seconds each timed section runs for, at least.")] = 4.0,
-    memory_events: Annotated[
-        int, typer.Option(min=0, help="Events for the `routing run` memory measurement (0 skips it).")
+    run_events: Annotated[
+        int,
+        typer.Option(
+            "--run-events",
+            "--memory-events",
+            min=0,
+            help="Events for `routing run` against the stdlib-json router, and its memory (0 skips it).",
+        ),
     ] = 100_000,
+    run_rounds: Annotated[
+        int, typer.Option(min=1, help="Paired rounds of `routing run` and the stdlib-json router.")
+    ] = 2,
     end_to_end: Annotated[bool, typer.Option(help="Run the end-to-end stage against the local peers.")] = True,
     outage: Annotated[
         bool, typer.Option(help="Run the endpoint-outage stage (needs the end-to-end stage; Azurite).")
@@ -231,7 +261,9 @@ def main(  # noqa: PLR0917 - Typer reads each option from a parameter
     """Benchmark the router against floors measured in the same run (issue #7)."""
     # Records are still made (their cost is the router's), but not printed over the figures.
     logging.getLogger().addHandler(logging.NullHandler())
-    options = Options(events, devices, routes, batch_size, duration, memory_events, end_to_end, outage, rounds)
+    options = Options(
+        events, devices, routes, batch_size, duration, run_events, end_to_end, outage, rounds, run_rounds=run_rounds
+    )
     results = run_all(options, lambda line: progress.print(f"[dim]{line}[/]", highlight=False))
     if output is OutputFormat.json:
         sys.stdout.write(orjson.dumps(as_json(results), option=orjson.OPT_INDENT_2).decode() + "\n")

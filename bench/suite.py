@@ -12,7 +12,7 @@ from bench import corpus as corpora
 from bench import decode, e2e, filtered, memory, outage, stages
 from bench.routes import route_table
 from bench.script import Script
-from bench.timing import Ratios, Timing, interleaved, stage_ratio
+from bench.timing import Ratios, Timing, interleaved, median, stage_ratio
 
 MB = 1_000_000
 # Outgoing messages per round in the route-table sweep, for the router core and for core + SDK.
@@ -28,11 +28,15 @@ class Options:
     routes: int
     batch_size: int
     duration: float
-    memory_events: int
+    # Events in the file `routing run` and the stdlib-json router route (issue #15, target 5), with the
+    # router's memory taken in the same runs; 0 skips it.
+    run_events: int
     e2e: bool = True
     outage: bool = True
     # Paired rounds per comparison: the end-to-end router-vs-script rounds, and the least the stages run.
     rounds: int = 8
+    # Paired rounds of `routing run` against the stdlib-json router (each side one run over the file).
+    run_rounds: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,25 +306,48 @@ def e2e_targets(results: Results) -> None:
         results.targets.append(target if same else dataclasses.replace(target, ratio=0.0))
 
 
-def run_memory(results: Results, log: Callable[[str], None]) -> None:
+def run_comparison(results: Results, log: Callable[[str], None]) -> None:
+    """Issue #15, target 5: `python -m routing run` against the stdlib-json router (bench/run_baseline.py)
+    on one generated file, in paired rounds; the router's memory (issue #7) from the same runs."""
     opts = results.options
-    log(f"memory: python -m routing run over {opts.memory_events:,} events")
-    run = memory.measure_run(
-        events=opts.memory_events, devices=opts.devices, routes=opts.routes, batch_size=opts.batch_size
+    log(
+        f"routing run and the stdlib-json router over {opts.run_events:,} events, {opts.run_rounds} rounds, "
+        "order rotated (and the router's memory)"
     )
+    compared = memory.compare_runs(
+        events=opts.run_events,
+        devices=opts.devices,
+        routes=opts.routes,
+        batch_size=opts.batch_size,
+        rounds=opts.run_rounds,
+    )
+    ratios = compared.ratios
+    router = compared.router
+    seconds = [r.seconds for r in router]
+    # The memory figures are the round with the highest peak (the worst the runs saw).
+    worst = max(router, key=lambda r: r.growth)
     results.memory = {
-        "events": run.events,
-        "file_mb": run.file_bytes / MB,
-        "seconds": run.seconds,
-        "events_per_second": run.events / run.seconds if run.seconds else 0.0,
-        "rss_start_mb": run.rss_start / MB,
-        "rss_peak_mb": run.rss_peak / MB,
-        "rss_end_mb": run.rss_end / MB,
-        "growth_mb": run.growth / MB,
-        "samples": run.samples,
-        "exit_code": run.exit_code,
-        "routed_messages": run.summary.get("messages"),
-        "error": run.summary.get("error"),
+        "events": compared.events,
+        "file_mb": compared.file_bytes / MB,
+        "seconds": median(seconds),
+        "events_per_second": compared.events / median(seconds) if median(seconds) else 0.0,
+        "rss_start_mb": worst.rss_start / MB,
+        "rss_peak_mb": worst.rss_peak / MB,
+        "rss_end_mb": worst.rss_end / MB,
+        "growth_mb": worst.growth / MB,
+        "samples": worst.samples,
+        "exit_code": max((r.exit_code for r in router), key=abs),
+        "routed_messages": worst.summary.get("messages"),
+        "error": next((r.summary.get("error") for r in router if r.summary.get("error")), None),
+        "start_s": median([r.started for r in router]),
+        "round_s": seconds,
+        "round_start_s": [r.started for r in router],
+        "baseline_round_s": list(compared.baseline_seconds),
+        "baseline_exit_codes": list(compared.baseline_exit_codes),
+        "first": list(compared.first),
+        "throughput_ratio": {"median": ratios.median, "low": ratios.low, "high": ratios.high},
+        "throughput_ratios": list(ratios.values),
+        "ok": compared.ok,
     }
 
 
@@ -398,8 +425,8 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
     e2e_devices = run_end_to_end(results, c, log) if opts.e2e else None
     if opts.e2e and opts.outage:
         results.outage = outage.run(c.batches, log)
-    if opts.memory_events:
-        run_memory(results, log)
+    if opts.run_events:
+        run_comparison(results, log)
 
     def ratio(a: str, b: str) -> Ratios:
         return stage_ratio(t[a], t[b])
@@ -468,6 +495,15 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
     if results.outage:
         outage_targets(results)
     if results.memory:
+        mem = results.memory
+        target = Target.paired(
+            f"`routing run` >= 2x the stdlib-json router ({mem['events']:,} events)",
+            Ratios(tuple(mem["throughput_ratios"])),
+            2.0,
+            note=f"router {mem['seconds']:.1f} s a run (start-up {mem['start_s']:.2f} s), "
+            f"baseline {median(mem['baseline_round_s']):.1f} s",
+        )
+        targets.append(target if mem["ok"] else dataclasses.replace(target, ratio=0.0, measured="a run failed: void"))
         growth = results.memory["growth_mb"]
         targets.append(
             Target(

@@ -31,14 +31,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from azure.core.exceptions import AzureError, ResourceNotFoundError
-from azure.storage.blob import ContainerClient, ContentSettings
 
 from routing import observability as obs
-from routing.deadletters import parse_time
+from routing.deadletters import blob_sdk, parse_time
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +199,7 @@ class BlobHealth:
             self.name(endpoint),
             data,
             overwrite=True,
-            content_settings=ContentSettings(content_type="application/json"),
+            content_settings=blob_sdk().ContentSettings(content_type="application/json"),
             timeout=SERVER_TIMEOUT_SECONDS,
         )
 

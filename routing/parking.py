@@ -33,15 +33,24 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import orjson
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import ContainerClient, ContentSettings
 
-from routing.deadletters import SERVER_TIMEOUT_SECONDS, DeadLetterStoreError, blob_record, redact, rfc3339
+from routing.deadletters import (
+    SERVER_TIMEOUT_SECONDS,
+    DeadLetterStoreError,
+    blob_record,
+    blob_sdk,
+    redact,
+    rfc3339,
+)
 from routing.model import DeadLetter
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +283,7 @@ class BlobParking:
             result = self.container.get_blob_client(name).upload_blob(
                 data,
                 overwrite=True,
-                content_settings=ContentSettings(content_type="application/json"),
+                content_settings=blob_sdk().ContentSettings(content_type="application/json"),
                 timeout=SERVER_TIMEOUT_SECONDS,
                 **options,
             )

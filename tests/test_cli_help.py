@@ -33,11 +33,14 @@ cli = CliRunner()
 
 
 def tree(command: Any = None, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
-    """Every command of `routing` (groups too) with its path, the root first."""
+    """Every command of `routing` (groups too) with its path, the root first; asked of each group as
+    Click asks (`list_commands`, `get_command`), which loads the groups the root imports when used."""
     command = command or typer.main.get_command(app)
     yield path, command
-    for name, sub in getattr(command, "commands", {}).items():
-        yield from tree(sub, (*path, name))
+    if hasattr(command, "commands"):
+        ctx = typer.Context(command)
+        for name in command.list_commands(ctx):
+            yield from tree(command.get_command(ctx, name), (*path, name))
 
 
 COMMANDS = [path for path, _command in tree()]

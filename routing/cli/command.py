@@ -4,12 +4,15 @@ the options a command needs marked `[required]` (all missing ones named in one e
 of use in every command's help, and Click's usage errors as one `error:` line (routing/cli/output.py).
 
 `App` is a Typer whose groups and commands are `Group` and `Command`, so a command gets all this by
-being declared on it. Leans on Typer's Click classes (`typer.core`) and its vendored Click's
+being declared on it. A group of commands may be registered by where it is (`App(lazy=...)`) and imported
+only when it is used or help lists it: `routing run` does not load the route and dead-letter tools (and
+the Azure SDKs they import). Leans on Typer's Click classes (`typer.core`) and its vendored Click's
 exceptions (`typer._click`, pinned with Typer); tests/test_cli_help.py walks the whole command tree.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any, get_args
@@ -149,6 +152,25 @@ class Command(_Style, TyperCommand):
 
 
 class Group(_Style, TyperGroup):
+    # Sub-command groups imported when first looked up: name -> ("module:attribute" of their `App`, and
+    # modules to import before it, which add commands to it). Listed after the group's own commands.
+    lazy: Mapping[str, tuple[str, ...]] = {}
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return [*super().list_commands(ctx), *(name for name in self.lazy if name not in self.commands)]
+
+    def get_command(self, ctx: Context, cmd_name: str) -> ClickCommand | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in self.lazy:
+            where, *first = self.lazy[cmd_name]
+            for module in first:
+                importlib.import_module(module)
+            module, _, attribute = where.partition(":")
+            command = typer.main.get_command(getattr(importlib.import_module(module), attribute))
+            command.name = cmd_name
+            self.add_command(command, cmd_name)
+        return command
+
     def invoke(self, ctx: Context) -> Any:
         # A sub-command it does not have ("No such command"), or none after its options.
         try:
@@ -160,11 +182,13 @@ class Group(_Style, TyperGroup):
 
 
 class App(typer.Typer):
-    """A Typer whose groups and commands are `Group` and `Command`, with no-arguments showing help."""
+    """A Typer whose groups and commands are `Group` and `Command`, with no-arguments showing help;
+    `lazy` its sub-command groups imported when used (`Group.lazy`), by name."""
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, *, lazy: Mapping[str, tuple[str, ...]] | None = None, **settings: Any) -> None:
         settings = {"no_args_is_help": True, "add_completion": False, **settings}
-        super().__init__(cls=Group, rich_markup_mode=None, pretty_exceptions_enable=False, **settings)
+        group = type("LazyGroup", (Group,), {"lazy": dict(lazy)}) if lazy else Group
+        super().__init__(cls=group, rich_markup_mode=None, pretty_exceptions_enable=False, **settings)
 
     def command(
         self, name: str | None = None, *, cls: type[TyperCommand] | None = Command, **settings: Any

@@ -104,10 +104,11 @@ def _batches(
     path: Path, batch_size: int, bad_lines: list[DeadLetter], progress: Callable[[int], None]
 ) -> Iterator[list[IngressMessage]]:
     batch: list[IngressMessage] = []
+    read = 0  # bytes read since `progress` was last told, which it is once a batch
     with path.open("rb") as handle:
         for line_number, line in enumerate(handle, start=1):
-            progress(len(line))
-            if not line.strip():
+            read += len(line)
+            if line.isspace():  # a line read from a file is never empty: it has its newline at least
                 continue
             try:
                 batch.append(parse_line(line, source=SOURCE, line_number=line_number))
@@ -115,8 +116,12 @@ def _batches(
                 text = line.decode("utf-8", "replace").rstrip("\r\n")
                 bad_lines.append(DeadLetter(code="bad-line", reason=str(exc), ingress=None, raw_line=text))
             if len(batch) >= batch_size:
+                progress(read)
+                read = 0
                 yield batch
                 batch = []
+    if read:
+        progress(read)
     if batch:
         yield batch
 
@@ -146,7 +151,8 @@ def run(
     staging = out / f".routing-partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    files = FileSender(staging)
+    # Lines are made on this thread after each batch, not on the pipeline's delivery threads (FileSender).
+    files = FileSender(staging, deferred=True)
     dead_letters = FileDeadLetters(staging)
     moment = [datetime.now(UTC)]
 
@@ -177,6 +183,7 @@ def run(
             health=breaker.store,
             clock=clock,
         )
+        files.flush()
         report.redelivered.update(done.delivered)
         for code, count in (("expired", done.expired.total()), ("delivery-failed", done.dead_lettered.total())):
             if count:
@@ -193,6 +200,7 @@ def run(
                     report.count_dead_letter(letter)
                 bad_lines.clear()
             report.merge(router.route(batch))
+            files.flush()
             if parking is not None:
                 redelivery()
                 moment[0] += timedelta(seconds=BATCH_SECONDS)

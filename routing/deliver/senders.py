@@ -41,7 +41,7 @@ from tenacity.stop import stop_base
 
 from routing import observability as obs
 from routing.errors import SettingsError
-from routing.model import Attempt, EndpointType, Outgoing
+from routing.model import Attempt, EndpointType, EventType, Outgoing
 from routing.routes.table import Endpoint
 
 log = logging.getLogger(__name__)
@@ -82,31 +82,94 @@ SenderFor = Callable[[Endpoint], Sender]
 
 def output_record(endpoint: Endpoint, message: Outgoing) -> dict[str, Any]:
     """The documented line of the local runner's output (a stable format other tools read)."""
-    record: dict[str, Any] = {
-        "endpoint": endpoint.name,
-        "endpointType": endpoint.type.value,
-        "eventType": message.event_type.value,
-    }
-    if endpoint.type is EndpointType.EVENT_HUB:
-        record["partitionKey"] = message.order_key
-    elif endpoint.type is EndpointType.SERVICE_BUS:
-        record["sessionId"] = message.order_key
-    record["messageId"] = message.message_id
-    record["contentType"] = message.content_type
-    record["properties"] = dict(message.properties)
-    record["bodyBase64"] = base64.b64encode(message.body).decode("ascii")
+    record = _record_head(endpoint, message, base64.b64encode(message.body).decode("ascii"))
     with contextlib.suppress(orjson.JSONDecodeError):
         record["body"] = orjson.loads(message.body)
     return record
 
 
-class FileSender:
-    """Appends each endpoint's messages to `<dir>/<endpoint name>.jsonl`, one line per message sent."""
+# The types' names, looked up (an enum's `.value` is a Python-level property, twice a line).
+_ENDPOINT_TYPE_TEXT = {t: t.value for t in EndpointType}
+_EVENT_TYPE_TEXT = {t: t.value for t in EventType}
+# Where an endpoint's order key goes in the record: its partition key, its session id, or nowhere.
+_KEY_FIELD = {EndpointType.EVENT_HUB: "partitionKey", EndpointType.SERVICE_BUS: "sessionId"}
 
-    def __init__(self, directory: Path) -> None:
+
+def _record_head(endpoint: Endpoint, message: Outgoing, body_base64: str) -> dict[str, Any]:
+    """`output_record` up to its last field, `body`."""
+    record: dict[str, Any] = {
+        "endpoint": endpoint.name,
+        "endpointType": _ENDPOINT_TYPE_TEXT[endpoint.type],
+        "eventType": _EVENT_TYPE_TEXT[message.event.event_type],
+    }
+    key_field = _KEY_FIELD.get(endpoint.type)
+    if key_field is not None:
+        record[key_field] = message.order_key
+    record["messageId"] = message.message_id
+    record["contentType"] = message.content_type
+    properties = message.properties
+    record["properties"] = properties if type(properties) is dict else dict(properties)
+    record["bodyBase64"] = body_base64
+    return record
+
+
+# A body with this many opening brackets may nest as deep as orjson writes (254 levels; the record adds
+# one): its line is written the plain way, `orjson.dumps(output_record(...))`, failing as that fails.
+_MAY_NEST_DEEP = 250
+
+# Per body (by identity, while the messages holding it are alive): its base64 text, the JSON its `body`
+# field is written as (None: the bytes hold no JSON), and whether it may nest too deep for either.
+_Forms = tuple[str, orjson.Fragment | None, bool]
+_BodyForms = dict[int, _Forms]
+
+
+def _body_forms(body: bytes) -> _Forms:
+    if body.count(b"[") + body.count(b"{") >= _MAY_NEST_DEEP:
+        return "", None, True
+    try:
+        # What `orjson.dumps(record)` writes for `record["body"] = orjson.loads(body)`.
+        written: orjson.Fragment | None = orjson.Fragment(orjson.dumps(orjson.loads(body)))
+    except orjson.JSONDecodeError:
+        written = None
+    return base64.b64encode(body).decode("ascii"), written, False
+
+
+def output_line(endpoint: Endpoint, message: Outgoing, forms: _BodyForms | None = None) -> bytes:
+    """`orjson.dumps(output_record(endpoint, message)) + b"\n"`, byte for byte, with the body's base64
+    and JSON made once per body object in `forms`: the pipeline builds one envelope per event and format,
+    shared by every endpoint that takes it, so a twin event's body is read back once, not once per
+    endpoint, and its JSON (orjson's form of the value) goes into each record as made (`orjson.Fragment`)."""
+    body = message.body
+    made = forms.get(id(body)) if forms is not None else None
+    if made is None:
+        made = _body_forms(body)
+        if forms is not None:
+            forms[id(body)] = made
+    body_base64, written, deep = made
+    if deep:
+        return orjson.dumps(output_record(endpoint, message)) + b"\n"
+    record = _record_head(endpoint, message, body_base64)
+    if written is not None:
+        record["body"] = written
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+class FileSender:
+    """Appends each endpoint's messages to `<dir>/<endpoint name>.jsonl`, one line per message sent.
+
+    `deferred` (the local runner's): `send` only takes the messages, and `flush` writes what every send
+    since the last took, on the caller's thread. The pipeline sends to each endpoint of a batch on a
+    thread of its own; the lines are the work here, and made on those threads they contend for the GIL
+    (and read a body shared by several endpoints once per endpoint). The runner flushes after each batch
+    and each redelivery, so the files hold the same lines in the same order; `close` flushes too.
+    """
+
+    def __init__(self, directory: Path, *, deferred: bool = False) -> None:
         self.directory = directory
+        self.deferred = deferred
         self._files: dict[str, IO[bytes]] = {}
         self._lock = threading.Lock()
+        self._pending: list[tuple[Endpoint, tuple[Outgoing, ...]]] = []
 
     def _file(self, name: str) -> IO[bytes]:
         handle = self._files.get(name)
@@ -116,20 +179,43 @@ class FileSender:
         return handle
 
     def send(self, endpoint: Endpoint, groups: Sequence[KeyGroup]) -> SendReport:
-        lines = [
-            orjson.dumps(output_record(endpoint, message)) + b"\n" for group in groups for message in group.messages
-        ]
+        messages = tuple(m for g in groups for m in g.messages)
+        if self.deferred:
+            with self._lock:
+                self._pending.append((endpoint, messages))
+            return SendReport(delivered=messages)
+        forms: _BodyForms = {}
+        data = b"".join([output_line(endpoint, message, forms) for message in messages])
         with self._lock:
             handle = self._file(endpoint.name)
-            handle.write(b"".join(lines))
+            handle.write(data)
             handle.flush()
-        return SendReport(delivered=tuple(m for g in groups for m in g.messages))
+        return SendReport(delivered=messages)
+
+    def flush(self) -> None:
+        """Write what the sends since the last flush took (deferred), each endpoint's in the order sent."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            if not pending:
+                return
+            forms: _BodyForms = {}  # valid while `pending` holds the messages
+            lines: dict[str, list[bytes]] = {}
+            for endpoint, messages in pending:
+                into = lines.setdefault(endpoint.name, [])
+                into.extend([output_line(endpoint, message, forms) for message in messages])
+            for name, written in lines.items():
+                handle = self._file(name)
+                handle.write(b"".join(written))
+                handle.flush()
 
     def close(self) -> None:
-        with self._lock:
-            for handle in self._files.values():
-                handle.close()
-            self._files.clear()
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                for handle in self._files.values():
+                    handle.close()
+                self._files.clear()
 
 
 # -- time budgets (docs/FAILURE_HANDLING.md, "Send budgets") -------------------------------------------

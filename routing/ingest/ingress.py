@@ -42,15 +42,19 @@ def parse_line(raw: bytes | str, *, source: str, line_number: int) -> IngressMes
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise IngressFormatError(f"line {line_number} is not JSON: {exc}") from None
-    return from_line_object(obj, source=source, line_number=line_number)
+    # Nothing in a line nests deeper than it has opening brackets (those inside strings count too): a line
+    # with fewer than the properties' limit needs no depth check (two serialisations a line).
+    brackets = raw.count(b"[") + raw.count(b"{") if isinstance(raw, bytes) else raw.count("[") + raw.count("{")
+    return from_line_object(obj, source=source, line_number=line_number, shallow=brackets < WRITTEN_DEPTH - 2)
 
 
-def from_line_object(obj: Any, *, source: str, line_number: int) -> IngressMessage:
+def from_line_object(obj: Any, *, source: str, line_number: int, shallow: bool = False) -> IngressMessage:
+    """`shallow`: the caller knows nothing in `obj` nests as deep as the properties may (parse_line)."""
     where = f"line {line_number}"
     if not isinstance(obj, dict):
         raise IngressFormatError(f"{where} must be a JSON object, got {type(obj).__name__}")
-    unknown = sorted(set(obj) - LINE_FIELDS)
-    if unknown:
+    if not obj.keys() <= LINE_FIELDS:
+        unknown = sorted(set(obj) - LINE_FIELDS)
         raise IngressFormatError(
             f"{where} has unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(LINE_FIELDS))}"
         )
@@ -74,13 +78,19 @@ def from_line_object(obj: Any, *, source: str, line_number: int) -> IngressMessa
             body = base64.b64decode(obj["bodyBase64"], validate=True)
         except (binascii.Error, TypeError, ValueError):
             raise IngressFormatError(f"{where}: bodyBase64 is not valid base64") from None
-    for name in ("properties", "systemProperties"):
-        if name in obj and not isinstance(obj[name], dict):
+    properties = obj.get("properties")
+    system_properties = obj.get("systemProperties")
+    for name, value in (("properties", properties), ("systemProperties", system_properties)):
+        if name not in obj:
+            continue
+        if not isinstance(value, dict):
             raise IngressFormatError(f"{where}: {name} must be a JSON object")
+        if shallow:
+            continue
         try:
             # Properties travel two levels down in what is written of the message (a dead letter's
             # `original.properties`, an output line's `properties`): they must be writable there.
-            orjson.dumps([[obj.get(name)]])
+            orjson.dumps([[value]])
         except orjson.JSONEncodeError:
             raise IngressFormatError(
                 f"{where}: {name} nest JSON deeper than the router can write ({WRITTEN_DEPTH - 2} levels)"
@@ -90,14 +100,15 @@ def from_line_object(obj: Any, *, source: str, line_number: int) -> IngressMessa
         raise IngressFormatError(f"{where}: sequenceNumber must be an integer")
     partition = obj.get("partition")
     enqueued = obj.get("enqueuedTime")
+    offset = obj.get("offset")
     return IngressMessage(
         body=body,
-        properties=obj.get("properties") or {},
-        system_properties=obj.get("systemProperties") or {},
+        properties=properties or {},
+        system_properties=system_properties or {},
         source=source,
         partition=str(partition) if partition is not None else "0",
         sequence_number=sequence if sequence is not None else line_number,
-        offset=str(obj["offset"]) if obj.get("offset") is not None else None,
+        offset=str(offset) if offset is not None else None,
         enqueued_time=_line_time(enqueued, where) if enqueued is not None else None,
     )
 

@@ -1,0 +1,154 @@
+"""The local runner's output lines stay what they were: `FileSender` writes each record as one pass of
+`output_line`, which makes a shared body's JSON once and splices it in, and defers the writing to the
+runner's thread. Each line must be, byte for byte, what the plain way wrote: `orjson.dumps` of the
+record `output_record` made before (copied here as it was, so a change to either shows)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+import pytest
+
+from bench.memory import write_events
+from bench.routes import write_routes
+from routing.deadletters import FileDeadLetters
+from routing.deliver.senders import FileSender, KeyGroup, SendReport, output_line, output_record
+from routing.ingest.ingress import parse_line
+from routing.model import EndpointType, Outgoing
+from routing.pipeline import Router, StaticRoutes
+from routing.routes.files import load_routes_file
+from routing.routes.table import Endpoint, RouteTable
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+
+
+def record_as_it_was(endpoint: Endpoint, message: Outgoing) -> dict[str, Any]:
+    """`output_record` before the runner's lines were spliced (tree 7ea3c76)."""
+    record: dict[str, Any] = {
+        "endpoint": endpoint.name,
+        "endpointType": endpoint.type.value,
+        "eventType": message.event_type.value,
+    }
+    if endpoint.type is EndpointType.EVENT_HUB:
+        record["partitionKey"] = message.order_key
+    elif endpoint.type is EndpointType.SERVICE_BUS:
+        record["sessionId"] = message.order_key
+    record["messageId"] = message.message_id
+    record["contentType"] = message.content_type
+    record["properties"] = dict(message.properties)
+    record["bodyBase64"] = base64.b64encode(message.body).decode("ascii")
+    with contextlib.suppress(orjson.JSONDecodeError):
+        record["body"] = orjson.loads(message.body)
+    return record
+
+
+def line_as_it_was(endpoint: Endpoint, message: Outgoing) -> bytes:
+    return orjson.dumps(record_as_it_was(endpoint, message)) + b"\n"
+
+
+class Capture:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Endpoint, tuple[Outgoing, ...]]] = []
+
+    def send(self, endpoint: Endpoint, groups: Any) -> SendReport:
+        messages = tuple(m for g in groups for m in g.messages)
+        self.sent.append((endpoint, messages))
+        return SendReport(delivered=messages)
+
+    def close(self) -> None:
+        pass
+
+
+def routed(events: Path, table: RouteTable, tmp_path: Path) -> list[tuple[Endpoint, tuple[Outgoing, ...]]]:
+    capture = Capture()
+    router = Router(routes=StaticRoutes(table), senders=lambda _e: capture, dead_letters=FileDeadLetters(tmp_path))
+    lines = [line for line in events.read_bytes().splitlines() if line.strip()]
+    messages = []
+    for number, line in enumerate(lines, start=1):
+        with contextlib.suppress(Exception):  # the samples' bad lines: dead letters, not messages
+            messages.append(parse_line(line, source="local", line_number=number))
+    for start in range(0, len(messages), 100):
+        router.route(messages[start : start + 100])
+    return capture.sent
+
+
+@pytest.fixture(scope="module")
+def sent(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Endpoint, tuple[Outgoing, ...]]]:
+    folder = tmp_path_factory.mktemp("lines")
+    events = folder / "events.jsonl"
+    write_events(events, events=1_000, devices=100)
+    bench = routed(events, load_routes_file(write_routes(folder / "routes.json", 5)), folder)
+    samples = routed(SAMPLES / "events.jsonl", load_routes_file(SAMPLES / "routes.json"), folder)
+    return bench + samples
+
+
+def test_every_line_is_byte_for_byte_the_plain_record(sent: list[tuple[Endpoint, tuple[Outgoing, ...]]]) -> None:
+    forms: dict[int, Any] = {}  # shared over every send, as a flush shares it over a batch
+    checked = 0
+    for endpoint, messages in sent:
+        for message in messages:
+            assert output_line(endpoint, message, forms) == line_as_it_was(endpoint, message)
+            assert output_line(endpoint, message) == line_as_it_was(endpoint, message)
+            assert output_record(endpoint, message) == record_as_it_was(endpoint, message)
+            checked += 1
+    # Every endpoint kind, and bodies shared by several endpoints (what the forms are made once for).
+    assert {e.type for e, _m in sent} >= {EndpointType.EVENT_HUB, EndpointType.SERVICE_BUS, EndpointType.EVENT_GRID}
+    bodies = [id(m.body) for _e, messages in sent for m in messages]
+    assert len(set(bodies)) < len(bodies)
+    assert checked > 2_000
+
+
+ODD_BODIES = [
+    b'{"t": 21.5,  "odd spacing": true}',  # JSON, not in orjson's compact form: written as orjson writes it
+    b'{"t": 21.5,  "odd spacing": true}\xff\x00',  # not JSON (nor UTF-8): no `body` field
+    b"",
+    b"  [1, 2.50, -0.0, 1e400, 12345678901234567890]  ",
+    '{"unicode": "Grüße ✓ \\u00e9 \\ud83d\\ude00", "esc": "a\\/b\\n\\t\\u0001"}'.encode(),
+    b"null",
+    b'"a string"',
+    b"[" * 249 + b"]" * 249,  # deep: the plain way
+    b"[" * 260 + b"]" * 260,  # deeper than orjson writes: the plain way, its error too
+]
+
+
+@pytest.mark.parametrize("body", ODD_BODIES, ids=range(len(ODD_BODIES)))
+def test_odd_bodies_are_written_as_the_plain_record_was(
+    body: bytes, sent: list[tuple[Endpoint, tuple[Outgoing, ...]]]
+) -> None:
+    kinds: dict[EndpointType, tuple[Endpoint, Outgoing]] = {}
+    for endpoint, messages in sent:
+        kinds.setdefault(endpoint.type, (endpoint, messages[0]))
+    for endpoint, message in kinds.values():
+        odd = msgspec.structs.replace(message, body=body, content_type=None)
+        try:
+            expected = line_as_it_was(endpoint, odd)
+        except orjson.JSONEncodeError:
+            with pytest.raises(orjson.JSONEncodeError):
+                output_line(endpoint, odd, {})
+            continue
+        assert output_line(endpoint, odd, {}) == expected
+
+
+def test_deferred_file_sender_writes_the_same_files_once_flushed(
+    tmp_path: Path, sent: list[tuple[Endpoint, tuple[Outgoing, ...]]]
+) -> None:
+    now, later = FileSender(tmp_path / "now"), FileSender(tmp_path / "later", deferred=True)
+    for endpoint, messages in sent:
+        groups = [KeyGroup(m.order_key, (m,)) for m in messages]
+        assert now.send(endpoint, groups).delivered == later.send(endpoint, groups).delivered == messages
+    assert not (tmp_path / "later").exists()  # nothing written before the flush
+    later.flush()
+    now.close()
+    later.close()
+    written = sorted(p.name for p in (tmp_path / "now").iterdir())
+    assert written == sorted(p.name for p in (tmp_path / "later").iterdir())
+    for name in written:
+        expected = b"".join(line_as_it_was(e, m) for e, messages in sent if f"{e.name}.jsonl" == name for m in messages)
+        assert (tmp_path / "now" / name).read_bytes() == expected
+        assert (tmp_path / "later" / name).read_bytes() == expected
