@@ -69,6 +69,8 @@ class Results:
     end_to_end: dict[str, Any] = field(default_factory=dict)
     # The worker's decoding beside the router core, per corpus (bench/decode.py).
     decode: list[dict[str, Any]] = field(default_factory=list)
+    # The senders' bookkeeping per corpus (issue #15, target 2: `bookkeeping`).
+    bookkeeping: list[dict[str, Any]] = field(default_factory=list)
     memory: dict[str, Any] = field(default_factory=dict)
     outage: dict[str, Any] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
@@ -118,6 +120,7 @@ def run_stages(results: Results, c: corpora.Corpus, table: Any, log: Callable[[s
     log("stages 1-4 and the worker's decoding: mixed corpus and telemetry alone")
     checked = decode.check_fast_enqueued_times(decode.host_inputs(c.batches))
     sets = {**_stage_set("mixed: ", c, table), **_stage_set("telemetry: ", c.only("telemetry"), table)}
+    sets.update(bookkeeping_stages(c, table))
     timings = interleaved(sets, duration=results.options.duration, min_rounds=results.options.rounds)
     results.stages.extend(timings.values())
     for prefix in ("mixed: ", "telemetry: "):
@@ -467,6 +470,7 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
         )
     if results.outage:
         outage_targets(results)
+    bookkeeping_targets(results, t)
     if results.memory:
         growth = results.memory["growth_mb"]
         targets.append(
@@ -484,3 +488,93 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
     )
     results.seconds = time.perf_counter() - started
     return results
+
+
+# --- issue #15, target 2: the senders' own bookkeeping -----------------------------------------------
+
+FLOOR_B_ONCE = "floor B, encoded once (the senders' transports)"
+BOOKKEEPING_LIMIT = 0.05
+
+
+def bookkeeping_stages(c: corpora.Corpus, table: Any) -> dict[str, tuple[Callable[[], object], int]]:
+    """Floor B as the production clients build their batches (each AMQP message encoded once), per corpus,
+    timed in the same rounds as the other stages."""
+    sets: dict[str, tuple[Callable[[], object], int]] = {}
+    for prefix, part in (("mixed: ", c), ("telemetry: ", c.only("telemetry"))):
+        plans = stages.planned(table, part.ingress_batches())
+        sets[f"{prefix}{FLOOR_B_ONCE}"] = (stages.floor_b_once(plans), part.messages)
+    return sets
+
+
+def bookkeeping_per_round(core_sdk: Timing, core: Timing, floor: Timing) -> tuple[float, ...]:
+    """What the production senders cost beyond the router core and beyond the SDK batches they build, in
+    CPU µs per ingress message, per round: (core + SDK) - core - floor B encoded once, each side's CPU
+    seconds of that round over its own messages (the three stages run in the same rounds)."""
+    return tuple(
+        (a / core_sdk.units - b / core.units - f / floor.units) * 1e6
+        for a, b, f in zip(core_sdk.cpu, core.cpu, floor.cpu, strict=True)
+    )
+
+
+def bookkeeping_share(per_round_us: tuple[float, ...], e2e_cpu_us: float) -> Ratios:
+    """Each round's bookkeeping over the router's end-to-end CPU per event (the median of its rounds: the
+    end-to-end passes run in rounds of their own, so there is no round to pair with)."""
+    return Ratios(tuple(b / e2e_cpu_us for b in per_round_us) if e2e_cpu_us > 0 else ())
+
+
+def bookkeeping_targets(results: Results, t: dict[str, Timing]) -> None:
+    """Issue #15, target 2: the senders' bookkeeping (thread hand-offs, plans) <= 5% of the router's
+    end-to-end CPU on telemetry; the mixed corpus reported beside it, not judged."""
+    e2e_cpu = {s["corpus"]: s for s in results.end_to_end.get("comparisons", ())}
+    for corpus in ("mixed", "telemetry"):
+        per_round = bookkeeping_per_round(
+            t[f"{corpus}: {CORE_SDK}"], t[f"{corpus}: {CORE}"], t[f"{corpus}: {FLOOR_B_ONCE}"]
+        )
+        us = Ratios(per_round)
+        row: dict[str, Any] = {
+            "corpus": corpus,
+            "bookkeeping_us_per_event": us.median,
+            "bookkeeping_us_rounds": list(per_round),
+            "floor_b_once_cpu_us_per_event": median_cpu_us(t[f"{corpus}: {FLOOR_B_ONCE}"]),
+            "core_sdk_cpu_us_per_event": median_cpu_us(t[f"{corpus}: {CORE_SDK}"]),
+            "core_cpu_us_per_event": median_cpu_us(t[f"{corpus}: {CORE}"]),
+        }
+        described = f"bookkeeping {us.describe('.1f', ' µs')} per event over {len(per_round)} rounds"
+        summary = e2e_cpu.get(corpus)
+        if summary is None:
+            results.bookkeeping.append(row)
+            results.notes.append(f"senders' bookkeeping, {corpus}: {described} (no end-to-end stage: no share)")
+            continue
+        e2e_rounds = summary.get("router_cpu_us_rounds") or [summary["router_cpu_us_per_event"]]
+        e2e = Ratios(tuple(e2e_rounds))
+        share = bookkeeping_share(per_round, e2e.median)
+        row.update(
+            e2e_cpu_us_per_event=e2e.median,
+            e2e_cpu_us_rounds=list(e2e_rounds),
+            share={"median": share.median, "low": share.low, "high": share.high},
+            share_rounds=list(share.values),
+        )
+        results.bookkeeping.append(row)
+        measured = (
+            f"{share.median:.1%} ({share.low:.1%}-{share.high:.1%}): {described}, of the router's "
+            f"{e2e.describe('.0f', ' µs')} CPU per event end to end"
+        )
+        if corpus == "telemetry":
+            results.targets.append(
+                Target(
+                    f"senders' bookkeeping <= {BOOKKEEPING_LIMIT:.0%} of end-to-end CPU ({corpus})",
+                    measured,
+                    share.median,
+                    BOOKKEEPING_LIMIT,
+                    False,
+                    low=share.low,
+                    high=share.high,
+                )
+            )
+        else:
+            results.notes.append(f"senders' bookkeeping, {corpus} (not judged): {measured}")
+
+
+def median_cpu_us(timing: Timing) -> float:
+    """A stage's median CPU µs per unit over its rounds."""
+    return Ratios(tuple(c / timing.units * 1e6 for c in timing.cpu)).median
