@@ -210,9 +210,22 @@ def floor_b_once(plans: Sequence[Plan]) -> Callable[[], None]:
 # --- the router core plus the SDK work ---------------------------------------------------------------
 
 
+class _OpenProducer:
+    """A partition's producer as a connected client holds it: running (its link open)."""
+
+    closed = False
+    running = True
+
+
 class _OfflineProducer:
     """What `EventHubSender` asks of a producer, without a connection: the hub's partitions, the SDK's own
-    batch."""
+    batch; and what a connected client looks like to it (the link's size known, each partition's producer
+    running), so the senders take the path they take once connected."""
+
+    _max_message_size_on_link = MAX_MESSAGE_SIZE
+
+    def __init__(self) -> None:
+        self._producers = {pid: _OpenProducer() for pid in PARTITION_IDS}
 
     def get_partition_ids(self) -> list[str]:
         return list(PARTITION_IDS)
@@ -228,6 +241,11 @@ class _OfflineProducer:
 
 
 class _OfflineQueueSender:
+    # A connected sender: its link open, its size known.
+    _max_message_size_on_link = MAX_MESSAGE_SIZE
+    _running = True
+    _handler = object()
+
     def create_message_batch(self) -> ServiceBusMessageBatch:
         return ServiceBusMessageBatch(max_size_in_bytes=MAX_MESSAGE_SIZE, amqp_transport=ServiceBusTransport)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import contextvars
+import heapq
+import itertools
 import logging
 import queue
 import socket
@@ -149,6 +151,12 @@ ABANDON_GRACE = 1.0
 # Abandoned calls per sender still blocked in the SDK (a black hole the SDK cannot see: e.g. its SASL
 # handshake reads without a timeout). Beyond this, tries fail at once instead of leaving more threads behind.
 MAX_ABANDONED = 8
+# A client whose last try succeeded less than this long ago sends its next batch from the calling thread
+# when its subclass says the send opens nothing (`ClientSender._opens_nothing`): then the SDK's own
+# timeouts bound it (a send on an open link waits for its settlement only that long, reading with a socket
+# timeout). Well inside the services' idle limits (Event Hubs closes an idle connection after 4 minutes,
+# Service Bus an idle link after 10), past which the next send would reconnect.
+WARM_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -294,10 +302,67 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+class _Watchdog:
+    """One thread for the process that calls a late try's `on_late` (which breaks its client's connections,
+    ending the call) when a try on the calling thread runs past its time. Watching costs a heap push under
+    a lock; the thread wakes only when the earliest watch is due, or for a first watch."""
+
+    def __init__(self) -> None:
+        self._due: list[list[Any]] = []  # [due, sequence, on_late or None once cancelled]
+        self._sequence = itertools.count()
+        self._changed = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+
+    def watch(self, due: float, on_late: Callable[[], None]) -> list[Any]:
+        entry = [due, next(self._sequence), on_late]
+        with self._changed:
+            heapq.heappush(self._due, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="send-watchdog", daemon=True)
+                self._thread.start()
+            if self._due[0] is entry:
+                self._changed.notify()
+        return entry
+
+    def cancel(self, entry: list[Any]) -> None:
+        with self._changed:
+            entry[2] = None
+
+    def _serve(self) -> None:
+        while True:
+            with self._changed:
+                while self._due and self._due[0][2] is None:
+                    heapq.heappop(self._due)
+                if not self._due:
+                    self._changed.wait()
+                    continue
+                wait = self._due[0][0] - time.monotonic()
+                if wait > 0:
+                    self._changed.wait(wait)
+                    continue
+                entry = heapq.heappop(self._due)
+                on_late, entry[2] = entry[2], None
+            with contextlib.suppress(Exception):
+                on_late()
+
+
+_watchdog = _Watchdog()
+
+
 ClientT = TypeVar("ClientT")
 T = TypeVar("T")
 # One SDK operation: the client, and the seconds it may take (given to the SDK's own timeouts).
 Operation = Callable[[ClientT, float], T]
+
+
+@dataclass(frozen=True, slots=True)
+class Here(Generic[ClientT]):
+    """Whether an operation on (connection index, lane, client) may run on the calling thread (`_bounded`),
+    and whether its success says the client's connection works (a send does; packing does not)."""
+
+    may: Callable[[int, int, ClientT], bool]
+    warms: bool = False
+
 
 # Clients (connections) per endpoint connection, and so batches of one endpoint sent at once.
 DEFAULT_LANES = 4
@@ -422,6 +487,8 @@ class ClientSender(ABC, Generic[ClientT]):
         # Each lane's thread for its tries (`_bounded`), kept across tries and invocations.
         self._workers: dict[int, _TryWorker] = {}
         self.timeouts = 0
+        # When each (connection, lane) client's last try succeeded (a failure or a retired client forgets it).
+        self._succeeded: dict[tuple[int, int], float] = {}
 
     @abstractmethod
     def _new_client(self, setting: str) -> ClientT: ...
@@ -466,8 +533,26 @@ class ClientSender(ABC, Generic[ClientT]):
         sends every first retry at once; a backoff here only added to every batch such a fault touched."""
         return False
 
+    def _packs_offline(self, client: ClientT) -> bool:
+        """Whether packing on `client` calls nothing on the service (it knows its batch size and partitions):
+        then it runs on the calling thread. False (the safe answer) when unsure."""
+        return False
+
+    def _opens_nothing(self, client: ClientT, prepared: Prepared) -> bool:
+        """Whether sending `prepared` on `client` opens no connection, link or token (they are open): then its
+        own timeouts bound the send, and a warm client sends it on the calling thread. False when unsure."""
+        return False
+
     def _transmit_within(self, prepared: Prepared, client: ClientT, timeout: float) -> None:
         self._transmit(client, prepared, timeout)
+
+    def _sends_here(self, prepared: Prepared, index: int, lane: int, client: ClientT) -> bool:
+        succeeded = self._succeeded.get((index, lane))
+        return (
+            succeeded is not None
+            and time.monotonic() - succeeded < WARM_SECONDS
+            and self._opens_nothing(client, prepared)
+        )
 
     def _timed_out(self, error: Exception) -> bool:
         """Whether `error` is the SDK giving up for want of an answer (then the client is replaced)."""
@@ -551,6 +636,7 @@ class ClientSender(ABC, Generic[ClientT]):
                         first,
                         sum(len(m) for _k, m in slices),
                         deadline,
+                        here=Here(self._packs_on),
                     )
             except BatchFailed as unprepared:
                 # Nothing could be prepared: a permanent cause (a setting missing) fails every message, a
@@ -637,6 +723,7 @@ class ClientSender(ABC, Generic[ClientT]):
                         prepared.messages[0],
                         len(prepared.messages),
                         deadline,
+                        here=Here(partial(self._sends_here, prepared), warms=True),
                     )
                 except BatchFailed as failure:
                     results.append((prepared, failure))
@@ -647,7 +734,12 @@ class ClientSender(ABC, Generic[ClientT]):
         return results
 
     # -- one operation: bounded in time, failover, then retries -----------------------------------------
-    def _bounded(self, index: int, lane: int, operation: Operation[ClientT, T], timeout: float) -> T:
+    def _packs_on(self, index: int, lane: int, client: ClientT) -> bool:
+        return self._packs_offline(client)
+
+    def _bounded(
+        self, index: int, lane: int, operation: Operation[ClientT, T], timeout: float, here: Here[ClientT] | None = None
+    ) -> T:
         """`operation` on this lane's client of connection `index`, given up on after `timeout` seconds.
 
         The SDKs' own timeouts are set to `timeout` and bound most waits, but not all of them (their AMQP
@@ -655,8 +747,16 @@ class ClientSender(ABC, Generic[ClientT]):
         the call runs on a thread of its own and this one stops waiting `ABANDON_GRACE` later. Then, and
         whenever the SDK itself reports a timeout, the client is retired (its connections broken, closed)
         so a hung connection or link is never used again: the next try opens a new one.
+
+        When `here` says the call cannot hang (it opens nothing, its own timeouts bound it), it runs on this
+        thread instead, with the process' watchdog to break the client's connections should it still run
+        `ABANDON_GRACE` past its time: a hand-off to another thread and back cost more CPU than packing a
+        batch of telemetry (issue #15).
         """
         client = self._client(index, lane)
+        warms = here is not None and here.warms
+        if here is not None and here.may(index, lane, client):
+            return self._here(index, lane, client, operation, timeout, warms)
         with self._lock:
             self._abandoned = [thread for thread in self._abandoned if thread.is_alive()]
             stuck = len(self._abandoned)
@@ -689,10 +789,42 @@ class ClientSender(ABC, Generic[ClientT]):
             raise TimedOut(f"no answer within {timeout:g} s")
         succeeded, value = outcome[0]
         if succeeded:
+            if warms:
+                self._succeeded[(index, lane)] = time.monotonic()
             return cast(T, value)
+        self._succeeded.pop((index, lane), None)
         if isinstance(value, Exception) and self._timed_out(value):
             self._retire(index, lane, client)
         raise value
+
+    def _here(  # noqa: PLR0917 - the arguments of `_bounded`
+        self, index: int, lane: int, client: ClientT, operation: Operation[ClientT, T], timeout: float, warms: bool
+    ) -> T:
+        """`operation` on this thread, its client retired (its connections broken) if it runs late."""
+        late: list[bool] = []
+
+        def on_late() -> None:
+            late.append(True)
+            self._retire(index, lane, client)
+
+        watch = _watchdog.watch(time.monotonic() + timeout + ABANDON_GRACE, on_late)
+        try:
+            value = operation(client, timeout)
+        except Exception as error:
+            self._succeeded.pop((index, lane), None)
+            if late:
+                raise TimedOut(f"no answer within {timeout:g} s") from error
+            if self._timed_out(error):
+                self._retire(index, lane, client)
+            raise
+        finally:
+            _watchdog.cancel(watch)
+        if late:  # the call ended as its connections were broken: what it did is not to be trusted
+            self._succeeded.pop((index, lane), None)
+            raise TimedOut(f"no answer within {timeout:g} s")
+        if warms:
+            self._succeeded[(index, lane)] = time.monotonic()
+        return value
 
     def _worker(self, lane: int) -> _TryWorker:
         with self._lock:
@@ -707,6 +839,7 @@ class ClientSender(ABC, Generic[ClientT]):
         with self._lock:
             if self._clients.get((index, lane)) is client:
                 del self._clients[(index, lane)]
+                self._succeeded.pop((index, lane), None)
             self.timeouts += 1
 
         def close() -> None:
@@ -718,14 +851,16 @@ class ClientSender(ABC, Generic[ClientT]):
 
         threading.Thread(target=close, name=f"retire-{self.endpoint.name}", daemon=True).start()
 
-    def _with_failover(self, lane: int, operation: Operation[ClientT, T], timeout: float) -> T:
+    def _with_failover(
+        self, lane: int, operation: Operation[ClientT, T], timeout: float, here: Here[ClientT] | None = None
+    ) -> T:
         """`operation` on this lane's client, trying the other connection once if this one is refused."""
         tried: list[int] = []
         while True:
             index = self.active
             tried.append(index)
             try:
-                return self._bounded(index, lane, operation, timeout)
+                return self._bounded(index, lane, operation, timeout, here)
             except (BatchFailed, PackingRefused):
                 raise
             except TimedOut as error:
@@ -769,7 +904,16 @@ class ClientSender(ABC, Generic[ClientT]):
                     reason, permanent=permanent, at_once=not permanent and self._retry_at_once(error)
                 ) from error
 
-    def _attempt(self, lane: int, operation: Operation[ClientT, T], first: Outgoing, count: int, deadline: float) -> T:
+    def _attempt(
+        self,
+        lane: int,
+        operation: Operation[ClientT, T],
+        first: Outgoing,
+        count: int,
+        deadline: float,
+        *,
+        here: Here[ClientT] | None = None,
+    ) -> T:
         """`operation` with failover, retried as a whole on transient faults; every failed try is kept.
 
         Each try gets at most `RetryOptions.timeout` seconds, and no try starts or waits past `deadline`
@@ -789,7 +933,7 @@ class ClientSender(ABC, Generic[ClientT]):
                         "before this try (timed out)",
                         permanent=False,
                     )
-                return self._with_failover(lane, operation, min(self.retry.timeout, left))
+                return self._with_failover(lane, operation, min(self.retry.timeout, left), here)
             except BatchFailed as failure:
                 attempts.append(Attempt(time=_now(), error=failure.reason))
                 failure.attempts = tuple(attempts)
