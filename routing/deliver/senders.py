@@ -305,40 +305,53 @@ def _now() -> str:
 class _Watchdog:
     """One thread for the process that calls a late try's `on_late` (which breaks its client's connections,
     ending the call) when a try on the calling thread runs past its time. Watching costs a heap push under
-    a lock; the thread wakes only when the earliest watch is due, or for a first watch."""
+    a lock: the thread is woken only for a watch due before it would wake anyway (it sleeps `_IDLE_WAIT`
+    when nothing is watched, and every try is due `ABANDON_GRACE` past its timeout), never once per try."""
+
+    _IDLE_WAIT = 5.0
 
     def __init__(self) -> None:
         self._due: list[list[Any]] = []  # [due, sequence, on_late or None once cancelled]
         self._sequence = itertools.count()
         self._changed = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
+        # When the thread wakes next if nothing wakes it (-inf while it is awake: it looks at every watch).
+        self._wakes_at = float("-inf")
 
     def watch(self, due: float, on_late: Callable[[], None]) -> list[Any]:
         entry = [due, next(self._sequence), on_late]
         with self._changed:
+            self._forget_cancelled()
             heapq.heappush(self._due, entry)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="send-watchdog", daemon=True)
                 self._thread.start()
-            if self._due[0] is entry:
+            elif due < self._wakes_at:
                 self._changed.notify()
         return entry
 
     def cancel(self, entry: list[Any]) -> None:
         with self._changed:
             entry[2] = None
+            self._forget_cancelled()
+
+    def _forget_cancelled(self) -> None:
+        # Tries mostly end in the order they started (their timeouts are alike), so the earliest watches
+        # are the ones cancelled first: popping them here keeps the heap to the tries under way.
+        due = self._due
+        while due and due[0][2] is None:
+            heapq.heappop(due)
 
     def _serve(self) -> None:
         while True:
             with self._changed:
-                while self._due and self._due[0][2] is None:
-                    heapq.heappop(self._due)
-                if not self._due:
-                    self._changed.wait()
-                    continue
-                wait = self._due[0][0] - time.monotonic()
-                if wait > 0:
+                self._forget_cancelled()
+                now = time.monotonic()
+                if not self._due or self._due[0][0] > now:
+                    wait = self._due[0][0] - now if self._due else self._IDLE_WAIT
+                    self._wakes_at = now + wait
                     self._changed.wait(wait)
+                    self._wakes_at = float("-inf")
                     continue
                 entry = heapq.heappop(self._due)
                 on_late, entry[2] = entry[2], None
@@ -405,16 +418,17 @@ class Plan:
 
 
 class _Key:
-    """Where one order key stands: `pending` are its messages neither delivered nor failed yet, in order."""
+    """Where one order key stands: `pending` are its messages neither delivered nor failed yet, in order (a
+    tuple, the group's own until something is settled: packing takes it as it is, no copy per key)."""
 
     __slots__ = ("key", "pending")
 
     def __init__(self, group: KeyGroup) -> None:
         self.key = group.key
-        self.pending = list(group.messages)
+        self.pending: tuple[Outgoing, ...] = group.messages
 
     def delivered(self, count: int) -> None:
-        del self.pending[:count]
+        self.pending = self.pending[count:]
 
     def fail(self, failed: list[Failure], count: int, failure: BatchFailed, *, at: int = 0) -> None:
         """The `count` pending messages from `at` failed with `failure`.
@@ -428,11 +442,11 @@ class _Key:
                 Failure(message=message, reason=failure.reason, permanent=failure.permanent, attempts=failure.attempts)
             )
         if failure.permanent:
-            del self.pending[at : at + count]
+            self.pending = self.pending[:at] + self.pending[at + count :]
             return
         for message in self.pending[at + count :]:
             failed.append(Failure(message=message, reason=HELD_BEHIND, permanent=False))
-        del self.pending[at:]
+        self.pending = self.pending[:at]
 
 
 class _TryWorker:
@@ -584,8 +598,12 @@ class ClientSender(ABC, Generic[ClientT]):
             if sequence is None:
                 sequence = sequences[route] = [Prepared(self._open(client, route))]
             current = sequence[-1]
+            held = 0  # of this key's messages, how many `current` holds (counted once per batch, not per message)
             for offset, message in enumerate(messages):
-                if current.messages and alone and (id(message) in alone or id(current.messages[-1]) in alone):
+                if alone and current.messages and (id(message) in alone or id(current.messages[-1]) in alone):
+                    if held:
+                        current.counts[key] = current.counts.get(key, 0) + held
+                        held = 0
                     current = Prepared(self._open(client, route))  # a batch of its own: nothing before or after
                     sequence.append(current)
                 try:
@@ -595,13 +613,18 @@ class ClientSender(ABC, Generic[ClientT]):
                             # Too large even alone; the batch in use keeps its room for the other keys.
                             rejected.append((position, offset, self._too_large(message, fresh.payload)))
                             break
+                        if held:
+                            current.counts[key] = current.counts.get(key, 0) + held
+                            held = 0
                         current = fresh  # the other was full: the rest of this route goes in the next batch
                         sequence.append(current)
                 except Unsendable as unsendable:
                     rejected.append((position, offset, str(unsendable)))
                     break
                 current.messages.append(message)
-                current.counts[key] = current.counts.get(key, 0) + 1
+                held += 1
+            if held:
+                current.counts[key] = current.counts.get(key, 0) + held
         batches = [(route, [p for p in sequence if p.messages]) for route, sequence in sequences.items()]
         return Plan([(route, sequence) for route, sequence in batches if sequence], rejected)
 
@@ -621,11 +644,12 @@ class ClientSender(ABC, Generic[ClientT]):
         failed: list[Failure] = []
         alone: set[int] = set()
         # Each round settles at least one batch or changes how keys are packed; this bound is a guard.
-        for _round in range(2 * sum(len(state.pending) for state in keys) + 2):
+        total = sum([len(state.pending) for state in keys])
+        for _round in range(2 * total + 2):
             pending = [state for state in keys if state.pending]
             if not pending:
                 break
-            slices = [(state.key, tuple(state.pending)) for state in pending]
+            slices = [(state.key, state.pending) for state in pending]
             first = pending[0].pending[0]
             try:
                 # On lane 0, whose client asks what packing needs (sizes, partitions) once.
@@ -634,7 +658,7 @@ class ClientSender(ABC, Generic[ClientT]):
                         0,
                         partial(self._pack, pending=slices, alone=alone),
                         first,
-                        sum(len(m) for _k, m in slices),
+                        total if _round == 0 else sum([len(m) for _k, m in slices]),
                         deadline,
                         here=Here(self._packs_on),
                     )
