@@ -141,7 +141,10 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
         return ids
 
     def _route(self, client: EventHubProducerClient, key: str) -> Hashable:
-        return partition_for(key, self.partition_ids(client)) if self.by_partition else key
+        if not self.by_partition:
+            return key
+        ids = self._partition_ids or self.partition_ids(client)
+        return ids[_partition_index(key, len(ids))]
 
     def _lane(self, route: Hashable) -> int:
         lane = self._lanes_of.get(route) if isinstance(route, str) and self.by_partition else None

@@ -674,7 +674,18 @@ class ClientSender(ABC, Generic[ClientT]):
                 refusal = BatchFailed(reason, permanent=True)
                 refusal.attempts = (Attempt(time=_now(), error=reason),)
                 pending[position].fail(failed, 1, refusal, at=offset)
-            for prepared, failure in self._run(plan.sequences, deadline):
+            results = self._run(plan.sequences, deadline)
+            if (
+                not plan.rejected
+                and all(failure is None for _prepared, failure in results)
+                and len(results) == sum([len(sequence) for _route, sequence in plan.sequences])
+            ):
+                # Every batch of the round went (the common case, in its first round): every pending message
+                # was in one, so no key is left to settle one by one.
+                for prepared, _failure in results:
+                    delivered.extend(prepared.messages)
+                return SendReport(delivered=tuple(delivered), failed=tuple(failed))
+            for prepared, failure in results:
                 if failure is None:
                     delivered.extend(prepared.messages)
                     for key, count in prepared.counts.items():
