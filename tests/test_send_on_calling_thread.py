@@ -8,11 +8,15 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+from routing.deliver.eventhubs import EventHubSender
 from routing.deliver.senders import ClientSender, KeyGroup, Prepared, RetryOptions
+from routing.deliver.servicebus import ServiceBusEndpointSender
 from routing.ingest.classify import classify
 from routing.model import Event, IngressMessage, Outgoing
 from routing.routes.table import Endpoint, parse_routes
+from tests.peers.amqp import AmqpPeer
 
 ENDPOINT: Endpoint = parse_routes(
     [{"name": "hub", "type": "EventHub", "eventTypes": ["DeviceMessages"], "connection": "A", "path": "h"}]
@@ -125,3 +129,50 @@ def test_a_try_on_the_calling_thread_that_hangs_is_broken_off_and_retried_on_a_n
     assert [here for _thread, here in hung.tries] == [False, True]
     assert [here for _thread, here in fresh.tries] == [False]
     assert sender.timeouts == 1 and sender.retries == 1
+
+
+class Recorded:
+    """Wraps a sender's `_transmit` to record whether each try ran on the calling thread."""
+
+    def __init__(self, sender: ClientSender[Any]) -> None:
+        self.here: list[bool] = []
+        caller = threading.current_thread()
+        transmit = sender._transmit
+
+        def recorded(client: Any, prepared: Prepared, timeout: float) -> None:
+            self.here.append(threading.current_thread() is caller)
+            transmit(client, prepared, timeout)
+
+        sender._transmit = recorded  # type: ignore[method-assign]
+
+
+def test_the_sdk_senders_send_from_the_calling_thread_once_their_link_is_open() -> None:
+    # If this fails after an SDK upgrade, `_opens_nothing` no longer reads the SDK's state (a producer's
+    # `running`, the client's `_producers`; a Service Bus sender's `_running` and `_handler`): the senders
+    # stay correct, every try on a try thread, only dearer.
+    with AmqpPeer(entities={"hub", "queue"}, partition_count=4) as peer:
+        env = {"AMQP": peer.connection_string()}
+        hub = parse_routes(
+            [{"name": "hub", "type": "EventHub", "eventTypes": ["DeviceMessages"], "connection": "AMQP", "path": "hub"}]
+        ).endpoints[0]
+        queue = parse_routes(
+            [{"name": "q", "type": "ServiceBus", "eventTypes": ["SensorChange"], "connection": "AMQP",
+              "path": "queue"}]
+        ).endpoints[0]  # fmt: skip
+        retry = RetryOptions(attempts=1, timeout=5.0, budget=10.0)
+        senders: list[ClientSender[Any]] = [
+            EventHubSender(hub, retry=retry, env=env, lanes=1),
+            ServiceBusEndpointSender(queue, retry=retry, env=env, lanes=1),
+        ]
+        try:
+            for sender in senders:
+                recorded = Recorded(sender)
+                for seq in range(3):
+                    report = sender.send(sender.endpoint, [telemetry("device-1", seq)])
+                    assert len(report.delivered) == 1 and not report.failed
+                # The first send opens the link on a try thread; the next ones go from here.
+                assert recorded.here == [False, True, True], sender.endpoint.name
+        finally:
+            for sender in senders:
+                sender.close()
+        assert len(peer.received("hub")) == len(peer.received("queue")) == 3
