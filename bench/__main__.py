@@ -48,6 +48,7 @@ def as_json(results: Results) -> dict[str, Any]:
         "devices": results.devices,
         "end_to_end": results.end_to_end,
         "decode": results.decode,
+        "bookkeeping": results.bookkeeping,
         "memory": results.memory,
         "outage": results.outage,
         "targets": [

@@ -237,6 +237,7 @@ def summary(c: Comparison) -> dict[str, Any]:
         "script_events_per_second": median(script_rate),
         "router_cpu_us_per_event": median(c.cpu_micros(ROUTER)),
         "script_cpu_us_per_event": median(c.cpu_micros(SCRIPT)),
+        "router_cpu_us_rounds": c.cpu_micros(ROUTER),
         "throughput_ratio": {"median": c.throughput.median, "low": c.throughput.low, "high": c.throughput.high},
         "throughput_ratios": list(c.throughput.values),
         "cpu_ratio": {"median": c.cpu.median, "low": c.cpu.low, "high": c.cpu.high},

@@ -7,6 +7,10 @@
   endpoint, one `EventDataBatch(partition_id=...)` per partition (keys grouped by the service's hash,
   each event carrying its partition key), one `ServiceBusMessageBatch` for all sessions, one list of
   Event Grid event dicts; no network;
+* floor B, encoded once: the same SDK work with the transports the production clients are given
+  (routing/deliver/transports.py: each AMQP message encoded once, not twice) and Event Grid's events
+  posted as the JSON they are (what `EventGridSender` does), so that what the senders add beyond the
+  SDK batches they build can be told apart (`bookkeeping`);
 * the router core plus the SDK work: `Router.route` with the production senders (`EventHubSender`,
   `ServiceBusEndpointSender`, `EventGridSender`: their packing, lanes, retries and stop-the-line) on
   clients that build real SDK batches but do not send them.
@@ -123,8 +127,10 @@ def _event_data(message: Outgoing) -> EventData:
     return with_partition_key(data, message.order_key)
 
 
-def _event_hub_batches(groups: Sequence[KeyGroup]) -> list[EventDataBatch]:
-    """One batch per partition (more when one is full), each key's events in order."""
+def _event_hub_batches(groups: Sequence[KeyGroup], transport: Any = None) -> list[EventDataBatch]:
+    """One batch per partition (more when one is full), each key's events in order; `transport` as
+    `EventDataBatch` takes it (None: the SDK's own)."""
+    options: dict[str, Any] = {} if transport is None else {"amqp_transport": transport}
     open_batches: dict[str, EventDataBatch] = {}
     batches = []
     for group in groups:
@@ -138,15 +144,18 @@ def _event_hub_batches(groups: Sequence[KeyGroup]) -> list[EventDataBatch]:
                     continue
                 except ValueError:  # full: this partition's next batch
                     pass
-            batch = open_batches[partition] = EventDataBatch(partition_id=partition, max_size_in_bytes=MAX_MESSAGE_SIZE)
+            batch = open_batches[partition] = EventDataBatch(
+                partition_id=partition, max_size_in_bytes=MAX_MESSAGE_SIZE, **options
+            )
             batches.append(batch)
             batch.add(data)
     return batches
 
 
-def _service_bus_batches(groups: Sequence[KeyGroup]) -> list[ServiceBusMessageBatch]:
-    """One batch for every session (more when it is full)."""
-    batch = ServiceBusMessageBatch(max_size_in_bytes=MAX_MESSAGE_SIZE)
+def _service_bus_batches(groups: Sequence[KeyGroup], transport: Any = None) -> list[ServiceBusMessageBatch]:
+    """One batch for every session (more when it is full); `transport` as the batch takes it."""
+    options: dict[str, Any] = {} if transport is None else {"amqp_transport": transport}
+    batch = ServiceBusMessageBatch(max_size_in_bytes=MAX_MESSAGE_SIZE, **options)
     batches = [batch]
     for group in groups:
         for message in group.messages:
@@ -160,7 +169,7 @@ def _service_bus_batches(groups: Sequence[KeyGroup]) -> list[ServiceBusMessageBa
             try:
                 batch.add_message(sb_message)
             except MessageSizeExceededError:
-                batch = ServiceBusMessageBatch(max_size_in_bytes=MAX_MESSAGE_SIZE)
+                batch = ServiceBusMessageBatch(max_size_in_bytes=MAX_MESSAGE_SIZE, **options)
                 batches.append(batch)
                 batch.add_message(sb_message)
     return batches
@@ -180,12 +189,43 @@ def floor_b(plans: Sequence[Plan]) -> Callable[[], None]:
     return run
 
 
+def floor_b_once(plans: Sequence[Plan]) -> Callable[[], None]:
+    """Floor B as the production senders' clients do it: every AMQP message encoded once (their
+    transports), and each Event Grid request's body the events' JSON joined, as `EventGridSender` posts it
+    (the SDK's `send` would parse and serialise every event)."""
+
+    def run() -> None:
+        for plan in plans:
+            for endpoint, groups in plan:
+                if endpoint.type is EndpointType.EVENT_HUB:
+                    _event_hub_batches(groups, EventHubsTransport)
+                elif endpoint.type is EndpointType.SERVICE_BUS:
+                    _service_bus_batches(groups, ServiceBusTransport)
+                else:
+                    _ = b"[" + b",".join([m.body for g in groups for m in g.messages]) + b"]"
+
+    return run
+
+
 # --- the router core plus the SDK work ---------------------------------------------------------------
+
+
+class _OpenProducer:
+    """A partition's producer as a connected client holds it: running (its link open)."""
+
+    closed = False
+    running = True
 
 
 class _OfflineProducer:
     """What `EventHubSender` asks of a producer, without a connection: the hub's partitions, the SDK's own
-    batch."""
+    batch; and what a connected client looks like to it (the link's size known, each partition's producer
+    running), so the senders take the path they take once connected."""
+
+    _max_message_size_on_link = MAX_MESSAGE_SIZE
+
+    def __init__(self) -> None:
+        self._producers = {pid: _OpenProducer() for pid in PARTITION_IDS}
 
     def get_partition_ids(self) -> list[str]:
         return list(PARTITION_IDS)
@@ -201,6 +241,11 @@ class _OfflineProducer:
 
 
 class _OfflineQueueSender:
+    # A connected sender: its link open, its size known.
+    _max_message_size_on_link = MAX_MESSAGE_SIZE
+    _running = True
+    _handler = object()
+
     def create_message_batch(self) -> ServiceBusMessageBatch:
         return ServiceBusMessageBatch(max_size_in_bytes=MAX_MESSAGE_SIZE, amqp_transport=ServiceBusTransport)
 

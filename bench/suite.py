@@ -73,6 +73,9 @@ class Results:
     end_to_end: dict[str, Any] = field(default_factory=dict)
     # The worker's decoding beside the router core, per corpus (bench/decode.py).
     decode: list[dict[str, Any]] = field(default_factory=list)
+    # The senders' bookkeeping per corpus (issue #15, target 2: `bookkeeping`).
+    bookkeeping: list[dict[str, Any]] = field(default_factory=list)
+    bookkeeping_timings: dict[str, Timing] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     outage: dict[str, Any] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
@@ -417,6 +420,7 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
     }
     table = route_table(opts.routes)
     t = run_stages(results, c, table, log)
+    run_bookkeeping(results, c, table, log)
     run_endpoint_sweep(results, c, log)
     results.filtered = filtered.run_filter_sweep(
         _take(c.batches, min(c.messages, 2_000)), devices=opts.devices, duration=opts.duration / 4, log=log
@@ -494,6 +498,8 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
         )
     if results.outage:
         outage_targets(results)
+    if results.bookkeeping_timings:
+        bookkeeping_targets(results, results.bookkeeping_timings)
     if results.memory:
         mem = results.memory
         target = Target.paired(
@@ -520,3 +526,107 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
     )
     results.seconds = time.perf_counter() - started
     return results
+
+
+# --- issue #15, target 2: the senders' own bookkeeping -----------------------------------------------
+
+FLOOR_B_ONCE = "floor B, encoded once (the senders' transports)"
+BOOKKEEPING_LIMIT = 0.05
+
+
+def run_bookkeeping(results: Results, c: corpora.Corpus, table: Any, log: Callable[[str], None]) -> None:
+    """The three stages the bookkeeping is worked out from (router core, core + SDK, floor B encoded once),
+    per corpus, in rounds of their own: the three run one after the other (order rotated), so a burst of
+    the machine's other work hits them alike more often than in the rounds of every stage, and twice the
+    rounds of the other stages (the figure is a difference, noisier than a ratio)."""
+    opts = results.options
+    rounds = 2 * opts.rounds
+    for prefix, part in (("telemetry: ", c.only("telemetry")), ("mixed: ", c)):
+        log(f"senders' bookkeeping ({prefix.rstrip(': ')}): core, core + SDK, floor B encoded once, {rounds} rounds")
+        batches = part.ingress_batches()
+        n = part.messages
+        timings = interleaved(
+            {
+                f"{prefix}{CORE}": (stages.route_all(stages.core_router(table), batches), n),
+                f"{prefix}{CORE_SDK}": (stages.route_all(stages.sdk_router(table), batches), n),
+                f"{prefix}{FLOOR_B_ONCE}": (stages.floor_b_once(stages.planned(table, batches)), n),
+            },
+            duration=opts.duration / 2,
+            min_rounds=rounds,
+        )
+        results.bookkeeping_timings.update(timings)
+        results.stages.append(timings[f"{prefix}{FLOOR_B_ONCE}"])
+
+
+def bookkeeping_per_round(core_sdk: Timing, core: Timing, floor: Timing) -> tuple[float, ...]:
+    """What the production senders cost beyond the router core and beyond the SDK batches they build, in
+    CPU µs per ingress message, per round: (core + SDK) - core - floor B encoded once, each side's CPU
+    seconds of that round over its own messages (the three stages run in the same rounds)."""
+    return tuple(
+        (a / core_sdk.units - b / core.units - f / floor.units) * 1e6
+        for a, b, f in zip(core_sdk.cpu, core.cpu, floor.cpu, strict=True)
+    )
+
+
+def bookkeeping_share(per_round_us: tuple[float, ...], e2e_cpu_us: float) -> Ratios:
+    """Each round's bookkeeping over the router's end-to-end CPU per event (the median of its rounds: the
+    end-to-end passes run in rounds of their own, so there is no round to pair with)."""
+    return Ratios(tuple(b / e2e_cpu_us for b in per_round_us) if e2e_cpu_us > 0 else ())
+
+
+def bookkeeping_targets(results: Results, t: dict[str, Timing]) -> None:
+    """Issue #15, target 2: the senders' bookkeeping (thread hand-offs, plans) <= 5% of the router's
+    end-to-end CPU on telemetry; the mixed corpus reported beside it, not judged."""
+    e2e_cpu = {s["corpus"]: s for s in results.end_to_end.get("comparisons", ())}
+    for corpus in ("mixed", "telemetry"):
+        per_round = bookkeeping_per_round(
+            t[f"{corpus}: {CORE_SDK}"], t[f"{corpus}: {CORE}"], t[f"{corpus}: {FLOOR_B_ONCE}"]
+        )
+        us = Ratios(per_round)
+        row: dict[str, Any] = {
+            "corpus": corpus,
+            "bookkeeping_us_per_event": us.median,
+            "bookkeeping_us_rounds": list(per_round),
+            "floor_b_once_cpu_us_per_event": median_cpu_us(t[f"{corpus}: {FLOOR_B_ONCE}"]),
+            "core_sdk_cpu_us_per_event": median_cpu_us(t[f"{corpus}: {CORE_SDK}"]),
+            "core_cpu_us_per_event": median_cpu_us(t[f"{corpus}: {CORE}"]),
+        }
+        described = f"bookkeeping {us.describe('.1f', ' µs')} per event over {len(per_round)} rounds"
+        summary = e2e_cpu.get(corpus)
+        if summary is None:
+            results.bookkeeping.append(row)
+            results.notes.append(f"senders' bookkeeping, {corpus}: {described} (no end-to-end stage: no share)")
+            continue
+        e2e_rounds = summary.get("router_cpu_us_rounds") or [summary["router_cpu_us_per_event"]]
+        e2e = Ratios(tuple(e2e_rounds))
+        share = bookkeeping_share(per_round, e2e.median)
+        row.update(
+            e2e_cpu_us_per_event=e2e.median,
+            e2e_cpu_us_rounds=list(e2e_rounds),
+            share={"median": share.median, "low": share.low, "high": share.high},
+            share_rounds=list(share.values),
+        )
+        results.bookkeeping.append(row)
+        measured = (
+            f"{share.median:.1%} ({share.low:.1%}-{share.high:.1%}): {described}, of the router's "
+            f"{e2e.describe('.0f', ' µs')} CPU per event end to end"
+        )
+        if corpus == "telemetry":
+            results.targets.append(
+                Target(
+                    f"senders' bookkeeping <= {BOOKKEEPING_LIMIT:.0%} of end-to-end CPU ({corpus})",
+                    measured,
+                    share.median,
+                    BOOKKEEPING_LIMIT,
+                    False,
+                    low=share.low,
+                    high=share.high,
+                )
+            )
+        else:
+            results.notes.append(f"senders' bookkeeping, {corpus} (not judged): {measured}")
+
+
+def median_cpu_us(timing: Timing) -> float:
+    """A stage's median CPU µs per unit over its rounds."""
+    return Ratios(tuple(c / timing.units * 1e6 for c in timing.cpu)).median

@@ -6,8 +6,18 @@ from __future__ import annotations
 
 import pytest
 
-from bench.suite import Target
-from bench.timing import Ratios, interleaved, median, paired, rotated
+from bench.suite import (
+    CORE,
+    CORE_SDK,
+    FLOOR_B_ONCE,
+    Options,
+    Results,
+    Target,
+    bookkeeping_per_round,
+    bookkeeping_share,
+    bookkeeping_targets,
+)
+from bench.timing import Ratios, Timing, interleaved, median, paired, rotated
 
 
 def test_paired_ratio_is_each_rounds_throughput_ratio_reported_as_median_and_range() -> None:
@@ -63,3 +73,38 @@ def test_a_target_passes_only_when_the_median_round_meets_it() -> None:
     assert not missed.passed
     assert met.passed
     assert missed.measured == "1.10x (0.90-1.30x) over 3 rounds"
+
+
+def test_the_senders_bookkeeping_is_core_plus_sdk_less_core_less_the_sdk_floor_per_message_per_round() -> None:
+    # Two rounds of CPU seconds: core + SDK over 1,000 messages, the core over 1,000, the floor over 500.
+    core_sdk = Timing("core + SDK", 1000, 0.1, 0.1, 2, samples=(0.1, 0.1), cpu=(0.100, 0.120))
+    core = Timing("core", 1000, 0.01, 0.01, 2, samples=(0.01, 0.01), cpu=(0.010, 0.010))
+    floor = Timing("floor", 500, 0.04, 0.04, 2, samples=(0.04, 0.04), cpu=(0.040, 0.045))
+
+    per_round = bookkeeping_per_round(core_sdk, core, floor)
+
+    # Round 1: 100 - 10 - 80 = 10 µs per message; round 2: 120 - 10 - 90 = 20 µs.
+    assert per_round == pytest.approx((10.0, 20.0))
+    # Over 200 µs of end-to-end CPU per event: 5% and 10%, judged on the median (7.5%).
+    share = bookkeeping_share(per_round, 200.0)
+    assert share.values == pytest.approx((0.05, 0.10))
+    assert share.median == pytest.approx(0.075)
+
+
+def test_the_bookkeeping_target_passes_at_or_below_its_limit_on_the_median() -> None:
+    results = Results(Options(5000, 1000, 5, 100, 1.0, 0))
+    results.end_to_end = {"comparisons": [{"corpus": c, "router_cpu_us_per_event": 200.0, "router_cpu_us_rounds": [
+        190.0, 200.0, 210.0]} for c in ("mixed", "telemetry")]}  # fmt: skip
+    t: dict[str, Timing] = {}
+    for corpus in ("mixed", "telemetry"):
+        t[f"{corpus}: {CORE_SDK}"] = Timing("", 100, 0, 0, 3, samples=(1, 1, 1), cpu=(0.0100, 0.0108, 0.0120))
+        t[f"{corpus}: {CORE}"] = Timing("", 100, 0, 0, 3, samples=(1, 1, 1), cpu=(0.0010, 0.0010, 0.0010))
+        t[f"{corpus}: {FLOOR_B_ONCE}"] = Timing("", 100, 0, 0, 3, samples=(1, 1, 1), cpu=(0.0080, 0.0080, 0.0080))
+
+    bookkeeping_targets(results, t)
+
+    # 10, 18 and 30 µs of bookkeeping per event over the end-to-end median of 200 µs: 5%, 9%, 15%.
+    [target] = results.targets
+    assert target.ratio == pytest.approx(0.09) and not target.passed
+    assert target.low == pytest.approx(0.05) and target.high == pytest.approx(0.15)
+    assert results.bookkeeping[1]["share_rounds"] == pytest.approx([0.05, 0.09, 0.15])

@@ -138,6 +138,9 @@ class EventGridSender(ClientSender[Publisher]):
             "read_timeout": self.retry.timeout,
         }
 
+    def _packs_offline(self, client: Publisher) -> bool:
+        return True  # a request is a list of the events' JSON: nothing asks the service
+
     def _open(self, client: Publisher, route: Hashable) -> Request:
         return Request()
 

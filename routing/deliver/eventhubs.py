@@ -141,11 +141,27 @@ class EventHubSender(ClientSender[EventHubProducerClient]):
         return ids
 
     def _route(self, client: EventHubProducerClient, key: str) -> Hashable:
-        return partition_for(key, self.partition_ids(client)) if self.by_partition else key
+        if not self.by_partition:
+            return key
+        ids = self._partition_ids or self.partition_ids(client)
+        return ids[_partition_index(key, len(ids))]
 
     def _lane(self, route: Hashable) -> int:
         lane = self._lanes_of.get(route) if isinstance(route, str) and self.by_partition else None
         return super()._lane(route) if lane is None else lane
+
+    def _packs_offline(self, client: EventHubProducerClient) -> bool:
+        # `create_batch` opens a producer to learn the link's size limit until it knows it; the partitions
+        # are asked once per sender.
+        return bool(getattr(client, "_max_message_size_on_link", 0)) and (
+            not self.by_partition or self._partition_ids is not None
+        )
+
+    def _opens_nothing(self, client: EventHubProducerClient, prepared: Prepared) -> bool:
+        # A running producer of the batch's partition: `send` opens its link and token only when not running.
+        batch: EventDataBatch = prepared.payload
+        producer = client._producers.get(batch._partition_id or ALL_PARTITIONS)
+        return producer is not None and not producer.closed and bool(producer.running)
 
     def _open(self, client: EventHubProducerClient, route: Hashable) -> EventDataBatch:
         if self.by_partition:

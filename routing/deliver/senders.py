@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import contextvars
+import heapq
+import itertools
 import logging
 import queue
 import socket
@@ -235,6 +237,12 @@ ABANDON_GRACE = 1.0
 # Abandoned calls per sender still blocked in the SDK (a black hole the SDK cannot see: e.g. its SASL
 # handshake reads without a timeout). Beyond this, tries fail at once instead of leaving more threads behind.
 MAX_ABANDONED = 8
+# A client whose last try succeeded less than this long ago sends its next batch from the calling thread
+# when its subclass says the send opens nothing (`ClientSender._opens_nothing`): then the SDK's own
+# timeouts bound it (a send on an open link waits for its settlement only that long, reading with a socket
+# timeout). Well inside the services' idle limits (Event Hubs closes an idle connection after 4 minutes,
+# Service Bus an idle link after 10), past which the next send would reconnect.
+WARM_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -380,10 +388,80 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+class _Watchdog:
+    """One thread for the process that calls a late try's `on_late` (which breaks its client's connections,
+    ending the call) when a try on the calling thread runs past its time. Watching costs a heap push under
+    a lock: the thread is woken only for a watch due before it would wake anyway (it sleeps `_IDLE_WAIT`
+    when nothing is watched, and every try is due `ABANDON_GRACE` past its timeout), never once per try."""
+
+    _IDLE_WAIT = 5.0
+
+    def __init__(self) -> None:
+        self._due: list[list[Any]] = []  # [due, sequence, on_late or None once cancelled]
+        self._sequence = itertools.count()
+        self._changed = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        # When the thread wakes next if nothing wakes it (-inf while it is awake: it looks at every watch).
+        self._wakes_at = float("-inf")
+
+    def watch(self, due: float, on_late: Callable[[], None]) -> list[Any]:
+        entry = [due, next(self._sequence), on_late]
+        with self._changed:
+            self._forget_cancelled()
+            heapq.heappush(self._due, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="send-watchdog", daemon=True)
+                self._thread.start()
+            elif due < self._wakes_at:
+                self._changed.notify()
+        return entry
+
+    def cancel(self, entry: list[Any]) -> None:
+        with self._changed:
+            entry[2] = None
+            self._forget_cancelled()
+
+    def _forget_cancelled(self) -> None:
+        # Tries mostly end in the order they started (their timeouts are alike), so the earliest watches
+        # are the ones cancelled first: popping them here keeps the heap to the tries under way.
+        due = self._due
+        while due and due[0][2] is None:
+            heapq.heappop(due)
+
+    def _serve(self) -> None:
+        while True:
+            with self._changed:
+                self._forget_cancelled()
+                now = time.monotonic()
+                if not self._due or self._due[0][0] > now:
+                    wait = self._due[0][0] - now if self._due else self._IDLE_WAIT
+                    self._wakes_at = now + wait
+                    self._changed.wait(wait)
+                    self._wakes_at = float("-inf")
+                    continue
+                entry = heapq.heappop(self._due)
+                on_late, entry[2] = entry[2], None
+            with contextlib.suppress(Exception):
+                on_late()
+
+
+_watchdog = _Watchdog()
+
+
 ClientT = TypeVar("ClientT")
 T = TypeVar("T")
 # One SDK operation: the client, and the seconds it may take (given to the SDK's own timeouts).
 Operation = Callable[[ClientT, float], T]
+
+
+@dataclass(frozen=True, slots=True)
+class Here(Generic[ClientT]):
+    """Whether an operation on (connection index, lane, client) may run on the calling thread (`_bounded`),
+    and whether its success says the client's connection works (a send does; packing does not)."""
+
+    may: Callable[[int, int, ClientT], bool]
+    warms: bool = False
+
 
 # Clients (connections) per endpoint connection, and so batches of one endpoint sent at once.
 DEFAULT_LANES = 4
@@ -426,16 +504,17 @@ class Plan:
 
 
 class _Key:
-    """Where one order key stands: `pending` are its messages neither delivered nor failed yet, in order."""
+    """Where one order key stands: `pending` are its messages neither delivered nor failed yet, in order (a
+    tuple, the group's own until something is settled: packing takes it as it is, no copy per key)."""
 
     __slots__ = ("key", "pending")
 
     def __init__(self, group: KeyGroup) -> None:
         self.key = group.key
-        self.pending = list(group.messages)
+        self.pending: tuple[Outgoing, ...] = group.messages
 
     def delivered(self, count: int) -> None:
-        del self.pending[:count]
+        self.pending = self.pending[count:]
 
     def fail(self, failed: list[Failure], count: int, failure: BatchFailed, *, at: int = 0) -> None:
         """The `count` pending messages from `at` failed with `failure`.
@@ -449,11 +528,11 @@ class _Key:
                 Failure(message=message, reason=failure.reason, permanent=failure.permanent, attempts=failure.attempts)
             )
         if failure.permanent:
-            del self.pending[at : at + count]
+            self.pending = self.pending[:at] + self.pending[at + count :]
             return
         for message in self.pending[at + count :]:
             failed.append(Failure(message=message, reason=HELD_BEHIND, permanent=False))
-        del self.pending[at:]
+        self.pending = self.pending[:at]
 
 
 class _TryWorker:
@@ -508,6 +587,8 @@ class ClientSender(ABC, Generic[ClientT]):
         # Each lane's thread for its tries (`_bounded`), kept across tries and invocations.
         self._workers: dict[int, _TryWorker] = {}
         self.timeouts = 0
+        # When each (connection, lane) client's last try succeeded (a failure or a retired client forgets it).
+        self._succeeded: dict[tuple[int, int], float] = {}
 
     @abstractmethod
     def _new_client(self, setting: str) -> ClientT: ...
@@ -552,8 +633,26 @@ class ClientSender(ABC, Generic[ClientT]):
         sends every first retry at once; a backoff here only added to every batch such a fault touched."""
         return False
 
+    def _packs_offline(self, client: ClientT) -> bool:
+        """Whether packing on `client` calls nothing on the service (it knows its batch size and partitions):
+        then it runs on the calling thread. False (the safe answer) when unsure."""
+        return False
+
+    def _opens_nothing(self, client: ClientT, prepared: Prepared) -> bool:
+        """Whether sending `prepared` on `client` opens no connection, link or token (they are open): then its
+        own timeouts bound the send, and a warm client sends it on the calling thread. False when unsure."""
+        return False
+
     def _transmit_within(self, prepared: Prepared, client: ClientT, timeout: float) -> None:
         self._transmit(client, prepared, timeout)
+
+    def _sends_here(self, prepared: Prepared, index: int, lane: int, client: ClientT) -> bool:
+        succeeded = self._succeeded.get((index, lane))
+        return (
+            succeeded is not None
+            and time.monotonic() - succeeded < WARM_SECONDS
+            and self._opens_nothing(client, prepared)
+        )
 
     def _timed_out(self, error: Exception) -> bool:
         """Whether `error` is the SDK giving up for want of an answer (then the client is replaced)."""
@@ -585,8 +684,12 @@ class ClientSender(ABC, Generic[ClientT]):
             if sequence is None:
                 sequence = sequences[route] = [Prepared(self._open(client, route))]
             current = sequence[-1]
+            held = 0  # of this key's messages, how many `current` holds (counted once per batch, not per message)
             for offset, message in enumerate(messages):
-                if current.messages and alone and (id(message) in alone or id(current.messages[-1]) in alone):
+                if alone and current.messages and (id(message) in alone or id(current.messages[-1]) in alone):
+                    if held:
+                        current.counts[key] = current.counts.get(key, 0) + held
+                        held = 0
                     current = Prepared(self._open(client, route))  # a batch of its own: nothing before or after
                     sequence.append(current)
                 try:
@@ -596,13 +699,18 @@ class ClientSender(ABC, Generic[ClientT]):
                             # Too large even alone; the batch in use keeps its room for the other keys.
                             rejected.append((position, offset, self._too_large(message, fresh.payload)))
                             break
+                        if held:
+                            current.counts[key] = current.counts.get(key, 0) + held
+                            held = 0
                         current = fresh  # the other was full: the rest of this route goes in the next batch
                         sequence.append(current)
                 except Unsendable as unsendable:
                     rejected.append((position, offset, str(unsendable)))
                     break
                 current.messages.append(message)
-                current.counts[key] = current.counts.get(key, 0) + 1
+                held += 1
+            if held:
+                current.counts[key] = current.counts.get(key, 0) + held
         batches = [(route, [p for p in sequence if p.messages]) for route, sequence in sequences.items()]
         return Plan([(route, sequence) for route, sequence in batches if sequence], rejected)
 
@@ -622,11 +730,12 @@ class ClientSender(ABC, Generic[ClientT]):
         failed: list[Failure] = []
         alone: set[int] = set()
         # Each round settles at least one batch or changes how keys are packed; this bound is a guard.
-        for _round in range(2 * sum(len(state.pending) for state in keys) + 2):
+        total = sum([len(state.pending) for state in keys])
+        for _round in range(2 * total + 2):
             pending = [state for state in keys if state.pending]
             if not pending:
                 break
-            slices = [(state.key, tuple(state.pending)) for state in pending]
+            slices = [(state.key, state.pending) for state in pending]
             first = pending[0].pending[0]
             try:
                 # On lane 0, whose client asks what packing needs (sizes, partitions) once.
@@ -635,8 +744,9 @@ class ClientSender(ABC, Generic[ClientT]):
                         0,
                         partial(self._pack, pending=slices, alone=alone),
                         first,
-                        sum(len(m) for _k, m in slices),
+                        total if _round == 0 else sum([len(m) for _k, m in slices]),
                         deadline,
+                        here=Here(self._packs_on),
                     )
             except BatchFailed as unprepared:
                 # Nothing could be prepared: a permanent cause (a setting missing) fails every message, a
@@ -650,7 +760,18 @@ class ClientSender(ABC, Generic[ClientT]):
                 refusal = BatchFailed(reason, permanent=True)
                 refusal.attempts = (Attempt(time=_now(), error=reason),)
                 pending[position].fail(failed, 1, refusal, at=offset)
-            for prepared, failure in self._run(plan.sequences, deadline):
+            results = self._run(plan.sequences, deadline)
+            if (
+                not plan.rejected
+                and all(failure is None for _prepared, failure in results)
+                and len(results) == sum([len(sequence) for _route, sequence in plan.sequences])
+            ):
+                # Every batch of the round went (the common case, in its first round): every pending message
+                # was in one, so no key is left to settle one by one.
+                for prepared, _failure in results:
+                    delivered.extend(prepared.messages)
+                return SendReport(delivered=tuple(delivered), failed=tuple(failed))
+            for prepared, failure in results:
                 if failure is None:
                     delivered.extend(prepared.messages)
                     for key, count in prepared.counts.items():
@@ -723,6 +844,7 @@ class ClientSender(ABC, Generic[ClientT]):
                         prepared.messages[0],
                         len(prepared.messages),
                         deadline,
+                        here=Here(partial(self._sends_here, prepared), warms=True),
                     )
                 except BatchFailed as failure:
                     results.append((prepared, failure))
@@ -733,7 +855,12 @@ class ClientSender(ABC, Generic[ClientT]):
         return results
 
     # -- one operation: bounded in time, failover, then retries -----------------------------------------
-    def _bounded(self, index: int, lane: int, operation: Operation[ClientT, T], timeout: float) -> T:
+    def _packs_on(self, index: int, lane: int, client: ClientT) -> bool:
+        return self._packs_offline(client)
+
+    def _bounded(
+        self, index: int, lane: int, operation: Operation[ClientT, T], timeout: float, here: Here[ClientT] | None = None
+    ) -> T:
         """`operation` on this lane's client of connection `index`, given up on after `timeout` seconds.
 
         The SDKs' own timeouts are set to `timeout` and bound most waits, but not all of them (their AMQP
@@ -741,8 +868,16 @@ class ClientSender(ABC, Generic[ClientT]):
         the call runs on a thread of its own and this one stops waiting `ABANDON_GRACE` later. Then, and
         whenever the SDK itself reports a timeout, the client is retired (its connections broken, closed)
         so a hung connection or link is never used again: the next try opens a new one.
+
+        When `here` says the call cannot hang (it opens nothing, its own timeouts bound it), it runs on this
+        thread instead, with the process' watchdog to break the client's connections should it still run
+        `ABANDON_GRACE` past its time: a hand-off to another thread and back cost more CPU than packing a
+        batch of telemetry (issue #15).
         """
         client = self._client(index, lane)
+        warms = here is not None and here.warms
+        if here is not None and here.may(index, lane, client):
+            return self._here(index, lane, client, operation, timeout, warms)
         with self._lock:
             self._abandoned = [thread for thread in self._abandoned if thread.is_alive()]
             stuck = len(self._abandoned)
@@ -775,10 +910,42 @@ class ClientSender(ABC, Generic[ClientT]):
             raise TimedOut(f"no answer within {timeout:g} s")
         succeeded, value = outcome[0]
         if succeeded:
+            if warms:
+                self._succeeded[(index, lane)] = time.monotonic()
             return cast(T, value)
+        self._succeeded.pop((index, lane), None)
         if isinstance(value, Exception) and self._timed_out(value):
             self._retire(index, lane, client)
         raise value
+
+    def _here(  # noqa: PLR0917 - the arguments of `_bounded`
+        self, index: int, lane: int, client: ClientT, operation: Operation[ClientT, T], timeout: float, warms: bool
+    ) -> T:
+        """`operation` on this thread, its client retired (its connections broken) if it runs late."""
+        late: list[bool] = []
+
+        def on_late() -> None:
+            late.append(True)
+            self._retire(index, lane, client)
+
+        watch = _watchdog.watch(time.monotonic() + timeout + ABANDON_GRACE, on_late)
+        try:
+            value = operation(client, timeout)
+        except Exception as error:
+            self._succeeded.pop((index, lane), None)
+            if late:
+                raise TimedOut(f"no answer within {timeout:g} s") from error
+            if self._timed_out(error):
+                self._retire(index, lane, client)
+            raise
+        finally:
+            _watchdog.cancel(watch)
+        if late:  # the call ended as its connections were broken: what it did is not to be trusted
+            self._succeeded.pop((index, lane), None)
+            raise TimedOut(f"no answer within {timeout:g} s")
+        if warms:
+            self._succeeded[(index, lane)] = time.monotonic()
+        return value
 
     def _worker(self, lane: int) -> _TryWorker:
         with self._lock:
@@ -793,6 +960,7 @@ class ClientSender(ABC, Generic[ClientT]):
         with self._lock:
             if self._clients.get((index, lane)) is client:
                 del self._clients[(index, lane)]
+                self._succeeded.pop((index, lane), None)
             self.timeouts += 1
 
         def close() -> None:
@@ -804,14 +972,16 @@ class ClientSender(ABC, Generic[ClientT]):
 
         threading.Thread(target=close, name=f"retire-{self.endpoint.name}", daemon=True).start()
 
-    def _with_failover(self, lane: int, operation: Operation[ClientT, T], timeout: float) -> T:
+    def _with_failover(
+        self, lane: int, operation: Operation[ClientT, T], timeout: float, here: Here[ClientT] | None = None
+    ) -> T:
         """`operation` on this lane's client, trying the other connection once if this one is refused."""
         tried: list[int] = []
         while True:
             index = self.active
             tried.append(index)
             try:
-                return self._bounded(index, lane, operation, timeout)
+                return self._bounded(index, lane, operation, timeout, here)
             except (BatchFailed, PackingRefused):
                 raise
             except TimedOut as error:
@@ -855,7 +1025,16 @@ class ClientSender(ABC, Generic[ClientT]):
                     reason, permanent=permanent, at_once=not permanent and self._retry_at_once(error)
                 ) from error
 
-    def _attempt(self, lane: int, operation: Operation[ClientT, T], first: Outgoing, count: int, deadline: float) -> T:
+    def _attempt(
+        self,
+        lane: int,
+        operation: Operation[ClientT, T],
+        first: Outgoing,
+        count: int,
+        deadline: float,
+        *,
+        here: Here[ClientT] | None = None,
+    ) -> T:
         """`operation` with failover, retried as a whole on transient faults; every failed try is kept.
 
         Each try gets at most `RetryOptions.timeout` seconds, and no try starts or waits past `deadline`
@@ -875,7 +1054,7 @@ class ClientSender(ABC, Generic[ClientT]):
                         "before this try (timed out)",
                         permanent=False,
                     )
-                return self._with_failover(lane, operation, min(self.retry.timeout, left))
+                return self._with_failover(lane, operation, min(self.retry.timeout, left), here)
             except BatchFailed as failure:
                 attempts.append(Attempt(time=_now(), error=failure.reason))
                 failure.attempts = tuple(attempts)

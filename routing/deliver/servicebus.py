@@ -127,6 +127,14 @@ class ServiceBusEndpointSender(ClientSender[ServiceBusSender]):
         # A key's batches stay in one sequence (its order); one message per send still spreads keys over lanes.
         return None if self.packing is Packing.SESSIONS else key
 
+    def _packs_offline(self, client: ServiceBusSender) -> bool:
+        # `create_message_batch` opens the link to learn its size limit until it knows it.
+        return bool(getattr(client, "_max_message_size_on_link", 0))
+
+    def _opens_nothing(self, client: ServiceBusSender, prepared: Prepared) -> bool:
+        # `send_messages` opens the link (and its token) only when the sender is not running.
+        return bool(getattr(client, "_running", False)) and getattr(client, "_handler", None) is not None
+
     def _open(self, client: ServiceBusSender, route: Hashable) -> ServiceBusMessageBatch:
         return client.create_message_batch()
 
