@@ -438,7 +438,9 @@ def run_all(opts: Options, log: Callable[[str], None]) -> Results:
     targets = results.targets
     if results.end_to_end:
         e2e_targets(results)
-    for corpus, core_limit in (("mixed", 0.40), ("telemetry", 0.80)):
+    # Issue #15's limits (a minimal pure-Python loop with the same output reached 31-35% / 75-80%); issue
+    # #7 first asked 40% / 80%.
+    for corpus, core_limit in (("mixed", 0.30), ("telemetry", 0.70)):
         r = ratio(f"{corpus}: {CORE}", f"{corpus}: {FLOOR_A}")
         targets.append(
             Target.paired(f"router core >= {core_limit:.0%} of floor A ({corpus})", r, core_limit, percent=True)
