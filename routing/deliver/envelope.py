@@ -160,15 +160,16 @@ def telemetry_cloud_event(event: Event) -> dict[str, Any]:
 
 
 def envelope_body(event: Event, envelope_format: EnvelopeFormat) -> bytes:
-    return _envelope_body(event, envelope_format, trace.of_event)
+    return _envelope_body(event, envelope_format, lambda: trace.of_event(event))
 
 
 def _envelope_body(
-    event: Event, envelope_format: EnvelopeFormat, context: Callable[[Event], trace.TraceContext | None]
+    event: Event, envelope_format: EnvelopeFormat, context: Callable[[], trace.TraceContext | None]
 ) -> bytes:
+    """The envelope's bytes; `context` gives the trace context, asked only for a CloudEvent."""
     try:
         if envelope_format is EnvelopeFormat.CLOUD_EVENTS:
-            return orjson.dumps(_cloud_event(event, context(event)))
+            return orjson.dumps(_cloud_event(event, context()))
         return orjson.dumps(event_grid_envelope(event))
     except orjson.JSONEncodeError as exc:
         raise UnserialisableError(event, None, exc) from exc
@@ -211,7 +212,7 @@ class _Shared:
         self._context: Any = _UNSET
         self._properties: dict[str, Any] | None = None
 
-    def context(self, _event: Event | None = None) -> trace.TraceContext | None:
+    def context(self) -> trace.TraceContext | None:
         if self._context is _UNSET:
             self._context = trace.of_event(self.event)
         return self._context  # type: ignore[no-any-return]
