@@ -280,6 +280,14 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     tracestate: str | None = None
 
 
+def opening_brackets(text: bytes | str) -> int:
+    """How many `[` and `{` `text` holds: JSON in it cannot nest deeper than that (brackets inside strings
+    count too), so a count under a depth limit spares walking or re-serialising the value to check it."""
+    if isinstance(text, bytes):
+        return text.count(b"[") + text.count(b"{")
+    return text.count("[") + text.count("{")
+
+
 # A rejection or dead letter standing for many events of one message lists this many of their positions
 # (and counts them all): what a person needs to find them, at a size that does not grow with the message.
 POSITIONS_LISTED = 100

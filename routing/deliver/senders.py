@@ -43,7 +43,7 @@ from tenacity.stop import stop_base
 
 from routing import observability as obs
 from routing.errors import SettingsError
-from routing.model import Attempt, EndpointType, EventType, Outgoing
+from routing.model import Attempt, EndpointType, EventType, Outgoing, opening_brackets
 from routing.routes.table import Endpoint
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ _BodyForms = dict[int, _Forms]
 
 
 def _body_forms(body: bytes) -> _Forms:
-    if body.count(b"[") + body.count(b"{") >= _MAY_NEST_DEEP:
+    if opening_brackets(body) >= _MAY_NEST_DEEP:
         return "", None, True
     try:
         # What `orjson.dumps(record)` writes for `record["body"] = orjson.loads(body)`.

@@ -37,6 +37,7 @@ from routing.model import (
     IngressMessage,
     Rejection,
     message_id,
+    opening_brackets,
 )
 
 Result = Event | Rejection
@@ -104,7 +105,7 @@ def _shown(text: str) -> str:
 
 def _may_nest_deeper(body: bytes) -> bool:
     """Whether `body` holds enough brackets to nest deeper than `MAX_DEPTH`: two byte counts."""
-    return len(body) > 2 * MAX_DEPTH and body.count(b"[") + body.count(b"{") > MAX_DEPTH
+    return len(body) > 2 * MAX_DEPTH and opening_brackets(body) > MAX_DEPTH
 
 
 def _deeper_than(value: Any, limit: int) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import orjson
 
 from routing.errors import IngressFormatError
-from routing.model import IngressMessage
+from routing.model import IngressMessage, opening_brackets
 
 # How deep orjson writes nested arrays and objects (it reads 1,024).
 WRITTEN_DEPTH = 254
@@ -42,10 +42,9 @@ def parse_line(raw: bytes | str, *, source: str, line_number: int) -> IngressMes
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise IngressFormatError(f"line {line_number} is not JSON: {exc}") from None
-    # Nothing in a line nests deeper than it has opening brackets (those inside strings count too): a line
-    # with fewer than the properties' limit needs no depth check (two serialisations a line).
-    brackets = raw.count(b"[") + raw.count(b"{") if isinstance(raw, bytes) else raw.count("[") + raw.count("{")
-    return from_line_object(obj, source=source, line_number=line_number, shallow=brackets < WRITTEN_DEPTH - 2)
+    # A line with fewer opening brackets than the properties' limit needs no depth check (two serialisations).
+    shallow = opening_brackets(raw) < WRITTEN_DEPTH - 2
+    return from_line_object(obj, source=source, line_number=line_number, shallow=shallow)
 
 
 def from_line_object(obj: Any, *, source: str, line_number: int, shallow: bool = False) -> IngressMessage:
