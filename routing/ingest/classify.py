@@ -84,7 +84,8 @@ class _Properties:
         self._props = props
         self._lower: dict[str, Any] | None = None
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str, lowered: str | None = None) -> Any:
+        """The value of property `name` (`lowered`: the name lower-cased, when the caller has it)."""
         value = self._props.get(name)
         if value is not None or not self._props:
             return value
@@ -94,7 +95,7 @@ class _Properties:
             for key, candidate in self._props.items():
                 if isinstance(key, str):
                     lower.setdefault(key.lower(), candidate)  # the first spelling wins, as it always did
-        return lower.get(name.lower())
+        return lower.get(name.lower() if lowered is None else lowered)
 
 
 def _shown(text: str) -> str:
@@ -331,6 +332,16 @@ def _from_type_property(msg: IngressMessage, props: _Properties, type_name: str)
     return _event(msg, 0, event_type, body, correlation_id=_text(props.get("CorrelationId")))
 
 
+# Each CloudEvents attribute's property names in the binary mode (AMQP's `cloudEvents:` prefix, then the
+# `ce-` and `ce_` of other bindings), each with its lower-cased form: made once, not per message.
+_CE_NAMES = {
+    attribute: tuple(
+        (name, name.lower()) for name in (f"cloudEvents:{attribute}", f"ce-{attribute}", f"ce_{attribute}")
+    )
+    for attribute in ("specversion", "id", "subject", "time", "dataschema", "source", "datacontenttype")
+}
+
+
 def _from_binary_cloud_event(msg: IngressMessage, props: _Properties, ce_type: str) -> Result:
     event_type = _twin_type(ce_type, "CloudEvents property 'type'")
     if isinstance(event_type, Rejection):
@@ -339,9 +350,8 @@ def _from_binary_cloud_event(msg: IngressMessage, props: _Properties, ce_type: s
         return _telemetry_from_properties(msg, props)
 
     def ce(attribute: str) -> str | None:
-        return _text(props.get(f"cloudEvents:{attribute}")) or _text(
-            props.get(f"ce-{attribute}") or props.get(f"ce_{attribute}")
-        )
+        colon, dash, underscore = _CE_NAMES[attribute]
+        return _text(props.get(*colon)) or _text(props.get(*dash) or props.get(*underscore))
 
     version = ce("specversion")
     if version is not None and version != SPEC_VERSION:
@@ -354,6 +364,7 @@ def _from_binary_cloud_event(msg: IngressMessage, props: _Properties, ce_type: s
             return rejection
         if _may_nest_deeper(msg.body) and _deeper_than(data, MAX_DEPTH):
             return _too_deep(f"{event_type} event's body")
+    dataschema = ce("dataschema")
     return _event(
         msg,
         0,
@@ -362,10 +373,10 @@ def _from_binary_cloud_event(msg: IngressMessage, props: _Properties, ce_type: s
         event_id=ce("id"),
         subject=ce("subject"),
         event_time=ce("time"),
-        schema=ce("dataschema"),
+        schema=dataschema,
         source=ce("source"),
         correlation_id=_text(props.get("CorrelationId")),
-        dataschema=ce("dataschema"),
+        dataschema=dataschema,
         # In the binary mode the data's content type is the message's own (the CloudEvents AMQP binding).
         datacontenttype=ce("datacontenttype") or _text(msg.system_properties.get("content-type")),
     )
