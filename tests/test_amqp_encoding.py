@@ -74,6 +74,23 @@ def test_written_for_the_pinned_sdks() -> None:
     assert amqp_encoding.SUPPORTED == {"azure-eventhub": True, "azure-servicebus": True}
 
 
+def test_a_changed_layout_turns_it_off() -> None:
+    """An SDK whose messages are laid out otherwise (or described otherwise) gets its own encoder."""
+
+    class Renamed:
+        Header = Header
+        Properties = Header  # a Properties with the header's fields
+        Message = Message
+
+    class Undescribed:
+        Header = object
+        Properties = object
+        Message = object
+
+    assert not amqp_encoding._matches(Renamed)
+    assert not amqp_encoding._matches(Undescribed)
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=blobs, props=properties, message_id=ids, content_type=st.one_of(st.none(), texts),
        correlation_id=ids, key=st.one_of(st.none(), texts))  # fmt: skip
@@ -137,6 +154,16 @@ def test_a_map_or_list_body_either_side_of_255_bytes(length: int) -> None:
     data.properties = {"k": "v" * length}  # 3 + 2 + length bytes of map body
     data.message_id = "m" * (length - 4)  # a properties list of 13 fields: 2 + length - 4 + 12 bytes
     assert check(eventhub_encode, EventHubsOwn.to_outgoing_amqp_message(data.raw_amqp_message))
+
+
+def test_text_that_is_not_utf_8_is_left_to_the_sdk_which_refuses_it() -> None:
+    """A lone surrogate cannot be written as UTF-8: the router's encoder declines, the SDK's raises (the
+    senders make that an unsendable message, as before)."""
+    data = EventData(b"x")
+    data.properties = {"unit": "\ud800"}
+    ours, theirs = both(eventhub_encode, EventHubsOwn.to_outgoing_amqp_message(data.raw_amqp_message))
+    assert ours is None
+    assert isinstance(theirs, UnicodeEncodeError)
 
 
 def test_sections_it_does_not_write_go_to_the_sdk() -> None:

@@ -8,10 +8,11 @@ table, with keyword arguments, per value; it was the largest share of the router
 content type, string-keyed application properties of simple values, one data section. `encode` writes
 exactly that shape, choosing each constructor (8- or 32-bit sizes, small or large integers) by the rules
 pyamqp's encoder uses, and returns None for anything else (a value of another type, an integer out of range,
-a section the router never fills): the caller then encodes with the SDK, which also raises the SDK's own
-errors for what it cannot encode. The caller uses it only for an SDK whose message layout is the one it was
-written for (`SUPPORTED`, worked out at import). tests/test_amqp_encoding.py compares the bytes with the
-SDKs' on real `EventData` and `ServiceBusMessage`s of every shape the router makes and many it does not.
+text that is not UTF-8, a section the router never fills): the caller then encodes with the SDK, which also
+raises the SDK's own errors for what it cannot encode. The caller uses it only for an SDK whose message
+layout is the one it was written for (`SUPPORTED`, worked out at import). tests/test_amqp_encoding.py
+compares the bytes with the SDKs' on real `EventData` and `ServiceBusMessage`s of every shape the router
+makes and many it does not.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from azure.servicebus._pyamqp import message as _servicebus_message
 _pack_b = struct.Struct(">b").pack
 _pack_i = struct.Struct(">i").pack
 _pack_I = struct.Struct(">I").pack
-_pack_Q = struct.Struct(">Q").pack
 _pack_d = struct.Struct(">d").pack
 
 # The field layouts this encoder was written for (pyamqp 1.0 of azure-eventhub 5.15 / azure-servicebus 7.14):
@@ -38,8 +38,9 @@ PROPERTIES_LAYOUT = (
     ("content_encoding", "SYMBOL"), ("absolute_expiry_time", "TIMESTAMP"), ("creation_time", "TIMESTAMP"),
     ("group_id", "STRING"), ("group_sequence", "UINT"), ("reply_to_group_id", "STRING"),
 )  # fmt: skip
-MESSAGE_LAYOUT = ("header", "delivery_annotations", "message_annotations", "properties", "application_properties",
-                  "data", "sequence", "value", "footer")  # fmt: skip
+MESSAGE_LAYOUT = ((0x70, "header"), (0x71, "delivery_annotations"), (0x72, "message_annotations"),
+                  (0x73, "properties"), (0x74, "application_properties"), (0x75, "data"), (0x76, "sequence"),
+                  (0x77, "value"), (0x78, "footer"))  # fmt: skip
 
 
 def _layout(performative: Any) -> tuple[tuple[str, str], ...]:
@@ -47,13 +48,16 @@ def _layout(performative: Any) -> tuple[tuple[str, str], ...]:
 
 
 def _matches(module: Any) -> bool:
-    return (
-        _layout(module.Header) == HEADER_LAYOUT
-        and _layout(module.Properties) == PROPERTIES_LAYOUT
-        and tuple(field.name for _code, field in module.Message._definition) == MESSAGE_LAYOUT
-        and module.Header._code == 0x70
-        and module.Properties._code == 0x73
-    )
+    try:
+        return (
+            _layout(module.Header) == HEADER_LAYOUT
+            and _layout(module.Properties) == PROPERTIES_LAYOUT
+            and tuple((code, field.name) for code, field in module.Message._definition) == MESSAGE_LAYOUT
+            and module.Header._code == 0x70
+            and module.Properties._code == 0x73
+        )
+    except (AttributeError, TypeError, ValueError):  # the layout is described otherwise: not the one written for
+        return False
 
 
 # Whether each SDK's messages are laid out as written for (if not, everything goes to the SDK's encoder).
@@ -265,6 +269,6 @@ def encode(payload: Any) -> bytearray | None:
                     return None
                 _section(out, 0x75)
                 _variable(out, _BINARY, item)
-    except _Other:
+    except (_Other, UnicodeEncodeError):  # a lone surrogate in a text: the SDK's encoder raises its own error
         return None
     return out
