@@ -24,7 +24,7 @@ from routing.deliver import amqp_encoding, transports
 from routing.deliver.eventhubs import event_data, with_partition_key
 from routing.deliver.servicebus import service_bus_message
 from routing.ingest.classify import classify
-from routing.model import Event, EventType, IngressMessage, Outgoing
+from routing.model import Event, IngressMessage, Outgoing
 
 # Lengths either side of the 8-bit limits (255 bytes of a string or binary; 255 bytes of a list or map body).
 texts = st.one_of(
@@ -220,4 +220,3 @@ def test_the_routers_messages_are_written_by_it_through_the_batches(message: Out
     assert bytes(queue._message[5][0]) == bytes(
         servicebus_encode(bytearray(), ServiceBusOwn.to_outgoing_amqp_message(sb._raw_amqp_message))
     )
-    assert message.event.event_type is EventType.DEVICE_MESSAGES

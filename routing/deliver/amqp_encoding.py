@@ -124,15 +124,21 @@ def _uint(out: bytearray, value: Any) -> None:
         out += _pack_I(value)
 
 
+def _flag(out: bytearray, value: Any) -> None:
+    # a boolean as pyamqp writes it, typed (a header's field) or not: 0x56 and a byte; null when unset
+    if value is None:
+        out.append(0x40)
+    else:
+        out += b"\x56\x01" if value else b"\x56\x00"
+
+
 def _simple(out: bytearray, value: Any) -> None:
     """An untyped value as pyamqp's `encode_unknown` writes it, for the types the router's properties hold."""
     kind = type(value)
     if kind is str:
-        _variable(out, 0xA1, value.encode("utf-8"))
-    elif value is None:
-        out.append(0x40)
-    elif kind is bool:
-        out += b"\x56\x01" if value else b"\x56\x00"
+        _variable(out, _STRING, value.encode("utf-8"))
+    elif value is None or kind is bool:
+        _flag(out, value)
     elif kind is int:
         if -128 <= value <= 127:
             out.append(0x54)
@@ -146,7 +152,7 @@ def _simple(out: bytearray, value: Any) -> None:
         out.append(0x82)
         out += _pack_d(value)
     elif kind is bytes or kind is bytearray:
-        _variable(out, 0xA0, value)
+        _variable(out, _BINARY, value)
     else:
         raise _Other
 
@@ -169,14 +175,6 @@ def _section(out: bytearray, code: int) -> None:
     out.append(0x00)  # described, by a small ulong
     out.append(0x53)
     out.append(code)
-
-
-def _flag(out: bytearray, value: Any) -> None:
-    # a header's boolean field, as pyamqp writes a typed boolean: 0x56 and a byte (null when unset)
-    if value is None:
-        out.append(0x40)
-    else:
-        out += b"\x56\x01" if value else b"\x56\x00"
 
 
 def _header(out: bytearray, header: Any) -> None:
@@ -224,13 +222,7 @@ def _properties(out: bytearray, properties: Any) -> None:
 def _annotations(out: bytearray, annotations: dict[Any, Any]) -> None:
     body = bytearray()
     for key, value in annotations.items():
-        kind = type(key)
-        if kind is bytes:
-            _variable(body, _SYMBOL, key)
-        elif kind is str:
-            _variable(body, _SYMBOL, key.encode("utf-8"))
-        else:
-            raise _Other  # ulong keys, or a typed value: the SDK's encoder
+        _text(body, _SYMBOL, key)  # ulong keys, or a typed value: the SDK's encoder
         _simple(body, value)
     _section(out, 0x72)
     _compound(out, 0xC1, 2 * len(annotations), body)
