@@ -716,15 +716,45 @@ class ClientSender(ABC, Generic[ClientT]):
 
     # -- sending ----------------------------------------------------------------------------------------
     def send(self, endpoint: Endpoint, groups: Sequence[KeyGroup]) -> SendReport:
-        """Every key's messages in order, many keys to a batch; the batches of independent routes at once.
+        """Every key's messages in order, many keys to a batch; the batches of independent routes at once."""
+        return self.prepare(endpoint, groups)()
 
-        In rounds: pack what is pending, send the batches; a batch that fails fails its messages, and a
-        transient failure holds the rest of its keys (a permanent one lets them go on: `_Key.fail`);
-        batches that were not sent because an earlier one of their sequence failed (or was refused for
-        mixing keys) are packed again in the next round, without the held keys.
+    def _regroup(self, groups: Sequence[KeyGroup]) -> Sequence[KeyGroup]:
+        """The groups as this sender keeps them apart (the order keys', unless a subclass says otherwise)."""
+        return groups
+
+    def prepare(self, endpoint: Endpoint, groups: Sequence[KeyGroup]) -> Callable[[], SendReport]:
+        """The send of `groups`, as a call to make on any thread, with the first round's packing done now,
+        on this thread, when it asks nothing of the service (`_packs_offline`) and lane 0 is free.
+
+        Packing is CPU alone; the sends are mostly waiting. The pipeline packs every endpoint's batches on
+        its own thread and hands only the sends to others: packed on the thread that sends, a thousand
+        endpoints' packing contended for the interpreter on the endpoints' threads (issue #15). Anything
+        that stops packing here (a client not yet connected, lane 0 busy with another invocation's send, an
+        error) leaves it to the call, which packs and reports it as `send` always has.
         """
         deadline = time.monotonic() + self.retry.budget
-        keys = [_Key(group) for group in groups if group.messages]
+        keys = [_Key(group) for group in self._regroup(groups) if group.messages]
+        packed: Plan | None = None
+        lane = self._lane_locks[0]
+        if keys and lane.acquire(blocking=False):
+            try:
+                client = self._client(self.active, 0)
+                if self._packs_offline(client):
+                    packed = self._pack(client, self.retry.timeout, [(state.key, state.pending) for state in keys])
+            except Exception:  # packed again in the call, which reports the error
+                packed = None
+            finally:
+                lane.release()
+        return partial(self._deliver, keys, deadline, packed)
+
+    def _deliver(self, keys: list[_Key], deadline: float, packed: Plan | None) -> SendReport:
+        """In rounds: pack what is pending (the first round's plan may be `packed` already), send the
+        batches; a batch that fails fails its messages, and a transient failure holds the rest of its keys
+        (a permanent one lets them go on: `_Key.fail`); batches that were not sent because an earlier one
+        of their sequence failed (or was refused for mixing keys) are packed again in the next round,
+        without the held keys.
+        """
         by_key = {state.key: state for state in keys}
         delivered: list[Outgoing] = []
         failed: list[Failure] = []
@@ -738,16 +768,19 @@ class ClientSender(ABC, Generic[ClientT]):
             slices = [(state.key, state.pending) for state in pending]
             first = pending[0].pending[0]
             try:
-                # On lane 0, whose client asks what packing needs (sizes, partitions) once.
-                with self._holding(0, deadline):
-                    plan = self._attempt(
-                        0,
-                        partial(self._pack, pending=slices, alone=alone),
-                        first,
-                        total if _round == 0 else sum([len(m) for _k, m in slices]),
-                        deadline,
-                        here=Here(self._packs_on),
-                    )
+                if packed is not None:  # the first round, packed by `prepare` (every key pending, in order)
+                    plan, packed = packed, None
+                else:
+                    # On lane 0, whose client asks what packing needs (sizes, partitions) once.
+                    with self._holding(0, deadline):
+                        plan = self._attempt(
+                            0,
+                            partial(self._pack, pending=slices, alone=alone),
+                            first,
+                            total if _round == 0 else sum([len(m) for _k, m in slices]),
+                            deadline,
+                            here=Here(self._packs_on),
+                        )
             except BatchFailed as unprepared:
                 # Nothing could be prepared: a permanent cause (a setting missing) fails every message, a
                 # transient one each key's next message, with the rest of the key held behind it.
@@ -1133,3 +1166,12 @@ class ClientSender(ABC, Generic[ClientT]):
             close = getattr(client, "close", None)
             if close is not None:
                 close()
+
+
+def prepared(sender: Sender, endpoint: Endpoint, groups: Sequence[KeyGroup]) -> Callable[[], SendReport]:
+    """The send of `groups` to `endpoint` as a call to make on any thread, with what may be done on this one
+    done now: a `ClientSender` packs its first round here (`ClientSender.prepare`); any other sender does
+    everything in the call."""
+    if isinstance(sender, ClientSender):
+        return sender.prepare(endpoint, groups)
+    return partial(sender.send, endpoint, groups)

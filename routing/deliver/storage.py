@@ -25,10 +25,10 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings, ExponentialRetry, StorageErrorCode
 
 from routing.connections import resolve
-from routing.deliver.senders import ClientSender, KeyGroup, Prepared, SendReport, Unsendable
+from routing.deliver.senders import ClientSender, KeyGroup, Prepared, Unsendable
 from routing.model import RAW_TYPES, Outgoing
 from routing.parking import partition_of
-from routing.routes.table import FILE_NAME_TOKENS, Endpoint
+from routing.routes.table import FILE_NAME_TOKENS
 
 # What one blob holds at most: sent as one Put Blob (the SDK splits only above 64 MiB), so a blob is
 # there whole or not at all, and sent in well under a try's 10 s from a function in the account's region.
@@ -148,7 +148,7 @@ def _arrival(message: Outgoing) -> tuple[int, int]:
 class StorageSender(ClientSender[ContainerClient]):
     max_blob_bytes = MAX_BLOB_BYTES
 
-    def send(self, endpoint: Endpoint, groups: Sequence[KeyGroup]) -> SendReport:
+    def _regroup(self, groups: Sequence[KeyGroup]) -> Sequence[KeyGroup]:
         """The messages of each ingress partition, in arrival order (the pipeline groups them per order key,
         which a blob does not keep apart), as one group each: a partition's blobs go out in order, and one
         that fails transiently holds back the partition's later ones."""
@@ -157,11 +157,10 @@ class StorageSender(ClientSender[ContainerClient]):
             for message in group.messages:
                 ingress = message.event.ingress
                 by_partition.setdefault((ingress.source, partition_of(ingress.partition)), []).append(message)
-        partitions = [
+        return [
             KeyGroup(f"{source}/{partition}", tuple(sorted(messages, key=_arrival)))
             for (source, partition), messages in by_partition.items()
         ]
-        return super().send(endpoint, partitions)
 
     def _new_client(self, setting: str) -> ContainerClient:
         connection = resolve(setting, "blobServiceUri", self.env)
