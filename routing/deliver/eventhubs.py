@@ -17,6 +17,7 @@ from typing import Any, cast
 from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
 from azure.eventhub._buffered_producer import _partition_resolver
 from azure.eventhub._constants import ALL_PARTITIONS
+from azure.eventhub.amqp import AmqpMessageProperties
 from azure.eventhub.exceptions import AuthenticationError, ConnectError, ConnectionLostError
 
 from routing.connections import resolve
@@ -74,9 +75,12 @@ def event_data(message: Outgoing) -> EventData:
     data = EventData(message.body)
     if message.properties:
         data.properties = {**message.properties}  # type: ignore[dict-item]
+    # Set on the AMQP properties EventData made, as its setters set them: each setter first tests the
+    # properties' length, a list of their field names built per call.
+    amqp = cast(AmqpMessageProperties, data.raw_amqp_message.properties)
     if message.content_type:
-        data.content_type = message.content_type
-    data.message_id = message.message_id
+        amqp.content_type = message.content_type
+    amqp.message_id = message.message_id
     return data
 
 
