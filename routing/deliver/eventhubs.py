@@ -17,7 +17,7 @@ from typing import Any, cast
 from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
 from azure.eventhub._buffered_producer import _partition_resolver
 from azure.eventhub._constants import ALL_PARTITIONS
-from azure.eventhub.amqp import AmqpMessageProperties
+from azure.eventhub.amqp import AmqpAnnotatedMessage, AmqpMessageHeader, AmqpMessageProperties
 from azure.eventhub.exceptions import AuthenticationError, ConnectError, ConnectionLostError
 
 from routing.connections import resolve
@@ -71,8 +71,44 @@ def _not_found(error: Exception) -> bool:
     return "404" in text or "not-found" in text or "not found" in text
 
 
+def _made_directly(body: bytes) -> EventData:
+    """`EventData(body)` as azure-eventhub 5.15's constructor makes it, without its three setters of fields
+    the new properties already hold as None (each first tests the properties' length: a list of their
+    field names built per call): 3.1 against 7.0 µs an event (`timeit`)."""
+    data = EventData.__new__(EventData)
+    data._last_enqueued_event_properties = {}
+    data._sys_properties = None
+    raw = AmqpAnnotatedMessage(data_body=body, annotations={}, application_properties={})
+    raw.header = AmqpMessageHeader()  # type: ignore[no-untyped-call]
+    raw.properties = AmqpMessageProperties()  # type: ignore[no-untyped-call]
+    data._raw_amqp_message = raw
+    data._uamqp_message = None
+    data._message = None
+    return data
+
+
+def alike(a: object, b: object) -> bool:
+    """Whether two SDK objects hold the same attributes with the same values, compared through every object
+    they hold."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if not hasattr(a, "__dict__"):
+        return a == b
+    mine, theirs = vars(a), vars(b)
+    return mine.keys() == theirs.keys() and all(alike(mine[name], theirs[name]) for name in mine)
+
+
+# Made directly only while that makes what the SDK's constructor makes (an upgrade that changes what an
+# EventData holds gets the constructor: correct, slower; tests/test_amqp_encoding.py fails on it).
+new_event_data: Callable[[bytes], EventData] = (
+    _made_directly if alike(_made_directly(b"x"), EventData(b"x")) else EventData
+)
+
+
 def event_data(message: Outgoing) -> EventData:
-    data = EventData(message.body)
+    data = new_event_data(message.body)
     if message.properties:
         data.properties = {**message.properties}  # type: ignore[dict-item]
     # Set on the AMQP properties EventData made, as its setters set them: each setter first tests the
