@@ -8,7 +8,8 @@
   each event carrying its partition key), one `ServiceBusMessageBatch` for all sessions, one list of
   Event Grid event dicts; no network;
 * floor B, encoded once: the same SDK work with the transports the production clients are given
-  (routing/deliver/transports.py: each AMQP message encoded once, not twice) and Event Grid's events
+  (routing/deliver/transports.py: each AMQP message encoded once, not twice), each event made as the
+  Event Hubs sender makes it (routing/deliver/eventhubs.py, `event_data`) and Event Grid's events
   posted as the JSON they are (what `EventGridSender` does), so that what the senders add beyond the
   SDK batches they build can be told apart (`bookkeeping`);
 * the router core plus the SDK work: `Router.route` with the production senders (`EventHubSender`,
@@ -29,7 +30,7 @@ from azure.servicebus.exceptions import MessageSizeExceededError
 
 from routing.deadletters import Delivered
 from routing.deliver.eventgrid import EventGridSender
-from routing.deliver.eventhubs import EventHubSender, partition_for, with_partition_key
+from routing.deliver.eventhubs import EventHubSender, event_data, partition_for, with_partition_key
 from routing.deliver.senders import ClientSender, KeyGroup, Prepared, RetryOptions, Sender, SendReport
 from routing.deliver.servicebus import ServiceBusEndpointSender
 from routing.deliver.transports import EventHubsTransport, ServiceBusTransport
@@ -127,9 +128,17 @@ def _event_data(message: Outgoing) -> EventData:
     return with_partition_key(data, message.order_key)
 
 
-def _event_hub_batches(groups: Sequence[KeyGroup], transport: Any = None) -> list[EventDataBatch]:
-    """One batch per partition (more when one is full), each key's events in order; `transport` as
-    `EventDataBatch` takes it (None: the SDK's own)."""
+def _senders_event_data(message: Outgoing) -> EventData:
+    """The event as `EventHubSender` makes it (routing/deliver/eventhubs.py: made directly, without the
+    SDK's per-field tests), so floor B encoded once is the SDK work the senders do, not more."""
+    return with_partition_key(event_data(message), message.order_key)
+
+
+def _event_hub_batches(
+    groups: Sequence[KeyGroup], transport: Any = None, make: Callable[[Outgoing], EventData] = _event_data
+) -> list[EventDataBatch]:
+    """One batch per partition (more when one is full), each key's events in order, each made by `make`;
+    `transport` as `EventDataBatch` takes it (None: the SDK's own)."""
     options: dict[str, Any] = {} if transport is None else {"amqp_transport": transport}
     open_batches: dict[str, EventDataBatch] = {}
     batches = []
@@ -137,7 +146,7 @@ def _event_hub_batches(groups: Sequence[KeyGroup], transport: Any = None) -> lis
         partition = partition_for(group.key, PARTITION_IDS)
         batch = open_batches.get(partition)
         for message in group.messages:
-            data = _event_data(message)
+            data = make(message)
             if batch is not None:
                 try:
                     batch.add(data)
@@ -191,14 +200,15 @@ def floor_b(plans: Sequence[Plan]) -> Callable[[], None]:
 
 def floor_b_once(plans: Sequence[Plan]) -> Callable[[], None]:
     """Floor B as the production senders' clients do it: every AMQP message encoded once (their
-    transports), and each Event Grid request's body the events' JSON joined, as `EventGridSender` posts it
-    (the SDK's `send` would parse and serialise every event)."""
+    transports), each event made as `EventHubSender` makes it, and each Event Grid request's body the
+    events' JSON joined, as `EventGridSender` posts it (the SDK's `send` would parse and serialise every
+    event)."""
 
     def run() -> None:
         for plan in plans:
             for endpoint, groups in plan:
                 if endpoint.type is EndpointType.EVENT_HUB:
-                    _event_hub_batches(groups, EventHubsTransport)
+                    _event_hub_batches(groups, EventHubsTransport, _senders_event_data)
                 elif endpoint.type is EndpointType.SERVICE_BUS:
                     _service_bus_batches(groups, ServiceBusTransport)
                 else:
