@@ -101,7 +101,7 @@ def alike(a: object, b: object) -> bool:
 
 
 # Made directly only while that makes what the SDK's constructor makes (an upgrade that changes what an
-# EventData holds gets the constructor: correct, slower; tests/test_amqp_encoding.py fails on it).
+# EventData holds gets the constructor: correct, slower; tests/test_event_conversion.py fails on it).
 new_event_data: Callable[[bytes], EventData] = (
     _made_directly if alike(_made_directly(b"x"), EventData(b"x")) else EventData
 )

@@ -126,10 +126,7 @@ def _outgoing(annotated: Any) -> Any:
         fields = header.__dict__
         if fields.keys() != _HEADER_FIELDS:
             return None
-        if (
-            fields["delivery_count"], fields["time_to_live"], fields["first_acquirer"], fields["durable"],
-            fields["priority"],
-        ).count(None) != len(_HEADER_FIELDS):  # fmt: skip
+        if list(fields.values()).count(None) != len(fields):
             outgoing_header = _Header(
                 delivery_count=fields["delivery_count"],
                 ttl=fields["time_to_live"],
@@ -141,22 +138,15 @@ def _outgoing(annotated: Any) -> Any:
         fields = properties.__dict__
         if fields.keys() != _PROPERTIES_FIELDS:
             return None
-        if list(fields.values()).count(None) != len(_PROPERTIES_FIELDS):
+        if list(fields.values()).count(None) != len(fields):
+            # The same names as pyamqp's `Properties`; the two times made integers when set, as the SDK does.
             created, expires = fields["creation_time"], fields["absolute_expiry_time"]
             outgoing_properties = _Properties(
-                message_id=fields["message_id"],
-                user_id=fields["user_id"],
-                to=fields["to"],
-                subject=fields["subject"],
-                reply_to=fields["reply_to"],
-                correlation_id=fields["correlation_id"],
-                content_type=fields["content_type"],
-                content_encoding=fields["content_encoding"],
-                creation_time=int(created) if created else None,
-                absolute_expiry_time=int(expires) if expires else None,
-                group_id=fields["group_id"],
-                group_sequence=fields["group_sequence"],
-                reply_to_group_id=fields["reply_to_group_id"],
+                **{
+                    **fields,
+                    "creation_time": int(created) if created else None,
+                    "absolute_expiry_time": int(expires) if expires else None,
+                }
             )
     return _Message(
         header=outgoing_header,
