@@ -2,11 +2,12 @@
 endpoint's first round on its own thread (CPU alone, where it asks nothing of the service) and hands only
 the sends to the endpoints' threads, which still go out at the same time; where packing here cannot be
 done (the client not connected yet, lane 0 busy with another invocation's send, an error), the send
-packs it as it always has."""
+packs it as it always has; and a send's budget starts when the send does."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -170,3 +171,15 @@ def test_an_error_while_packing_is_reported_by_the_send_as_it_is_without_prepare
         (f.message.message_id, f.reason, f.permanent) for f in plain.failed
     ]
     assert len(prepared.failed) == 4 and "the SDK broke while packing" in prepared.failed[0].reason
+
+
+def test_the_sends_budget_starts_when_the_send_starts_not_when_it_was_packed() -> None:
+    # A send that waits for an endpoint thread (behind others' sends) keeps its whole budget, as before
+    # packing moved to `prepare`.
+    sender = Recording(ROUTES.endpoints[0], Log())
+    sender.retry = RetryOptions(attempts=1, timeout=0.2, budget=0.3)
+    send = sender.prepare(sender.endpoint, groups(4))
+    time.sleep(0.4)  # longer than the budget
+    report = send()
+    sender.close()
+    assert len(report.delivered) == 4 and not report.failed

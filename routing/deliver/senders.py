@@ -733,7 +733,6 @@ class ClientSender(ABC, Generic[ClientT]):
         that stops packing here (a client not yet connected, lane 0 busy with another invocation's send, an
         error) leaves it to the call, which packs and reports it as `send` always has.
         """
-        deadline = time.monotonic() + self.retry.budget
         keys = [_Key(group) for group in self._regroup(groups) if group.messages]
         packed: Plan | None = None
         lane = self._lane_locks[0]
@@ -746,15 +745,17 @@ class ClientSender(ABC, Generic[ClientT]):
                 packed = None
             finally:
                 lane.release()
-        return partial(self._deliver, keys, deadline, packed)
+        return partial(self._deliver, keys, packed)
 
-    def _deliver(self, keys: list[_Key], deadline: float, packed: Plan | None) -> SendReport:
+    def _deliver(self, keys: list[_Key], packed: Plan | None) -> SendReport:
         """In rounds: pack what is pending (the first round's plan may be `packed` already), send the
         batches; a batch that fails fails its messages, and a transient failure holds the rest of its keys
         (a permanent one lets them go on: `_Key.fail`); batches that were not sent because an earlier one
         of their sequence failed (or was refused for mixing keys) are packed again in the next round,
-        without the held keys.
+        without the held keys. The send's budget starts here, when it starts, as it did before packing
+        moved to `prepare` (a send waiting for an endpoint thread behind others does not spend it).
         """
+        deadline = time.monotonic() + self.retry.budget
         by_key = {state.key: state for state in keys}
         delivered: list[Outgoing] = []
         failed: list[Failure] = []
