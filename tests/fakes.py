@@ -55,9 +55,6 @@ class FakeWire:
     # "<endpoint>/<message id>" of every message a try refused for good, in any invocation.
     refused: set[str] = field(default_factory=set)
     threads: list[str] = field(default_factory=list)  # the thread that sent each batch (or try)
-    # Whether packing asks nothing of the endpoint (`ClientSender._packs_offline`): then the first round is
-    # packed on the calling thread (`ClientSender.prepare`), as the SDK senders' is once connected.
-    packs_offline: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -93,7 +90,9 @@ class FakeEndpointSender(ClientSender[FakeClient]):
         return "message too large"
 
     def _packs_offline(self, client: FakeClient) -> bool:
-        return self.wire.packs_offline
+        # Packing asks nothing of the endpoint: the first round is packed on the calling thread
+        # (`ClientSender.prepare`), as the SDK senders' is once connected.
+        return True
 
     def _transmit(self, client: FakeClient, prepared: Prepared, timeout: float) -> None:
         with self.wire.lock:

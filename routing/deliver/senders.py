@@ -766,18 +766,17 @@ class ClientSender(ABC, Generic[ClientT]):
             pending = [state for state in keys if state.pending]
             if not pending:
                 break
-            slices = [(state.key, state.pending) for state in pending]
-            first = pending[0].pending[0]
             try:
                 if packed is not None:  # the first round, packed by `prepare` (every key pending, in order)
                     plan, packed = packed, None
                 else:
+                    slices = [(state.key, state.pending) for state in pending]
                     # On lane 0, whose client asks what packing needs (sizes, partitions) once.
                     with self._holding(0, deadline):
                         plan = self._attempt(
                             0,
                             partial(self._pack, pending=slices, alone=alone),
-                            first,
+                            pending[0].pending[0],
                             total if _round == 0 else sum([len(m) for _k, m in slices]),
                             deadline,
                             here=Here(self._packs_on),
