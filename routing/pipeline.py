@@ -155,15 +155,17 @@ class Router:
 
         events: dict[EventType, int] = {}
         unrouted: dict[EventType, int] = {}
-        reads_event, targets = table.reads_event, table.targets
+        reads_event, targets, forwarded = table.reads_event, table.targets, table.forwarded
+        count = 0
         for msg in messages:
-            report.messages += 1
-            span = spans.get((msg.source, msg.partition))
+            count += 1
+            where = (msg.source, msg.partition)
+            span = spans.get(where)
             if span is None:
-                spans[(msg.source, msg.partition)] = [msg.sequence_number, msg.sequence_number]
+                spans[where] = [msg.sequence_number, msg.sequence_number]
             elif msg.sequence_number is not None:
                 span[1] = msg.sequence_number
-            if report.messages == 1:
+            if count == 1:
                 hub = msg.source
                 if msg.enqueued_time:
                     # The oldest message of the batch tells how far behind the router runs.
@@ -193,15 +195,25 @@ class Router:
                 events[event_type] = events.get(event_type, 0) + 1
                 stage = "matching route filters"
                 try:
-                    # Parsed at most once, and only if a filter, order key or enrichment reads it.
-                    body = EventBody(result) if reads_event(event_type) else None
-                    # Type first (an index look-up), then the filters of those endpoints.
-                    endpoints = targets(result, body)
-                    if not endpoints:
-                        unrouted[event_type] = unrouted.get(event_type, 0) + 1
-                        continue
-                    stage = "building the envelope"
-                    outgoing = envelope.build_all(result, endpoints, body)
+                    # Telemetry and IoT Hub's other sources, where each endpoint gets them as they came
+                    # (the route table decides per type): their messages in one step, no envelope.
+                    endpoints = forwarded[event_type]
+                    if endpoints is not None:
+                        if not endpoints:
+                            unrouted[event_type] = unrouted.get(event_type, 0) + 1
+                            continue
+                        stage = "building the envelope"
+                        outgoing = envelope.forward_all(result, endpoints)
+                    else:
+                        # Parsed at most once, and only if a filter, order key or enrichment reads it.
+                        body = EventBody(result) if reads_event(event_type) else None
+                        # Type first (an index look-up), then the filters of those endpoints.
+                        endpoints = targets(result, body)
+                        if not endpoints:
+                            unrouted[event_type] = unrouted.get(event_type, 0) + 1
+                            continue
+                        stage = "building the envelope"
+                        outgoing = envelope.build_all(result, endpoints, body)
                 except envelope.UnserialisableError as exc:  # the event's fault: its own reason, not a crash
                     letters.append(DeadLetter(code="unserialisable", reason=str(exc), ingress=msg, index=result.index))
                     continue
@@ -219,6 +231,7 @@ class Router:
                         entry[1][message.order_key] = [message]
                     else:
                         keyed.append(message)
+        report.messages = count
         report.events.update(events)
         report.unrouted.update(unrouted)
 

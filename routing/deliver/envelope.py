@@ -13,7 +13,7 @@ classification already rejects for twin events but not for telemetry an enrichme
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -247,6 +247,33 @@ def build_all(event: Event, endpoints: Sequence[Endpoint], event_body: EventBody
     return [_built(event, endpoint, shared, event_body) for endpoint in endpoints]
 
 
+def forward_all(event: Event, endpoints: Sequence[Endpoint]) -> list[Outgoing]:
+    """The message each of `endpoints` gets for a raw `event` when each gets it as it came (the route
+    table's `forwarded`: no order key template, no enrichment, not v2 telemetry for Event Grid): what
+    `build_all` makes for them, without its steps for the endpoints that reshape an event."""
+    content_type = _content_type(event)
+    order_key = event.order_key
+    return [_forwarded(event, endpoint, content_type, order_key) for endpoint in endpoints]
+
+
+def _content_type(event: Event) -> str | None:
+    content_type = event.ingress.system_properties.get("content-type")
+    return str(content_type) if content_type is not None else None
+
+
+def _forwarded(event: Event, endpoint: Endpoint, content_type: str | None, order_key: str) -> Outgoing:
+    ingress = event.ingress
+    return Outgoing(
+        endpoint=endpoint.name,
+        event=event,
+        body=ingress.body,
+        content_type=content_type,
+        properties=ingress.properties,
+        order_key=order_key,
+        message_id=shaped_message_id(event.message_id, endpoint.id_seed),
+    )
+
+
 def _built(event: Event, endpoint: Endpoint, shared: _Shared, event_body: EventBody | None) -> Outgoing:
     try:
         return _build(event, endpoint, shared, event_body)
@@ -278,17 +305,15 @@ def _build(event: Event, endpoint: Endpoint, shared: _Shared, event_body: EventB
                 order_key=order_key,
                 message_id=shaped_message_id(event.message_id, endpoint.id_seed),
             )
+        if not endpoint.enrichments:
+            return _forwarded(event, endpoint, _content_type(event), order_key)
         ingress = event.ingress
-        content_type = ingress.system_properties.get("content-type")
-        properties: Mapping[str, Any] = ingress.properties
-        if endpoint.enrichments:
-            properties = enrich(properties, endpoint.enrichments, event, event_body or EventBody(event))
         return Outgoing(
             endpoint=endpoint.name,
             event=event,
             body=ingress.body,
-            content_type=str(content_type) if content_type is not None else None,
-            properties=properties,
+            content_type=_content_type(event),
+            properties=enrich(ingress.properties, endpoint.enrichments, event, event_body or EventBody(event)),
             order_key=order_key,
             message_id=shaped_message_id(event.message_id, endpoint.id_seed),
         )

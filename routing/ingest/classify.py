@@ -146,7 +146,7 @@ def classify(msg: IngressMessage) -> list[Result]:
     device_id = system.get(DEVICE_ID) or msg.properties.get(DEVICE_ID)
     if device_id:
         source = system.get(MESSAGE_SOURCE) or msg.properties.get(MESSAGE_SOURCE)
-        if source is None or str(source).lower() == "telemetry":
+        if source is None or source == "Telemetry" or str(source).lower() == "telemetry":  # IoT Hub's spelling first
             return [_telemetry(msg, str(device_id))]
         return [_from_iot_hub_source(msg, str(source), str(device_id))]
 

@@ -24,6 +24,7 @@ from routing.model import (
     IOT_HUB_SOURCE_TYPES,
     KNOWN_ENDPOINT_TYPES,
     KNOWN_EVENT_TYPES,
+    RAW_TYPES,
     EndpointType,
     EnvelopeFormat,
     Event,
@@ -151,6 +152,21 @@ class Endpoint:
         return out
 
 
+def _forwards(event_type: EventType, endpoints: tuple[Endpoint, ...]) -> bool:
+    """Whether each of `endpoints` gets every event of `event_type` as it came: the ingress message's body,
+    application properties and content type (a raw type; no order key template, no enrichment; not v2
+    telemetry for Event Grid, which gets a CloudEvent), so the pipeline makes its messages in one step
+    (routing/deliver/envelope.py, `forward_all`)."""
+    if event_type not in RAW_TYPES:
+        return False
+    return not any(
+        e.order_key is not None
+        or e.enrichments
+        or (event_type is EventType.TWIN_TELEMETRY and e.type is EndpointType.EVENT_GRID)
+        for e in endpoints
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RouteTable:
     """Endpoints in table order, arranged once per load: per event type, the endpoints taking it (one
@@ -170,6 +186,8 @@ class RouteTable:
     # for an event no other endpoint took, if it takes the type.
     fallback: Endpoint | None = field(init=False, repr=False, compare=False)
     _spare: Mapping[EventType, tuple[Endpoint, ...]] = field(init=False, repr=False, compare=False)
+    # Per type: its targets when every event of it goes to each as it came (`forwarded`), else None.
+    forwarded: Mapping[EventType, tuple[Endpoint, ...] | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         routed = [e for e in self.endpoints if e.enabled and not e.fallback]
@@ -194,7 +212,13 @@ class RouteTable:
             for t in EventType
         }
         object.__setattr__(self, "_reads_event", reads)
-        object.__setattr__(self, "_unfiltered", {t: self.once(index[t]) or spare[t] for t in EventType})
+        unfiltered = {t: self.once(index[t]) or spare[t] for t in EventType}
+        object.__setattr__(self, "_unfiltered", unfiltered)
+        object.__setattr__(
+            self,
+            "forwarded",
+            {t: unfiltered[t] if filtered[t] is None and _forwards(t, unfiltered[t]) else None for t in EventType},
+        )
 
     def for_type(self, event_type: EventType) -> tuple[Endpoint, ...]:
         """The enabled endpoints taking `event_type`, the fallback aside."""
