@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import chain
@@ -26,7 +26,7 @@ from opentelemetry.trace import Span, SpanContext, SpanKind, TraceFlags, TraceSt
 from routing import observability as obs
 from routing.deadletters import DeadLetterStore
 from routing.deliver import envelope
-from routing.deliver.senders import HELD_BEHIND, KeyGroup, SenderFor, SendReport, prepared
+from routing.deliver.senders import HELD_BEHIND, KeyGroup, SenderFor, SendReport, Sent, prepared
 from routing.health import Breaker
 from routing.ingest import trace
 from routing.ingest.classify import classify
@@ -253,15 +253,21 @@ class Router:
                 obs.LATENCY.record((time.perf_counter() - started) * 1000, {"endpoint": endpoint.name})
                 return report
 
-            return sent
+            return Sent(sent()) if isinstance(send, Sent) else sent
 
         # Endpoints are independent: a slow one must not hold the others back, so their sends go out at
         # once, on the pool's threads, the first on this one (no hand-off for a batch with one endpoint).
         # Their packing (CPU alone, where it asks nothing of the service) is done here, endpoint by
         # endpoint, each send handed off as soon as it is packed: packed on the sending threads, a thousand
-        # endpoints' packing contended for the interpreter (issue #15).
-        futures = [self._executor().submit(deliver(e)) for e in entries[1:]]
-        sent_reports = [deliver(e)() for e in entries[:1]] + [future.result() for future in futures]
+        # endpoints' packing contended for the interpreter (issue #15). A send made while it was prepared
+        # (`Sent`: the local runner's files) has nothing left to hand off.
+        pending: list[Sent | Future[SendReport]] = []
+        for later in entries[1:]:
+            call = deliver(later)
+            pending.append(call if isinstance(call, Sent) else self._executor().submit(call))
+        sent_reports = [deliver(e)() for e in entries[:1]] + [
+            p() if isinstance(p, Sent) else p.result() for p in pending
+        ]
         for (endpoint, _groups), sent in zip(entries, sent_reports, strict=True):
             delivered: dict[EventType, int] = {}  # counted here: a Counter's += costs a call per message
             for message in sent.delivered:

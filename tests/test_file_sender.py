@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from bench.memory import write_events
 from bench.routes import write_routes
 from routing.deadletters import FileDeadLetters
-from routing.deliver.senders import FileSender, KeyGroup, SendReport, output_line, output_record
+from routing.deliver.senders import FileSender, KeyGroup, Sender, SendReport, output_line, output_record
 from routing.ingest.ingress import parse_line
 from routing.model import EndpointType, Outgoing
 from routing.pipeline import Router, StaticRoutes
@@ -152,3 +153,42 @@ def test_deferred_file_sender_writes_the_same_files_once_flushed(
         expected = b"".join(line_as_it_was(e, m) for e, messages in sent if f"{e.name}.jsonl" == name for m in messages)
         assert (tmp_path / "now" / name).read_bytes() == expected
         assert (tmp_path / "later" / name).read_bytes() == expected
+
+
+def _same(sender: Sender, _endpoint: Endpoint) -> Sender:
+    return sender
+
+
+def test_the_routers_sends_to_deferred_files_are_made_on_its_thread_with_the_same_lines(tmp_path: Path) -> None:
+    """A deferred file sender's send only takes the messages (`sends_at_once`): the pipeline makes it on the
+    routing thread instead of handing each endpoint's send to a thread, and the files are the same."""
+    from datetime import UTC, datetime  # noqa: PLC0415 - this test's alone
+
+    from routing.cli.runner import _Flaky  # noqa: PLC0415 - the runner's sender, as `routing run` makes it
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    events = folder / "events.jsonl"
+    write_events(events, events=300, devices=20)
+    table = load_routes_file(write_routes(folder / "routes.json", 5))
+    messages = [
+        parse_line(line, source="local", line_number=n) for n, line in enumerate(events.read_bytes().splitlines(), 1)
+    ]
+    written = {}
+    for name, deferred in (("now", False), ("later", True)):
+        files = FileSender(tmp_path / name, deferred=deferred)
+        sender = _Flaky(files, [], lambda: datetime.now(UTC))
+        assert sender.sends_at_once is deferred
+        router = Router(
+            routes=StaticRoutes(table), senders=partial(_same, sender), dead_letters=FileDeadLetters(tmp_path)
+        )
+        for start in range(0, len(messages), 100):
+            report = router.route(messages[start : start + 100])
+            assert len({e for e, _t in report.delivered}) == 5  # five endpoints a batch
+            files.flush()
+        # Deferred: no send was handed to a thread (the pool is made on the first hand-off).
+        assert (router._pool is None) is deferred
+        files.close()
+        written[name] = {p.name: p.read_bytes() for p in (tmp_path / name).iterdir()}
+    assert written["now"] == written["later"]
+    assert len(written["now"]) == 5

@@ -82,6 +82,8 @@ class _Flaky:
         self.outages = {o.endpoint.lower(): o for o in outages}
         self.clock = clock
         self.batch = 0  # the batch being routed (0 before the first; past the last while draining)
+        # An outage's failures are made here, in memory, as the files' sends are (`sends_at_once`).
+        self.sends_at_once = files.sends_at_once
 
     def send(self, endpoint: Endpoint, groups: Sequence[KeyGroup]) -> SendReport:
         outage = self.outages.get(endpoint.name.lower())

@@ -78,6 +78,12 @@ class Sender(Protocol):
     def close(self) -> None: ...
 
 
+def sends_at_once(sender: Sender) -> bool:
+    """Whether `sender`'s send never waits (it only takes the messages, in memory): its `sends_at_once`
+    attribute, False for a sender without one. The pipeline makes such a send on the routing thread."""
+    return getattr(sender, "sends_at_once", False) is True
+
+
 # Which sender delivers an endpoint's messages (a `SenderPool`, or one sender for every endpoint).
 SenderFor = Callable[[Endpoint], Sender]
 
@@ -169,6 +175,8 @@ class FileSender:
     def __init__(self, directory: Path, *, deferred: bool = False) -> None:
         self.directory = directory
         self.deferred = deferred
+        # Deferred, a send only takes the messages (`sends_at_once`).
+        self.sends_at_once = deferred
         self._files: dict[str, IO[bytes]] = {}
         self._lock = threading.Lock()
         self._pending: list[tuple[Endpoint, tuple[Outgoing, ...]]] = []
@@ -1168,10 +1176,26 @@ class ClientSender(ABC, Generic[ClientT]):
                 close()
 
 
+class Sent:
+    """A send `prepared` made at once (its sender's send never waits): the call gives its report."""
+
+    __slots__ = ("report",)
+
+    def __init__(self, report: SendReport) -> None:
+        self.report = report
+
+    def __call__(self) -> SendReport:
+        return self.report
+
+
 def prepared(sender: Sender, endpoint: Endpoint, groups: Sequence[KeyGroup]) -> Callable[[], SendReport]:
     """The send of `groups` to `endpoint` as a call to make on any thread, with what may be done on this one
-    done now: a `ClientSender` packs its first round here (`ClientSender.prepare`); any other sender does
-    everything in the call."""
+    done now: a `ClientSender` packs its first round here (`ClientSender.prepare`); a sender whose send
+    never waits (`sends_at_once`: the local runner's deferred `FileSender`, whose `flush` writes what its
+    sends took) sends here (`Sent`: nothing to hand to a thread); any other sender does everything in the
+    call."""
     if isinstance(sender, ClientSender):
         return sender.prepare(endpoint, groups)
+    if sends_at_once(sender):
+        return Sent(sender.send(endpoint, groups))
     return partial(sender.send, endpoint, groups)
