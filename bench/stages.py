@@ -8,10 +8,10 @@
   each event carrying its partition key), one `ServiceBusMessageBatch` for all sessions, one list of
   Event Grid event dicts; no network;
 * floor B, encoded once: the same SDK work with the transports the production clients are given
-  (routing/deliver/transports.py: each AMQP message encoded once, not twice), each event made as the
-  Event Hubs sender makes it (routing/deliver/eventhubs.py, `event_data`) and Event Grid's events
-  posted as the JSON they are (what `EventGridSender` does), so that what the senders add beyond the
-  SDK batches they build can be told apart (`bookkeeping`);
+  (routing/deliver/transports.py: each AMQP message encoded once, not twice), each event and message made
+  as the senders make them (routing/deliver/eventhubs.py `event_data`, servicebus.py
+  `service_bus_message`) and Event Grid's events posted as the JSON they are (what `EventGridSender`
+  does), so that what the senders add beyond the SDK batches they build can be told apart (`bookkeeping`);
 * the router core plus the SDK work: `Router.route` with the production senders (`EventHubSender`,
   `ServiceBusEndpointSender`, `EventGridSender`: their packing, lanes, retries and stop-the-line) on
   clients that build real SDK batches but do not send them.
@@ -32,7 +32,7 @@ from routing.deadletters import Delivered
 from routing.deliver.eventgrid import EventGridSender
 from routing.deliver.eventhubs import EventHubSender, event_data, partition_for, with_partition_key
 from routing.deliver.senders import ClientSender, KeyGroup, Prepared, RetryOptions, Sender, SendReport
-from routing.deliver.servicebus import ServiceBusEndpointSender
+from routing.deliver.servicebus import ServiceBusEndpointSender, service_bus_message
 from routing.deliver.transports import EventHubsTransport, ServiceBusTransport
 from routing.model import DeadLetter, EndpointType, IngressMessage, Outgoing
 from routing.pipeline import Router, StaticRoutes
@@ -161,20 +161,29 @@ def _event_hub_batches(
     return batches
 
 
-def _service_bus_batches(groups: Sequence[KeyGroup], transport: Any = None) -> list[ServiceBusMessageBatch]:
-    """One batch for every session (more when it is full); `transport` as the batch takes it."""
+def _service_bus_message(message: Outgoing) -> ServiceBusMessage:
+    return ServiceBusMessage(
+        message.body,
+        session_id=message.order_key,
+        message_id=message.message_id,
+        application_properties=cast(Any, dict(message.properties)) or None,
+        content_type=message.content_type,
+    )
+
+
+def _service_bus_batches(
+    groups: Sequence[KeyGroup],
+    transport: Any = None,
+    make: Callable[[Outgoing], ServiceBusMessage] = _service_bus_message,
+) -> list[ServiceBusMessageBatch]:
+    """One batch for every session (more when it is full), each message made by `make`; `transport` as the
+    batch takes it."""
     options: dict[str, Any] = {} if transport is None else {"amqp_transport": transport}
     batch = ServiceBusMessageBatch(max_size_in_bytes=MAX_MESSAGE_SIZE, **options)
     batches = [batch]
     for group in groups:
         for message in group.messages:
-            sb_message = ServiceBusMessage(
-                message.body,
-                session_id=group.key,
-                message_id=message.message_id,
-                application_properties=cast(Any, dict(message.properties)) or None,
-                content_type=message.content_type,
-            )
+            sb_message = make(message)
             try:
                 batch.add_message(sb_message)
             except MessageSizeExceededError:
@@ -200,7 +209,8 @@ def floor_b(plans: Sequence[Plan]) -> Callable[[], None]:
 
 def floor_b_once(plans: Sequence[Plan]) -> Callable[[], None]:
     """Floor B as the production senders' clients do it: every AMQP message encoded once (their
-    transports), each event made as `EventHubSender` makes it, and each Event Grid request's body the
+    transports), each event and message made as `EventHubSender` and `ServiceBusEndpointSender` make them,
+    and each Event Grid request's body the
     events' JSON joined, as `EventGridSender` posts it (the SDK's `send` would parse and serialise every
     event)."""
 
@@ -210,7 +220,7 @@ def floor_b_once(plans: Sequence[Plan]) -> Callable[[], None]:
                 if endpoint.type is EndpointType.EVENT_HUB:
                     _event_hub_batches(groups, EventHubsTransport, _senders_event_data)
                 elif endpoint.type is EndpointType.SERVICE_BUS:
-                    _service_bus_batches(groups, ServiceBusTransport)
+                    _service_bus_batches(groups, ServiceBusTransport, service_bus_message)
                 else:
                     _ = b"[" + b",".join([m.body for g in groups for m in g.messages]) + b"]"
 

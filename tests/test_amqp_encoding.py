@@ -205,7 +205,7 @@ ROUTER_MESSAGES = [
 @pytest.mark.parametrize("message", ROUTER_MESSAGES, ids=["telemetry", "twin event", "empty body"])
 def test_the_routers_messages_are_written_by_it_through_the_batches(message: Outgoing) -> None:
     """Through the SDKs' batches with the production transports: the router's encoder writes each message
-    (never the SDK's), the event's AMQP message is made without the SDK's conversion
+    (never the SDK's), both AMQP messages are made without the SDKs' conversions
     (tests/test_event_conversion.py), and the batch holds the bytes the SDK writes."""
     before = transports.stats.fast, transports.stats.slow, transports.stats.converted_slow
     hub = EventDataBatch(partition_id="0", max_size_in_bytes=1024 * 1024, amqp_transport=transports.EventHubsTransport)
@@ -215,7 +215,7 @@ def test_the_routers_messages_are_written_by_it_through_the_batches(message: Out
     sb = service_bus_message(message)
     queue.add_message(sb)
     assert (transports.stats.fast - before[0], transports.stats.slow - before[1]) == (2, 0)
-    assert transports.stats.converted_slow == before[2]  # the event's AMQP message made by the router too
+    assert transports.stats.converted_slow == before[2]  # both AMQP messages made by the router too
     assert bytes(hub._message[5][0]) == bytes(
         eventhub_encode(bytearray(), EventHubsOwn.to_outgoing_amqp_message(data.raw_amqp_message))
     )

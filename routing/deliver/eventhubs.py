@@ -30,7 +30,7 @@ from routing.deliver.senders import (
     sdk_error_text,
     unsendable_reason,
 )
-from routing.deliver.transports import EventHubsTransport
+from routing.deliver.transports import EventHubsTransport, alike
 from routing.model import Outgoing
 from routing.routes.table import Endpoint
 
@@ -85,19 +85,6 @@ def _made_directly(body: bytes) -> EventData:
     data._uamqp_message = None
     data._message = None
     return data
-
-
-def alike(a: object, b: object) -> bool:
-    """Whether two SDK objects hold the same attributes with the same values, compared through every object
-    they hold."""
-    if a is b:
-        return True
-    if type(a) is not type(b):
-        return False
-    if not hasattr(a, "__dict__"):
-        return a == b
-    mine, theirs = vars(a), vars(b)
-    return mine.keys() == theirs.keys() and all(alike(mine[name], theirs[name]) for name in mine)
 
 
 # Made directly only while that makes what the SDK's constructor makes (an upgrade that changes what an

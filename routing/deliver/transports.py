@@ -56,6 +56,10 @@ from azure.eventhub._pyamqp.message import Message as _Message
 from azure.eventhub._pyamqp.message import Properties as _Properties
 from azure.eventhub._transport._pyamqp_transport import PyamqpTransport as _EventHubTransport
 from azure.servicebus._pyamqp._encode import encode_payload as _servicebus_encode
+from azure.servicebus._pyamqp.message import Header as _SbHeader
+from azure.servicebus._pyamqp.message import Message as _SbMessage
+from azure.servicebus._pyamqp.message import Properties as _SbProperties
+from azure.servicebus._transport._pyamqp_transport import _LONG_ANNOTATIONS as _SB_LONG_ANNOTATIONS
 from azure.servicebus._transport._pyamqp_transport import PyamqpTransport as _ServiceBusTransport
 
 from routing.deliver import amqp_encoding
@@ -106,6 +110,9 @@ def _take(message: Any) -> bytearray | None:
     return None
 
 
+# A vendored pyamqp's Header, Properties and Message types (each SDK has its own copy).
+_PyamqpTypes = tuple[Any, Any, Any]
+
 # The fields of azure-eventhub's `AmqpMessageHeader` and `AmqpMessageProperties`: each a `DictMixin` whose
 # public attributes are its fields, and nothing else in its `__dict__`.
 _HEADER_FIELDS = frozenset(("delivery_count", "time_to_live", "first_acquirer", "durable", "priority"))
@@ -115,11 +122,26 @@ _PROPERTIES_FIELDS = frozenset(
 )  # fmt: skip
 
 
-def _outgoing(annotated: Any) -> Any:
-    """The pyamqp `Message` the SDK's `to_outgoing_amqp_message` makes of `annotated` (azure-eventhub 5.15),
+def alike(a: object, b: object) -> bool:
+    """Whether two SDK objects hold the same attributes with the same values, compared through every object
+    they hold."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if not hasattr(a, "__dict__"):
+        return a == b
+    mine, theirs = vars(a), vars(b)
+    return mine.keys() == theirs.keys() and all(alike(mine[name], theirs[name]) for name in mine)
+
+
+def _outgoing(annotated: Any, annotations: Any, pyamqp: _PyamqpTypes = (_Header, _Properties, _Message)) -> Any:
+    """The pyamqp `Message` the SDK's `to_outgoing_amqp_message` makes of `annotated` (azure-eventhub 5.15;
+    azure-servicebus 7.14 with `_service_bus_outgoing`'s conditions), its message annotations `annotations`,
     made without its `DictMixin` tests (a header's or properties' length and values are lists of their
-    public attribute names built per call: four per message); None when the header or properties hold
-    anything but their fields, for the SDK's own conversion to take."""
+    public attribute names built per call: four per message) with that SDK's vendored pyamqp types; None
+    when the header or properties hold anything but their fields, for the SDK's own conversion to take."""
+    header_type, properties_type, message_type = pyamqp
     header, properties = annotated.header, annotated.properties
     outgoing_header = outgoing_properties = None
     if header is not None:
@@ -127,7 +149,7 @@ def _outgoing(annotated: Any) -> Any:
         if fields.keys() != _HEADER_FIELDS:
             return None
         if list(fields.values()).count(None) != len(fields):
-            outgoing_header = _Header(
+            outgoing_header = header_type(
                 delivery_count=fields["delivery_count"],
                 ttl=fields["time_to_live"],
                 first_acquirer=fields["first_acquirer"],
@@ -141,24 +163,45 @@ def _outgoing(annotated: Any) -> Any:
         if list(fields.values()).count(None) != len(fields):
             # The same names as pyamqp's `Properties`; the two times made integers when set, as the SDK does.
             created, expires = fields["creation_time"], fields["absolute_expiry_time"]
-            outgoing_properties = _Properties(
+            outgoing_properties = properties_type(
                 **{
                     **fields,
                     "creation_time": int(created) if created else None,
                     "absolute_expiry_time": int(expires) if expires else None,
                 }
             )
-    return _Message(
+    return message_type(
         header=outgoing_header,
         properties=outgoing_properties,
         application_properties=annotated.application_properties,
-        message_annotations=annotated.annotations,
+        message_annotations=annotations,
         delivery_annotations=annotated.delivery_annotations,
         data=annotated._data_body,
         sequence=annotated._sequence_body,
         value=annotated._value_body,
         footer=annotated.footer,
     )
+
+
+_SERVICE_BUS_PYAMQP: _PyamqpTypes = (_SbHeader, _SbProperties, _SbMessage)
+
+
+def _service_bus_outgoing(annotated: Any) -> Any:
+    """The pyamqp `Message` azure-servicebus 7.14's `to_outgoing_amqp_message` makes of `annotated`, when
+    that conversion does what azure-eventhub's does (`_outgoing`) but copy the annotations; None (for the
+    SDK's own conversion) where it does more: a header with a time to live (creation and expiry times
+    stamped from the clock), an application property of bytes (decoded in place), or an annotation it
+    writes as an AMQP long (the enqueued and locked-until times of a received message sent again)."""
+    header = annotated.header
+    if header is not None and header.__dict__.get("time_to_live"):
+        return None
+    application = annotated.application_properties
+    if application and any(isinstance(value, bytes) for value in application.values()):
+        return None
+    annotations = annotated.annotations
+    if annotations and any(key in annotations for key in _SB_LONG_ANNOTATIONS):
+        return None
+    return _outgoing(annotated, dict(annotations) if annotations else None, _SERVICE_BUS_PYAMQP)
 
 
 C = TypeVar("C")
@@ -188,7 +231,7 @@ class EventHubsTransport(_EventHubTransport):
 
     @staticmethod
     def to_outgoing_amqp_message(annotated_message: Any) -> Any:
-        outgoing = _outgoing(annotated_message)
+        outgoing = _outgoing(annotated_message, annotated_message.annotations)
         if outgoing is None:
             stats.converted_slow += 1
             return _EventHubTransport.to_outgoing_amqp_message(annotated_message)  # type: ignore[no-untyped-call]
@@ -217,7 +260,16 @@ class EventHubsTransport(_EventHubTransport):
 
 
 class ServiceBusTransport(_ServiceBusTransport):
-    """azure-servicebus's pyamqp transport: each message added to a batch encoded once, links opened promptly."""
+    """azure-servicebus's pyamqp transport: each message added to a batch encoded once, links opened promptly,
+    a message's AMQP message made without the SDK's per-field tests."""
+
+    @staticmethod
+    def to_outgoing_amqp_message(annotated_message: Any) -> Any:
+        outgoing = _service_bus_outgoing(annotated_message)
+        if outgoing is None:
+            stats.converted_slow += 1
+            return _ServiceBusTransport.to_outgoing_amqp_message(annotated_message)
+        return outgoing
 
     @staticmethod
     def get_message_encoded_size(message: Any) -> int:
