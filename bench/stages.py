@@ -32,7 +32,7 @@ from routing.deadletters import Delivered
 from routing.deliver.eventgrid import EventGridSender
 from routing.deliver.eventhubs import EventHubSender, event_data, partition_for, with_partition_key
 from routing.deliver.senders import ClientSender, KeyGroup, Prepared, RetryOptions, Sender, SendReport
-from routing.deliver.servicebus import ServiceBusEndpointSender, service_bus_message
+from routing.deliver.servicebus import ServiceBusEndpointSender, constructed, service_bus_message
 from routing.deliver.transports import EventHubsTransport, ServiceBusTransport
 from routing.model import DeadLetter, EndpointType, IngressMessage, Outgoing
 from routing.pipeline import Router, StaticRoutes
@@ -161,20 +161,10 @@ def _event_hub_batches(
     return batches
 
 
-def _service_bus_message(message: Outgoing) -> ServiceBusMessage:
-    return ServiceBusMessage(
-        message.body,
-        session_id=message.order_key,
-        message_id=message.message_id,
-        application_properties=cast(Any, dict(message.properties)) or None,
-        content_type=message.content_type,
-    )
-
-
 def _service_bus_batches(
     groups: Sequence[KeyGroup],
     transport: Any = None,
-    make: Callable[[Outgoing], ServiceBusMessage] = _service_bus_message,
+    make: Callable[[Outgoing], ServiceBusMessage] = constructed,
 ) -> list[ServiceBusMessageBatch]:
     """One batch for every session (more when it is full), each message made by `make`; `transport` as the
     batch takes it."""
