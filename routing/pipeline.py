@@ -156,16 +156,16 @@ class Router:
         events: dict[EventType, int] = {}
         unrouted: dict[EventType, int] = {}
         reads_event, targets, forwarded = table.reads_event, table.targets, table.forwarded
-        count = 0
+        received = 0
         for msg in messages:
-            count += 1
+            received += 1
             where = (msg.source, msg.partition)
             span = spans.get(where)
             if span is None:
                 spans[where] = [msg.sequence_number, msg.sequence_number]
             elif msg.sequence_number is not None:
                 span[1] = msg.sequence_number
-            if count == 1:
+            if received == 1:
                 hub = msg.source
                 if msg.enqueued_time:
                     # The oldest message of the batch tells how far behind the router runs.
@@ -231,7 +231,7 @@ class Router:
                         entry[1][message.order_key] = [message]
                     else:
                         keyed.append(message)
-        report.messages = count
+        report.messages = received
         report.events.update(events)
         report.unrouted.update(unrouted)
 
