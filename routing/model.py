@@ -321,6 +321,10 @@ class Outgoing(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     order_key: str
     # The event's id in this endpoint's shape (`shaped_message_id`): what Service Bus deduplicates on.
     message_id: str
+    # True when the router wrote `body` itself, with `orjson.dumps` (an envelope): reading it back and
+    # writing it again gives the same bytes, so the local runner's output records take it as it is.
+    # A copy with another body must say False again (`msgspec.structs.replace(..., body_json=False)`).
+    body_json: bool = False
 
     @property
     def event_type(self) -> EventType:

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
+import json
 from functools import partial
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -18,7 +21,14 @@ import pytest
 from bench.memory import write_events
 from bench.routes import write_routes
 from routing.deadletters import FileDeadLetters
-from routing.deliver.senders import FileSender, KeyGroup, Sender, SendReport, output_line, output_record
+from routing.deliver.senders import (
+    FileSender,
+    KeyGroup,
+    Sender,
+    SendReport,
+    output_line,
+    output_record,
+)
 from routing.ingest.ingress import parse_line
 from routing.model import EndpointType, Outgoing
 from routing.pipeline import Router, StaticRoutes
@@ -84,9 +94,17 @@ def sent(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Endpoint, tuple
     folder = tmp_path_factory.mktemp("lines")
     events = folder / "events.jsonl"
     write_events(events, events=1_000, devices=100)
-    bench = routed(events, load_routes_file(write_routes(folder / "routes.json", 5)), folder)
+    table = load_routes_file(write_routes(folder / "routes.json", 5))
+    bench = routed(events, table, folder)
+    # The same events, their bodies' JSON not in orjson's compact form: what a raw event's record holds
+    # is read again (its bytes are the device's), an envelope's is the router's own.
+    spaced = folder / "spaced.jsonl"
+    lines = [orjson.loads(line) for line in events.read_bytes().splitlines()]
+    for line in lines:
+        line["bodyText"] = json.dumps(json.loads(line["bodyText"]), indent=1)
+    spaced.write_bytes(b"\n".join(orjson.dumps(line) for line in lines))
     samples = routed(SAMPLES / "events.jsonl", load_routes_file(SAMPLES / "routes.json"), folder)
-    return bench + samples
+    return bench + routed(spaced, table, folder) + samples
 
 
 def test_every_line_is_byte_for_byte_the_plain_record(sent: list[tuple[Endpoint, tuple[Outgoing, ...]]]) -> None:
@@ -126,11 +144,49 @@ def test_odd_bodies_are_written_as_the_plain_record_was(
     for endpoint, messages in sent:
         kinds.setdefault(endpoint.type, (endpoint, messages[0]))
     for endpoint, message in kinds.values():
-        odd = msgspec.structs.replace(message, body=body, content_type=None)
+        odd = msgspec.structs.replace(message, body=body, content_type=None, body_json=False)
         try:
             expected = line_as_it_was(endpoint, odd)
         except orjson.JSONEncodeError:
             with pytest.raises(orjson.JSONEncodeError):
+                output_line(endpoint, odd, {})
+            continue
+        assert output_line(endpoint, odd, {}) == expected
+
+
+# As deep as a record's properties can nest: 252 levels in the record's object and its properties'.
+DEEP_PROPERTY = orjson.loads(b"[" * 252 + b"]" * 252)
+
+ODD_FIELDS: list[dict[str, Any]] = [
+    {"order_key": 'a "quoted" \\ key\n\t\u0001 ✓ Grüße', "message_id": 'id "with" \\ quotes'},
+    {"content_type": None},
+    {"content_type": 'application/json; x="\\y"'},
+    {"properties": {'p"q': "\u0001\n", "ü": [1, {"a": None}], "n": 1.5, "b": True, "big": 2**63}},
+    {"properties": {}},
+    {"properties": MappingProxyType({"not": "a dict"})},
+    {"properties": {"deep": DEEP_PROPERTY}},  # as deep as the record holds: written the plain way
+    {"properties": {"deeper": [DEEP_PROPERTY]}},  # one deeper than orjson writes there: its error too
+    {"properties": {1: "a key that is not a string"}},  # orjson's error, as the plain way raised it
+]
+
+
+@pytest.mark.parametrize("fields", ODD_FIELDS, ids=range(len(ODD_FIELDS)))
+def test_odd_fields_are_written_as_the_plain_record_was(
+    fields: dict[str, Any], sent: list[tuple[Endpoint, tuple[Outgoing, ...]]]
+) -> None:
+    """What the router does not write itself (keys, ids, content types, properties: enrichments and
+    parked records carry any) is escaped, nested and refused as the plain record's writing did."""
+    kinds: dict[EndpointType, tuple[Endpoint, Outgoing]] = {}
+    for endpoint, messages in sent:
+        kinds.setdefault(endpoint.type, (endpoint, messages[0]))
+    endpoint, message = kinds[EndpointType.EVENT_HUB]
+    cases = [*kinds.values(), (dataclasses.replace(endpoint, name='hub "odd" \\ ✓'), message)]
+    for endpoint, message in cases:
+        odd = msgspec.structs.replace(message, **fields)
+        try:
+            expected = line_as_it_was(endpoint, odd)
+        except TypeError as exc:  # orjson.JSONEncodeError is one
+            with pytest.raises(type(exc)):
                 output_line(endpoint, odd, {})
             continue
         assert output_line(endpoint, odd, {}) == expected

@@ -232,8 +232,9 @@ class _Shared:
 def build(event: Event, endpoint: Endpoint, body: bytes | None = None, event_body: EventBody | None = None) -> Outgoing:
     """The message `endpoint` gets for `event`.
 
-    `body` is the cached envelope for the endpoint's format (unused when the endpoint adds CloudEvents
-    extensions); `event_body` the event's lazily parsed body, shared by all of an event's endpoints.
+    `body` is the cached envelope for the endpoint's format, as `envelope_body` made it (unused when the
+    endpoint adds CloudEvents extensions); `event_body` the event's lazily parsed body, shared by all of
+    an event's endpoints.
     Raises `UnserialisableError` for an event that cannot be written as JSON.
     """
     return _built(event, endpoint, _Shared(event, {} if body is None else {endpoint.format: body}), event_body)
@@ -304,6 +305,7 @@ def _build(event: Event, endpoint: Endpoint, shared: _Shared, event_body: EventB
                 properties={},
                 order_key=order_key,
                 message_id=shaped_message_id(event.message_id, endpoint.id_seed),
+                body_json=True,
             )
         if not endpoint.enrichments:
             return _forwarded(event, endpoint, _content_type(event), order_key)
@@ -338,4 +340,5 @@ def _build(event: Event, endpoint: Endpoint, shared: _Shared, event_body: EventB
         properties=properties,
         order_key=order_key,
         message_id=shaped_message_id(event.message_id, endpoint.id_seed),
+        body_json=True,  # an envelope: `orjson.dumps` made it (`_envelope_body`, above)
     )

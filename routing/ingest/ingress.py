@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import orjson
 
 from routing.errors import IngressFormatError
-from routing.model import IngressMessage, opening_brackets
+from routing.model import IngressMessage
 
 # How deep orjson writes nested arrays and objects (it reads 1,024).
 WRITTEN_DEPTH = 254
@@ -42,13 +42,10 @@ def parse_line(raw: bytes | str, *, source: str, line_number: int) -> IngressMes
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise IngressFormatError(f"line {line_number} is not JSON: {exc}") from None
-    # A line with fewer opening brackets than the properties' limit needs no depth check (two serialisations).
-    shallow = opening_brackets(raw) < WRITTEN_DEPTH - 2
-    return from_line_object(obj, source=source, line_number=line_number, shallow=shallow)
+    return from_line_object(obj, source=source, line_number=line_number)
 
 
-def from_line_object(obj: Any, *, source: str, line_number: int, shallow: bool = False) -> IngressMessage:
-    """`shallow`: the caller knows nothing in `obj` nests as deep as the properties may (parse_line)."""
+def from_line_object(obj: Any, *, source: str, line_number: int) -> IngressMessage:
     where = f"line {line_number}"
     if not isinstance(obj, dict):
         raise IngressFormatError(f"{where} must be a JSON object, got {type(obj).__name__}")
@@ -84,11 +81,13 @@ def from_line_object(obj: Any, *, source: str, line_number: int, shallow: bool =
             continue
         if not isinstance(value, dict):
             raise IngressFormatError(f"{where}: {name} must be a JSON object")
-        if shallow:
+        if not value:
             continue
         try:
             # Properties travel two levels down in what is written of the message (a dead letter's
-            # `original.properties`, an output line's `properties`): they must be writable there.
+            # `original.properties`, an output line's `properties`): they must be writable there. Their
+            # writing is the check: a line's properties are a few short values, and writing them cost
+            # half of counting the line's brackets to know they cannot nest that deep (issue #15).
             orjson.dumps([[value]])
         except orjson.JSONEncodeError:
             raise IngressFormatError(
