@@ -165,8 +165,9 @@ def run_baseline(events_file: Path, routes_file: Path, out: Path, *, batch_size:
 def settle() -> None:
     """Before each run: what the last one wrote (or the events file, before the first) on the disk, not
     waiting in the page cache to be. A run writes ~2.7 KB per event; without this, the kernel writes the
-    last run's out (and the new events file) back during the next, and the first run of a pair paid
-    for the file just made: the router, first in round one, took 50 s one round and 35 s the next."""
+    last run's output (and the new events file) back during the next run, which pays for it (one tree's
+    router, first in round one right after the file was made, took 50 s, and 35 s in round two). It
+    does not remove the machine's other load, which still moves single runs by ±15%."""
     os.sync()
 
 

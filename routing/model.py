@@ -186,6 +186,9 @@ class IngressMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     sequence_number: int | None = None
     offset: str | None = None
     enqueued_time: str | None = None
+    # True when `body` is JSON as `orjson.dumps` writes it (a local events line's `body`, which the runner
+    # wrote out so): the messages that carry it as it came say so too (`Outgoing.body_json`).
+    body_json: bool = False
 
 
 # A fixed namespace: the same ingress position always hashes to the same message id.
@@ -321,8 +324,9 @@ class Outgoing(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     order_key: str
     # The event's id in this endpoint's shape (`shaped_message_id`): what Service Bus deduplicates on.
     message_id: str
-    # True when the router wrote `body` itself, with `orjson.dumps` (an envelope): reading it back and
-    # writing it again gives the same bytes, so the local runner's output records take it as it is.
+    # True when `body` is what `orjson.dumps` wrote (an envelope, or a raw event's body the runner wrote
+    # from a line's JSON: `IngressMessage.body_json`): reading it back and writing it again gives the same
+    # bytes, so the local runner's output records take it as it is.
     # A copy with another body must say False again (`msgspec.structs.replace(..., body_json=False)`).
     body_json: bool = False
 

@@ -192,6 +192,29 @@ def test_odd_fields_are_written_as_the_plain_record_was(
         assert output_line(endpoint, odd, {}) == expected
 
 
+def test_a_lines_json_body_goes_into_its_records_as_the_runner_wrote_it(tmp_path: Path) -> None:
+    """A line's `body` is JSON the runner wrote with orjson: its raw events' messages say so (and their
+    records take it as it is); `bodyText` and `bodyBase64` are the producer's bytes, read back."""
+    system = {"iothub-connection-device-id": "d", "iothub-message-source": "Telemetry"}
+    forms: list[dict[str, Any]] = [
+        {"body": {"t": 1}},
+        {"bodyText": '{"t":1}'},
+        {"bodyBase64": base64.b64encode(b'{"t":1}').decode()},
+    ]
+    lines = [orjson.dumps({**form, "systemProperties": system}) for form in forms]
+    messages = [parse_line(line, source="local", line_number=n) for n, line in enumerate(lines, 1)]
+    assert [m.body for m in messages] == [b'{"t":1}'] * 3
+    assert [m.body_json for m in messages] == [True, False, False]
+    capture = Capture()
+    table = load_routes_file(SAMPLES / "routes.json")
+    Router(routes=StaticRoutes(table), senders=lambda _e: capture, dead_letters=FileDeadLetters(tmp_path)).route(
+        messages
+    )
+    sent = [m for _e, batch in capture.sent for m in batch]
+    assert sent and {m.event.ingress.body_json for m in sent} == {True, False}
+    assert all(m.body_json is m.event.ingress.body_json for m in sent)
+
+
 def test_deferred_file_sender_writes_the_same_files_once_flushed(
     tmp_path: Path, sent: list[tuple[Endpoint, tuple[Outgoing, ...]]]
 ) -> None:

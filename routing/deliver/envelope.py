@@ -272,6 +272,7 @@ def _forwarded(event: Event, endpoint: Endpoint, content_type: str | None, order
         properties=ingress.properties,
         order_key=order_key,
         message_id=shaped_message_id(event.message_id, endpoint.id_seed),
+        body_json=ingress.body_json,
     )
 
 
@@ -318,6 +319,7 @@ def _build(event: Event, endpoint: Endpoint, shared: _Shared, event_body: EventB
             properties=enrich(ingress.properties, endpoint.enrichments, event, event_body or EventBody(event)),
             order_key=order_key,
             message_id=shaped_message_id(event.message_id, endpoint.id_seed),
+            body_json=ingress.body_json,
         )
     body = None
     if endpoint.type is EndpointType.EVENT_GRID:

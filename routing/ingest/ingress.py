@@ -108,6 +108,7 @@ def from_line_object(obj: Any, *, source: str, line_number: int) -> IngressMessa
         sequence_number=sequence if sequence is not None else line_number,
         offset=str(offset) if offset is not None else None,
         enqueued_time=_line_time(enqueued, where) if enqueued is not None else None,
+        body_json="body" in obj,  # written by `orjson.dumps` above
     )
 
 
