@@ -21,16 +21,9 @@ import pytest
 from bench.memory import write_events
 from bench.routes import write_routes
 from routing.deadletters import FileDeadLetters
-from routing.deliver.senders import (
-    FileSender,
-    KeyGroup,
-    Sender,
-    SendReport,
-    output_line,
-    output_record,
-)
+from routing.deliver.senders import FileSender, KeyGroup, Sender, SendReport, output_line, output_record
 from routing.ingest.ingress import parse_line
-from routing.model import EndpointType, Outgoing
+from routing.model import RAW_TYPES, EndpointType, Outgoing
 from routing.pipeline import Router, StaticRoutes
 from routing.routes.files import load_routes_file
 from routing.routes.table import Endpoint, RouteTable
@@ -120,7 +113,19 @@ def test_every_line_is_byte_for_byte_the_plain_record(sent: list[tuple[Endpoint,
     assert {e.type for e, _m in sent} >= {EndpointType.EVENT_HUB, EndpointType.SERVICE_BUS, EndpointType.EVENT_GRID}
     bodies = [id(m.body) for _e, messages in sent for m in messages]
     assert len(set(bodies)) < len(bodies)
+    # Every envelope is the router's own JSON, so each of its lines took it as written (`body_json`).
+    assert all(m.body_json for _e, messages in sent for m in messages if m.event_type not in RAW_TYPES)
     assert checked > 2_000
+
+
+def one_of_each_kind(
+    sent: list[tuple[Endpoint, tuple[Outgoing, ...]]],
+) -> dict[EndpointType, tuple[Endpoint, Outgoing]]:
+    """Per endpoint type, its first endpoint and the first message sent to it."""
+    kinds: dict[EndpointType, tuple[Endpoint, Outgoing]] = {}
+    for endpoint, messages in sent:
+        kinds.setdefault(endpoint.type, (endpoint, messages[0]))
+    return kinds
 
 
 ODD_BODIES = [
@@ -140,9 +145,7 @@ ODD_BODIES = [
 def test_odd_bodies_are_written_as_the_plain_record_was(
     body: bytes, sent: list[tuple[Endpoint, tuple[Outgoing, ...]]]
 ) -> None:
-    kinds: dict[EndpointType, tuple[Endpoint, Outgoing]] = {}
-    for endpoint, messages in sent:
-        kinds.setdefault(endpoint.type, (endpoint, messages[0]))
+    kinds = one_of_each_kind(sent)
     for endpoint, message in kinds.values():
         odd = msgspec.structs.replace(message, body=body, content_type=None, body_json=False)
         try:
@@ -164,8 +167,8 @@ ODD_FIELDS: list[dict[str, Any]] = [
     {"properties": {'p"q': "\u0001\n", "ü": [1, {"a": None}], "n": 1.5, "b": True, "big": 2**63}},
     {"properties": {}},
     {"properties": MappingProxyType({"not": "a dict"})},
-    {"properties": {"deep": DEEP_PROPERTY}},  # as deep as the record holds: written the plain way
-    {"properties": {"deeper": [DEEP_PROPERTY]}},  # one deeper than orjson writes there: its error too
+    {"properties": {"deep": DEEP_PROPERTY}},  # as deep as the record holds
+    {"properties": {"deeper": [DEEP_PROPERTY]}},  # one deeper than orjson writes: its error, as before
     {"properties": {1: "a key that is not a string"}},  # orjson's error, as the plain way raised it
 ]
 
@@ -176,9 +179,7 @@ def test_odd_fields_are_written_as_the_plain_record_was(
 ) -> None:
     """What the router does not write itself (keys, ids, content types, properties: enrichments and
     parked records carry any) is escaped, nested and refused as the plain record's writing did."""
-    kinds: dict[EndpointType, tuple[Endpoint, Outgoing]] = {}
-    for endpoint, messages in sent:
-        kinds.setdefault(endpoint.type, (endpoint, messages[0]))
+    kinds = one_of_each_kind(sent)
     endpoint, message = kinds[EndpointType.EVENT_HUB]
     cases = [*kinds.values(), (dataclasses.replace(endpoint, name='hub "odd" \\ ✓'), message)]
     for endpoint, message in cases:
