@@ -1,11 +1,15 @@
 """The benchmark's method (bench/timing.py): comparisons are ratios per round, the order of the sides
 rotated from round to round, reported as the median and range of the rounds, and a target passes only
-when the median meets it. The arithmetic only: timings themselves belong in the benchmark."""
+when the median meets it; and what a stage's pass does. The arithmetic and the work only: timings
+themselves belong in the benchmark."""
 
 from __future__ import annotations
 
 import pytest
 
+from bench import corpus as corpora
+from bench import stages
+from bench.routes import route_table
 from bench.suite import (
     CORE,
     CORE_SDK,
@@ -108,3 +112,20 @@ def test_the_bookkeeping_target_passes_at_or_below_its_limit_on_the_median() -> 
     assert target.ratio == pytest.approx(0.09) and not target.passed
     assert target.low == pytest.approx(0.05) and target.high == pytest.approx(0.15)
     assert results.bookkeeping[1]["share_rounds"] == pytest.approx([0.05, 0.09, 0.15])
+
+
+def test_the_core_stage_hands_no_send_to_a_thread_and_core_plus_sdk_does() -> None:
+    """The router core is classification, matching, envelopes, grouping and accounting: its collecting
+    sender's send never waits, so the pipeline makes every endpoint's send on the routing thread. The
+    hand-offs of a batch's other endpoints are the senders' bookkeeping: core + SDK makes them (the
+    pipeline's pool is made on its first hand-off), so the bookkeeping's difference counts them once."""
+    batches = corpora.generate(events=200, devices=20, batch_size=100).ingress_batches()
+    table = route_table(5)
+    core, with_sdk = stages.core_router(table), stages.sdk_router(table)
+    endpoints = []
+    for batch in batches:
+        endpoints.append(len({endpoint for endpoint, _type in core.route(batch).delivered}))
+        with_sdk.route(batch)
+    assert max(endpoints) > 1  # a twins batch goes to several endpoints
+    assert core._pool is None
+    assert with_sdk._pool is not None
