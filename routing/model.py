@@ -56,6 +56,9 @@ _V2_PREFIX = "microsoft.digitaltwins."
 _EVENT_TYPE_NAMES: dict[str, EventType] = {t.value.lower(): t for t in EventType}
 _EVENT_TYPE_NAMES["devicemessage"] = EventType.DEVICE_MESSAGES
 _EVENT_TYPE_NAMES.update({name.removeprefix(_V2_PREFIX): t for name, t in list(_EVENT_TYPE_NAMES.items())})
+# Each type's text, looked up: an enum's `.value` is a Python-level property, and every envelope, record
+# and classic subject asks for it.
+EVENT_TYPE_TEXT: dict[EventType, str] = {t: t.value for t in EventType}
 
 # Today's service (Azure Digital Twins v2): CloudEvents about twins, ordered by twin id.
 V2_EVENT_TYPES = frozenset({

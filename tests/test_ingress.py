@@ -36,3 +36,14 @@ def test_an_events_file_time_without_an_offset_is_utc(written: str, kept: str) -
 def test_an_events_file_time_that_is_no_time_is_refused_naming_the_field(bad: str) -> None:
     with pytest.raises(IngressFormatError, match=r"line 3: enqueuedTime .* is not an ISO 8601 time"):
         parse_line(f'{{"body": 1, "enqueuedTime": {bad}}}', source="t", line_number=3)
+
+
+@pytest.mark.parametrize(
+    ("line", "count"),
+    [('{"properties": {"a": 1}}', 0), ('{"body": 1, "bodyText": "1"}', 2), ('{"bodyText": "", "bodyBase64": ""}', 2)],
+)
+def test_a_line_without_one_body_is_refused_saying_how_many_it_has(line: str, count: int) -> None:
+    with pytest.raises(
+        IngressFormatError, match=rf"^line 7 must have exactly one of body, bodyText, bodyBase64 \(has {count}\)$"
+    ):
+        parse_line(line, source="t", line_number=7)

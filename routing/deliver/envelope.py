@@ -21,7 +21,16 @@ import orjson
 from routing.errors import RoutingError
 from routing.ingest import trace
 from routing.ingest.classify import timestamp
-from routing.model import RAW_TYPES, EndpointType, EnvelopeFormat, Event, EventType, Outgoing, shaped_message_id
+from routing.model import (
+    EVENT_TYPE_TEXT,
+    RAW_TYPES,
+    EndpointType,
+    EnvelopeFormat,
+    Event,
+    EventType,
+    Outgoing,
+    shaped_message_id,
+)
 from routing.routes.filters import MISSING, EventBody
 from routing.routes.table import Endpoint
 from routing.routes.templates import as_extension, enrich
@@ -63,7 +72,7 @@ def event_grid_envelope(event: Event, *, topic: bool = True) -> dict[str, Any]:
         "id": event.event_id,
         "subject": event.subject,
         "data": event.data,
-        "eventType": event.event_type.value,
+        "eventType": EVENT_TYPE_TEXT[event.event_type],
         "eventTime": event.event_time,
         "dataVersion": event.data_version,
         "metadataVersion": "1",
@@ -82,7 +91,7 @@ def _cloud_event(event: Event, context: trace.TraceContext | None) -> dict[str, 
         "specversion": "1.0",
         "id": event.event_id,
         "source": event.source or event.topic or CLOUD_EVENT_SOURCE_PREFIX + event.ingress.source,
-        "type": event.event_type.value,
+        "type": EVENT_TYPE_TEXT[event.event_type],
         "subject": event.subject,
         "time": event.event_time,
         "datacontenttype": JSON,
@@ -121,7 +130,7 @@ def telemetry_cloud_event(event: Event) -> dict[str, Any]:
         "specversion": "1.0",
         "id": event.event_id or event.message_id,
         "source": event.source or event.topic or CLOUD_EVENT_SOURCE_PREFIX + ingress.source,
-        "type": event.event_type.value,
+        "type": EVENT_TYPE_TEXT[event.event_type],
     }
     if event.subject:
         cloud_event["subject"] = event.subject
@@ -187,7 +196,7 @@ def twin_properties(event: Event) -> dict[str, Any]:
 
 
 def _twin_properties(event: Event, context: trace.TraceContext | None) -> dict[str, Any]:
-    properties: dict[str, Any] = {"EventType": event.event_type.value, "Subject": event.subject}
+    properties: dict[str, Any] = {"EventType": EVENT_TYPE_TEXT[event.event_type], "Subject": event.subject}
     if event.correlation_id:
         properties["CorrelationId"] = event.correlation_id
     if context is not None:
@@ -245,7 +254,13 @@ def build_all(event: Event, endpoints: Sequence[Endpoint], event_body: EventBody
     (`_Shared`): an event routed to many endpoints is serialised once per envelope format, its properties
     built once."""
     shared = _Shared(event, {})
-    return [_built(event, endpoint, shared, event_body) for endpoint in endpoints]
+    built = []
+    for endpoint in endpoints:  # `_built` of each, its `try` once for them all
+        try:
+            built.append(_build(event, endpoint, shared, event_body))
+        except orjson.JSONEncodeError as exc:
+            raise UnserialisableError(event, endpoint.name, exc) from exc
+    return built
 
 
 def forward_all(event: Event, endpoints: Sequence[Endpoint]) -> list[Outgoing]:
@@ -334,13 +349,14 @@ def _build(event: Event, endpoint: Endpoint, shared: _Shared, event_body: EventB
         properties = enrich(shared.properties(), endpoint.enrichments, event, event_body or EventBody(event))
     else:
         properties = shared.properties()
+    envelope_format, seed = endpoint.format, endpoint.id_seed
     return Outgoing(
         endpoint=endpoint.name,
         event=event,
-        body=shared.body(endpoint.format) if body is None else body,
-        content_type=content_type_of(endpoint.format),
+        body=shared.body(envelope_format) if body is None else body,
+        content_type=CLOUD_EVENT_JSON if envelope_format is EnvelopeFormat.CLOUD_EVENTS else JSON,  # content_type_of
         properties=properties,
         order_key=order_key,
-        message_id=shaped_message_id(event.message_id, endpoint.id_seed),
+        message_id=event.message_id if seed is None else shaped_message_id(event.message_id, seed),
         body_json=True,  # an envelope: `orjson.dumps` made it (`_envelope_body`, above)
     )

@@ -21,7 +21,7 @@ import time
 import zlib
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +44,7 @@ from tenacity.stop import stop_base
 
 from routing import observability as obs
 from routing.errors import SettingsError
-from routing.model import Attempt, EndpointType, EventType, Outgoing, opening_brackets
+from routing.model import EVENT_TYPE_TEXT, Attempt, EndpointType, Outgoing, opening_brackets
 from routing.routes.table import Endpoint
 
 log = logging.getLogger(__name__)
@@ -91,35 +91,45 @@ SenderFor = Callable[[Endpoint], Sender]
 
 def output_record(endpoint: Endpoint, message: Outgoing) -> dict[str, Any]:
     """The documented line of the local runner's output (a stable format other tools read)."""
-    record = _record_head(endpoint, message, base64.b64encode(message.body).decode("ascii"))
+    body_base64 = base64.b64encode(message.body).decode("ascii")
+    record = _record_head(
+        endpoint.name, _ENDPOINT_TYPE_TEXT[endpoint.type], _KEY_FIELD.get(endpoint.type), message, body_base64
+    )
     with contextlib.suppress(orjson.JSONDecodeError):
         record["body"] = orjson.loads(message.body)
     return record
 
 
-# The types' names, looked up (an enum's `.value` is a Python-level property, twice a line).
+# The endpoint types' names, looked up (an enum's `.value` is a Python-level property, on every line).
 _ENDPOINT_TYPE_TEXT = {t: t.value for t in EndpointType}
-_EVENT_TYPE_TEXT = {t: t.value for t in EventType}
 # Where an endpoint's order key goes in the record: its partition key, its session id, or nowhere.
 _KEY_FIELD = {EndpointType.EVENT_HUB: "partitionKey", EndpointType.SERVICE_BUS: "sessionId"}
 
 
-def _record_head(endpoint: Endpoint, message: Outgoing, body_base64: str) -> dict[str, Any]:
-    """`output_record` up to its last field, `body`."""
-    record: dict[str, Any] = {
-        "endpoint": endpoint.name,
-        "endpointType": _ENDPOINT_TYPE_TEXT[endpoint.type],
-        "eventType": _EVENT_TYPE_TEXT[message.event.event_type],
-    }
-    key_field = _KEY_FIELD.get(endpoint.type)
-    if key_field is not None:
-        record[key_field] = message.order_key
-    record["messageId"] = message.message_id
-    record["contentType"] = message.content_type
+def _record_head(name: str, kind: str, key_field: str | None, message: Outgoing, body_base64: str) -> dict[str, Any]:
+    """`output_record` up to its last field, `body`, for the endpoint named `name` of type text `kind`
+    whose order key goes in `key_field` (`_KEY_FIELD`; None: nowhere): the fields in one literal."""
     properties = message.properties
-    record["properties"] = properties if type(properties) is dict else dict(properties)
-    record["bodyBase64"] = body_base64
-    return record
+    if key_field is None:
+        return {
+            "endpoint": name,
+            "endpointType": kind,
+            "eventType": EVENT_TYPE_TEXT[message.event.event_type],
+            "messageId": message.message_id,
+            "contentType": message.content_type,
+            "properties": properties if type(properties) is dict else dict(properties),
+            "bodyBase64": body_base64,
+        }
+    return {
+        "endpoint": name,
+        "endpointType": kind,
+        "eventType": EVENT_TYPE_TEXT[message.event.event_type],
+        key_field: message.order_key,
+        "messageId": message.message_id,
+        "contentType": message.content_type,
+        "properties": properties if type(properties) is dict else dict(properties),
+        "bodyBase64": body_base64,
+    }
 
 
 # A body with this many opening brackets may nest as deep as orjson writes (254 levels; the record adds
@@ -153,19 +163,30 @@ def output_line(endpoint: Endpoint, message: Outgoing, forms: _BodyForms | None 
     and JSON made once per body object in `forms`: the pipeline builds one envelope per event and format,
     shared by every endpoint that takes it, so a twin event's body is read back once, not once per
     endpoint, and its JSON (orjson's form of the value) goes into each record as made (`orjson.Fragment`)."""
-    body = message.body
-    made = forms.get(id(body)) if forms is not None else None
-    if made is None:
-        made = _body_forms(body, message.body_json)
-        if forms is not None:
-            forms[id(body)] = made
-    body_base64, written, deep = made
-    if deep:
-        return orjson.dumps(output_record(endpoint, message)) + b"\n"
-    record = _record_head(endpoint, message, body_base64)
-    if written is not None:
-        record["body"] = written
-    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    return output_lines(endpoint, (message,), {} if forms is None else forms)[0]
+
+
+def output_lines(endpoint: Endpoint, messages: Iterable[Outgoing], forms: _BodyForms) -> list[bytes]:
+    """`output_line` of each of `messages`, what the endpoint gives every line looked up once."""
+    name = endpoint.name
+    kind = _ENDPOINT_TYPE_TEXT[endpoint.type]
+    key_field = _KEY_FIELD.get(endpoint.type)
+    dumps = orjson.dumps
+    lines = []
+    for message in messages:
+        body = message.body
+        made = forms.get(id(body))
+        if made is None:
+            made = forms[id(body)] = _body_forms(body, message.body_json)
+        body_base64, written, deep = made
+        if deep:
+            lines.append(dumps(output_record(endpoint, message)) + b"\n")
+            continue
+        record = _record_head(name, kind, key_field, message, body_base64)
+        if written is not None:
+            record["body"] = written
+        lines.append(dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+    return lines
 
 
 class FileSender:
@@ -203,7 +224,7 @@ class FileSender:
                 self._pending.append((endpoint, messages))
             return SendReport(delivered=messages)
         forms: _BodyForms = {}
-        data = b"".join([output_line(endpoint, message, forms) for message in messages])
+        data = b"".join(output_lines(endpoint, messages, forms))
         with self._lock:
             handle = self._file(endpoint.name)
             handle.write(data)
@@ -220,7 +241,7 @@ class FileSender:
             lines: dict[str, list[bytes]] = {}
             for endpoint, messages in pending:
                 into = lines.setdefault(endpoint.name, [])
-                into.extend([output_line(endpoint, message, forms) for message in messages])
+                into.extend(output_lines(endpoint, messages, forms))
             for name, written in lines.items():
                 handle = self._file(name)
                 handle.write(b"".join(written))

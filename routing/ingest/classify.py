@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from routing.model import (
+    EVENT_TYPE_TEXT,
     IOT_HUB_SOURCE_TYPES,
     IOT_HUB_SOURCES,
     KNOWN_EVENT_TYPES,
@@ -132,8 +133,8 @@ def _too_deep(what: str, index: int = 0) -> Rejection:
 
 
 def _text(value: Any) -> str | None:
-    if value is None:
-        return None
+    if value is None or type(value) is str:  # nearly every value asked for: as it is
+        return value
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
@@ -155,6 +156,8 @@ def classify(msg: IngressMessage) -> list[Result]:
         # The device id is in an application property too (`deviceId`): IoT Hub sets both.
         return [_from_iot_hub_source(msg, str(source), _text(msg.properties.get(IOT_HUB_DEVICE_ID)))]
 
+    if not msg.properties:  # a structured event (or junk): nothing to look up by name
+        return _from_body(msg)
     props = _Properties(msg.properties)
     if props.get(TELEMETRY_MARK) is not None:
         return [_telemetry_from_properties(msg, props)]
@@ -167,6 +170,11 @@ def classify(msg: IngressMessage) -> list[Result]:
     if ce_type is not None:
         return [_from_binary_cloud_event(msg, props, ce_type)]
 
+    return _from_body(msg)
+
+
+def _from_body(msg: IngressMessage) -> list[Result]:
+    """The events of a message no property classifies: its body's structured event, or JSON array of them."""
     body, rejection = _parse_body(msg)
     if rejection is not None:
         return [rejection]
@@ -527,10 +535,14 @@ def _event(
     )
 
 
+# The camel-case spellings of the data fields `_field` reads, made once (each twin event asks for three).
+_CAMEL = {name: name[0].lower() + name[1:] for name in ("Id", "TopologyObjectId", "EventTimestamp", "CorrelationId")}
+
+
 def _field(data: dict[str, Any], name: str) -> Any:
     value = data.get(name)
     if value is None:
-        value = data.get(name[0].lower() + name[1:])
+        value = data.get(_CAMEL.get(name) or name[0].lower() + name[1:])
     return value
 
 
@@ -566,9 +578,10 @@ def _twin_event(
         )
     if subject is None:
         # The old service's subject: the object type for topology operations, else the event type.
-        subject = (
-            str(data.get("Type") or event_type) if event_type is EventType.TOPOLOGY_OPERATION else event_type.value
-        )
+        if event_type is EventType.TOPOLOGY_OPERATION:
+            subject = str(data.get("Type") or event_type)
+        else:
+            subject = EVENT_TYPE_TEXT[event_type]
     identity = message_id(msg, index)
     return Event(
         event_type=event_type,

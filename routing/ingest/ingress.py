@@ -46,56 +46,47 @@ def parse_line(raw: bytes | str, *, source: str, line_number: int) -> IngressMes
 
 
 def from_line_object(obj: Any, *, source: str, line_number: int) -> IngressMessage:
-    where = f"line {line_number}"
     if not isinstance(obj, dict):
-        raise IngressFormatError(f"{where} must be a JSON object, got {type(obj).__name__}")
+        raise IngressFormatError(f"line {line_number} must be a JSON object, got {type(obj).__name__}")
     if not obj.keys() <= LINE_FIELDS:
         unknown = sorted(set(obj) - LINE_FIELDS)
         raise IngressFormatError(
-            f"{where} has unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(LINE_FIELDS))}"
+            f"line {line_number} has unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(LINE_FIELDS))}"
         )
-    bodies = [k for k in ("body", "bodyText", "bodyBase64") if k in obj]
-    if len(bodies) != 1:
-        raise IngressFormatError(f"{where} must have exactly one of body, bodyText, bodyBase64 (has {len(bodies)})")
-    if "body" in obj:
+    # Every line: so the look-ups here are the fewest a valid line needs, and the reasons are made only
+    # for a line that has one (issue #15).
+    given = ("body" in obj) + ("bodyText" in obj) + ("bodyBase64" in obj)
+    if given != 1:
+        raise IngressFormatError(
+            f"line {line_number} must have exactly one of body, bodyText, bodyBase64 (has {given})"
+        )
+    text = obj.get("bodyText")
+    if text is not None or "bodyText" in obj:
+        if not isinstance(text, str):
+            raise IngressFormatError(f"line {line_number}: bodyText must be a string")
+        body = text.encode("utf-8")
+    elif "body" in obj:
         try:
             body = orjson.dumps(obj["body"])
         except orjson.JSONEncodeError:
             raise IngressFormatError(
-                f"{where}: body nests JSON deeper than the router can write ({WRITTEN_DEPTH} levels); "
+                f"line {line_number}: body nests JSON deeper than the router can write ({WRITTEN_DEPTH} levels); "
                 "give it as bodyText or bodyBase64"
             ) from None
-    elif "bodyText" in obj:
-        if not isinstance(obj["bodyText"], str):
-            raise IngressFormatError(f"{where}: bodyText must be a string")
-        body = obj["bodyText"].encode("utf-8")
     else:
         try:
             body = base64.b64decode(obj["bodyBase64"], validate=True)
         except (binascii.Error, TypeError, ValueError):
-            raise IngressFormatError(f"{where}: bodyBase64 is not valid base64") from None
+            raise IngressFormatError(f"line {line_number}: bodyBase64 is not valid base64") from None
     properties = obj.get("properties")
+    if properties is not None or "properties" in obj:
+        _check_properties("properties", properties, line_number)
     system_properties = obj.get("systemProperties")
-    for name, value in (("properties", properties), ("systemProperties", system_properties)):
-        if name not in obj:
-            continue
-        if not isinstance(value, dict):
-            raise IngressFormatError(f"{where}: {name} must be a JSON object")
-        if not value:
-            continue
-        try:
-            # Properties travel two levels down in what is written of the message (a dead letter's
-            # `original.properties`, an output line's `properties`): they must be writable there. Their
-            # writing is the check: a line's properties are a few short values, and writing them cost
-            # half of counting the line's brackets to know they cannot nest that deep (issue #15).
-            orjson.dumps([[value]])
-        except orjson.JSONEncodeError:
-            raise IngressFormatError(
-                f"{where}: {name} nest JSON deeper than the router can write ({WRITTEN_DEPTH - 2} levels)"
-            ) from None
+    if system_properties is not None or "systemProperties" in obj:
+        _check_properties("systemProperties", system_properties, line_number)
     sequence = obj.get("sequenceNumber")
     if sequence is not None and (not isinstance(sequence, int) or isinstance(sequence, bool)):
-        raise IngressFormatError(f"{where}: sequenceNumber must be an integer")
+        raise IngressFormatError(f"line {line_number}: sequenceNumber must be an integer")
     partition = obj.get("partition")
     enqueued = obj.get("enqueuedTime")
     offset = obj.get("offset")
@@ -107,19 +98,38 @@ def from_line_object(obj: Any, *, source: str, line_number: int) -> IngressMessa
         partition=str(partition) if partition is not None else "0",
         sequence_number=sequence if sequence is not None else line_number,
         offset=str(offset) if offset is not None else None,
-        enqueued_time=_line_time(enqueued, where) if enqueued is not None else None,
+        enqueued_time=_line_time(enqueued, line_number) if enqueued is not None else None,
         body_json="body" in obj,  # written by `orjson.dumps` above
     )
 
 
-def _line_time(value: Any, where: str) -> str:
+def _check_properties(name: str, value: Any, line_number: int) -> None:
+    if not isinstance(value, dict):
+        raise IngressFormatError(f"line {line_number}: {name} must be a JSON object")
+    if not value:
+        return
+    try:
+        # Properties travel two levels down in what is written of the message (a dead letter's
+        # `original.properties`, an output line's `properties`): they must be writable there. Their
+        # writing is the check: a line's properties are a few short values, and writing them cost
+        # half of counting the line's brackets to know they cannot nest that deep (issue #15).
+        orjson.dumps([[value]])
+    except orjson.JSONEncodeError:
+        raise IngressFormatError(
+            f"line {line_number}: {name} nest JSON deeper than the router can write ({WRITTEN_DEPTH - 2} levels)"
+        ) from None
+
+
+def _line_time(value: Any, line_number: int) -> str:
     """An events file's `enqueuedTime`: kept as written when it has an offset; without one it is UTC."""
     try:
         moment = datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
         moment = None
     if moment is None:
-        raise IngressFormatError(f"{where}: enqueuedTime {value!r} is not an ISO 8601 time (e.g. 2026-11-26T09:00:00Z)")
+        raise IngressFormatError(
+            f"line {line_number}: enqueuedTime {value!r} is not an ISO 8601 time (e.g. 2026-11-26T09:00:00Z)"
+        )
     return value if moment.tzinfo is not None else _iso(moment)
 
 
