@@ -129,3 +129,26 @@ def test_the_core_stage_hands_no_send_to_a_thread_and_core_plus_sdk_does() -> No
     assert max(endpoints) > 1  # a twins batch goes to several endpoints
     assert core._pool is None
     assert with_sdk._pool is not None
+
+
+def test_routing_runs_are_compared_after_an_untimed_baseline_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first run to write a file's outputs after the file is made runs slower, whichever side it is;
+    rotated from the router first, it was always the router's: a baseline run goes first, untimed."""
+    from bench import memory  # noqa: PLC0415 - this test's alone
+
+    calls: list[str] = []
+
+    def router(events_file: object, routes_file: object, out: object, *, events: int, batch_size: int) -> object:
+        calls.append("router")
+        return memory.MemoryRun(events, 1, 2.0, 0, 0, 0, 0, 0, {})
+
+    def baseline(events_file: object, routes_file: object, out: object, *, batch_size: int) -> tuple[float, int]:
+        calls.append("baseline")
+        return 4.0, 0
+
+    monkeypatch.setattr(memory, "run_router", router)
+    monkeypatch.setattr(memory, "run_baseline", baseline)
+    compared = memory.compare_runs(events=20, devices=2, routes=5, batch_size=10, rounds=2)
+    assert calls == ["baseline", "router", "baseline", "baseline", "router"]
+    assert compared.first == ("router", "baseline")
+    assert compared.baseline_seconds == (4.0, 4.0)  # the warm-up's run is not one of them
