@@ -184,10 +184,6 @@ def _envelope_body(
         raise UnserialisableError(event, None, exc) from exc
 
 
-def content_type_of(envelope_format: EnvelopeFormat) -> str:
-    return CLOUD_EVENT_JSON if envelope_format is EnvelopeFormat.CLOUD_EVENTS else JSON
-
-
 def twin_properties(event: Event) -> dict[str, Any]:
     """What Event Hubs and Service Bus consumers can filter on without parsing the body, and the trace
     context the event came with (W3C `traceparent`/`tracestate`, and `Diagnostic-Id`, which the Azure
@@ -354,7 +350,7 @@ def _build(event: Event, endpoint: Endpoint, shared: _Shared, event_body: EventB
         endpoint=endpoint.name,
         event=event,
         body=shared.body(envelope_format) if body is None else body,
-        content_type=CLOUD_EVENT_JSON if envelope_format is EnvelopeFormat.CLOUD_EVENTS else JSON,  # content_type_of
+        content_type=CLOUD_EVENT_JSON if envelope_format is EnvelopeFormat.CLOUD_EVENTS else JSON,
         properties=properties,
         order_key=order_key,
         message_id=event.message_id if seed is None else shaped_message_id(event.message_id, seed),

@@ -53,8 +53,8 @@ def from_line_object(obj: Any, *, source: str, line_number: int) -> IngressMessa
         raise IngressFormatError(
             f"line {line_number} has unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(LINE_FIELDS))}"
         )
-    # Every line: so the look-ups here are the fewest a valid line needs, and the reasons are made only
-    # for a line that has one (issue #15).
+    # Run for every line: a valid one costs the fewest look-ups, and a reason is made only for a line
+    # that has one (issue #15).
     given = ("body" in obj) + ("bodyText" in obj) + ("bodyBase64" in obj)
     if given != 1:
         raise IngressFormatError(
