@@ -171,16 +171,15 @@ def settle() -> None:
     os.sync()
 
 
-def warm_up(events_file: Path, routes_file: Path, out: Path, *, batch_size: int) -> float:
+def warm_up(events_file: Path, routes_file: Path, out: Path, *, batch_size: int) -> None:
     """One baseline run before the rounds, untimed: the first run that writes a file's outputs after the
     file is made runs 2-3 s slower at 1,000,000 events, whichever side it is (the router 21.3-22.5 s,
     then 18.7-19.7; after a baseline run first, 20.6 and 20.1; the baseline 37.8, then 35.8), and with the
     order rotated from the router first, that run was always the router's. The baseline, so that what
     warms up is the machine, not the router's own files."""
-    seconds, _code = run_baseline(events_file, routes_file, out, batch_size=batch_size)
+    run_baseline(events_file, routes_file, out, batch_size=batch_size)
     shutil.rmtree(out, ignore_errors=True)
     settle()
-    return seconds
 
 
 def compare_runs(*, events: int, devices: int, routes: int, batch_size: int, rounds: int) -> RunComparison:

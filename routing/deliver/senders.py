@@ -91,10 +91,7 @@ SenderFor = Callable[[Endpoint], Sender]
 
 def output_record(endpoint: Endpoint, message: Outgoing) -> dict[str, Any]:
     """The documented line of the local runner's output (a stable format other tools read)."""
-    body_base64 = base64.b64encode(message.body).decode("ascii")
-    record = _record_head(
-        endpoint.name, _ENDPOINT_TYPE_TEXT[endpoint.type], _KEY_FIELD.get(endpoint.type), message, body_base64
-    )
+    record = _record_head(*_endpoint_fields(endpoint), message, base64.b64encode(message.body).decode("ascii"))
     with contextlib.suppress(orjson.JSONDecodeError):
         record["body"] = orjson.loads(message.body)
     return record
@@ -104,6 +101,11 @@ def output_record(endpoint: Endpoint, message: Outgoing) -> dict[str, Any]:
 _ENDPOINT_TYPE_TEXT = {t: t.value for t in EndpointType}
 # Where an endpoint's order key goes in the record: its partition key, its session id, or nowhere.
 _KEY_FIELD = {EndpointType.EVENT_HUB: "partitionKey", EndpointType.SERVICE_BUS: "sessionId"}
+
+
+def _endpoint_fields(endpoint: Endpoint) -> tuple[str, str, str | None]:
+    """What `endpoint` gives each of its records: its name, its type's text, the field its order key goes in."""
+    return endpoint.name, _ENDPOINT_TYPE_TEXT[endpoint.type], _KEY_FIELD.get(endpoint.type)
 
 
 def _record_head(name: str, kind: str, key_field: str | None, message: Outgoing, body_base64: str) -> dict[str, Any]:
@@ -168,9 +170,7 @@ def output_line(endpoint: Endpoint, message: Outgoing, forms: _BodyForms | None 
 
 def output_lines(endpoint: Endpoint, messages: Iterable[Outgoing], forms: _BodyForms) -> list[bytes]:
     """`output_line` of each of `messages`, what the endpoint gives every line looked up once."""
-    name = endpoint.name
-    kind = _ENDPOINT_TYPE_TEXT[endpoint.type]
-    key_field = _KEY_FIELD.get(endpoint.type)
+    name, kind, key_field = _endpoint_fields(endpoint)
     dumps = orjson.dumps
     lines = []
     for message in messages:
